@@ -1,0 +1,333 @@
+//! Token verification: everything between "here is a bearer string" and
+//! "these claims are genuine and current".
+//!
+//! Order matters and is cheap-first: size, shape, our own strict reading of
+//! the header (the crate does not refuse `crit` or embedded-key headers), the
+//! issuer, the algorithm allowed for *that* issuer, the key by `kid` and its
+//! type, and only then the signature and claims through jsonwebtoken.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::jwks::KeySource;
+use super::{AuthError, Identity};
+use crate::config::{self, IssuerConfig, LoadedConfig, UnknownKidPolicy};
+
+pub struct Verifier {
+    issuers: Vec<IssuerVerifier>,
+    by_iss: HashMap<String, usize>,
+    max_token_bytes: usize,
+}
+
+struct IssuerVerifier {
+    name: Arc<str>,
+    /// One `Validation` per allowed algorithm, built once.
+    validations: Vec<(Algorithm, Validation)>,
+    keys: Option<Arc<KeySource>>,
+    hmac: Option<DecodingKey>,
+    unknown_kid: UnknownKidPolicy,
+}
+
+/// The header as we read it ourselves, strictly: unknown members are fine,
+/// duplicate members are an error (serde refuses them), and the members
+/// that would make us fetch or trust key material from the token are noted
+/// so the token can be refused.
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    alg: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    cty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+    #[serde(default, deserialize_with = "present")]
+    jku: bool,
+    #[serde(default, deserialize_with = "present")]
+    x5u: bool,
+    #[serde(default, deserialize_with = "present")]
+    jwk: bool,
+    #[serde(default, deserialize_with = "present")]
+    x5c: bool,
+}
+
+/// True whenever the member is there at all, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+fn to_jwt_alg(a: config::Algorithm) -> Algorithm {
+    match a {
+        config::Algorithm::RS256 => Algorithm::RS256,
+        config::Algorithm::RS384 => Algorithm::RS384,
+        config::Algorithm::RS512 => Algorithm::RS512,
+        config::Algorithm::PS256 => Algorithm::PS256,
+        config::Algorithm::PS384 => Algorithm::PS384,
+        config::Algorithm::PS512 => Algorithm::PS512,
+        config::Algorithm::ES256 => Algorithm::ES256,
+        config::Algorithm::ES384 => Algorithm::ES384,
+        config::Algorithm::EdDSA => Algorithm::EdDSA,
+        config::Algorithm::HS256 => Algorithm::HS256,
+        config::Algorithm::HS384 => Algorithm::HS384,
+        config::Algorithm::HS512 => Algorithm::HS512,
+    }
+}
+
+/// Exact, case-sensitive algorithm names (RFC 7515 §4.1.1): `none`,
+/// `None`, `NONE` and anything unknown fall through to `None` here.
+fn parse_alg(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => return None,
+    })
+}
+
+/// jsonwebtoken infers its crypto backend from cargo features and panics at
+/// the first decode when it cannot; we install aws-lc-rs explicitly and then
+/// sign and verify once so a broken backend fails start-up, not a request.
+pub fn install_crypto_and_self_test() -> anyhow::Result<()> {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    #[derive(serde::Serialize, Deserialize)]
+    struct C {
+        iss: String,
+        aud: String,
+        exp: u64,
+    }
+    let secret = b"gatehouse-self-test-secret-of-32-bytes!!";
+    let claims = C {
+        iss: "self-test".into(),
+        aud: "self-test".into(),
+        exp: jsonwebtoken::get_current_timestamp() + 60,
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )?;
+    let mut v = Validation::new(Algorithm::HS256);
+    v.set_audience(&["self-test"]);
+    v.set_issuer(&["self-test"]);
+    jsonwebtoken::decode::<C>(&token, &DecodingKey::from_secret(secret), &v)
+        .map_err(|e| anyhow::anyhow!("crypto self-test failed: {e}"))?;
+    Ok(())
+}
+
+impl Verifier {
+    /// Builds verifiers for every configured issuer and loads their keys.
+    pub async fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
+        let cfg = &loaded.config;
+        let mut issuers = Vec::new();
+        let mut by_iss = HashMap::new();
+        for spanned in &cfg.issuers {
+            let ic = &spanned.value;
+            let name: Arc<str> = Arc::from(ic.display_name());
+            let keys = match &ic.jwks {
+                Some(j) => {
+                    let src = KeySource::start(name.clone(), j, loaded).await?;
+                    src.spawn_refresher();
+                    Some(src)
+                }
+                None => None,
+            };
+            let hmac = match &ic.hmac_secret {
+                Some(s) => Some(DecodingKey::from_secret(&read_secret(s, loaded)?)),
+                None => None,
+            };
+            by_iss.insert(ic.issuer.clone(), issuers.len());
+            issuers.push(IssuerVerifier {
+                validations: ic.algorithms.iter().map(|a| (to_jwt_alg(*a), validation_for(ic, to_jwt_alg(*a)))).collect(),
+                name,
+                keys,
+                hmac,
+                unknown_kid: ic.unknown_kid_when_keys_unavailable,
+            });
+        }
+        Ok(Verifier {
+            issuers,
+            by_iss,
+            max_token_bytes: cfg.auth.max_token_bytes,
+        })
+    }
+
+    /// Verifies signature and claims. Never touches the network except to
+    /// refresh a key set for an unknown `kid` (rate-limited per issuer).
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        match self.verify_with_known_keys(token) {
+            Err(AuthError::UnknownKey { issuer }) => {
+                let iv = &self.issuers[issuer];
+                let Some(src) = &iv.keys else {
+                    return Err(AuthError::UnknownKey { issuer });
+                };
+                src.refresh_for_unknown_kid().await;
+                match self.verify_with_known_keys(token) {
+                    Err(AuthError::UnknownKey { .. })
+                        if !src.is_healthy() && iv.unknown_kid == UnknownKidPolicy::Unavailable =>
+                    {
+                        Err(AuthError::KeysUnavailable)
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Everything that needs no I/O; the common path.
+    pub fn verify_with_known_keys(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed("not a signed JWT"));
+        };
+        let header_json = URL_SAFE_NO_PAD
+            .decode(h64)
+            .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        let header: RawHeader<'_> =
+            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed("header is not valid JSON"))?;
+        if header.crit {
+            return Err(AuthError::Malformed("unsupported critical header"));
+        }
+        if header.jku || header.x5u || header.jwk || header.x5c {
+            return Err(AuthError::Malformed("embedded or remote keys are not accepted"));
+        }
+        if header.cty.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("JWT")) {
+            return Err(AuthError::Malformed("nested tokens are not accepted"));
+        }
+        let alg = header
+            .alg
+            .as_deref()
+            .and_then(parse_alg)
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+
+        let idx = self.pick_issuer(p64)?;
+        let iv = &self.issuers[idx];
+        let validation = iv
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+
+        let keys_guard;
+        let key: &DecodingKey = if alg_is_hmac(alg) {
+            // Configured secret only; a `kid` cannot point an HS token at a
+            // public key.
+            iv.hmac.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?
+        } else {
+            let src = iv.keys.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
+            keys_guard = src.keys();
+            let k = keys_guard
+                .find(header.kid.as_deref(), alg)
+                .ok_or(AuthError::UnknownKey { issuer: idx })?;
+            if !k.kind.fits(alg) || k.alg.is_some_and(|a| a != alg) {
+                return Err(AuthError::KeyMismatch);
+            }
+            &k.decoding
+        };
+
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, validation)
+            .map_err(map_jwt_error)?;
+        Identity::from_claims(iv.name.clone(), data.claims)
+    }
+
+    /// With one issuer there is nothing to choose (its `iss` is still
+    /// checked by the claims validation); with several, the payload's `iss`
+    /// picks one before any signature work.
+    fn pick_issuer(&self, p64: &str) -> Result<usize, AuthError> {
+        if self.issuers.len() == 1 {
+            return Ok(0);
+        }
+        #[derive(Deserialize)]
+        struct IssOnly<'a> {
+            #[serde(borrow)]
+            iss: Option<std::borrow::Cow<'a, str>>,
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(p64)
+            .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+        let peek: IssOnly<'_> =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed("payload is not valid JSON"))?;
+        let iss = peek.iss.ok_or(AuthError::Claim("token has no issuer"))?;
+        self.by_iss.get(&*iss).copied().ok_or(AuthError::UnknownIssuer)
+    }
+
+    /// The configured name of each issuer, in config order.
+    pub fn issuer_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.issuers.iter().map(|i| &i.name)
+    }
+}
+
+fn alg_is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn validation_for(ic: &IssuerConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.set_issuer(&[&ic.issuer]);
+    v.set_audience(&ic.audiences);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.leeway = ic.leeway.as_secs();
+    v
+}
+
+fn read_secret(s: &config::SecretSource, loaded: &LoadedConfig) -> anyhow::Result<Vec<u8>> {
+    let bytes = match (&s.file, &s.env) {
+        (Some(f), _) => {
+            let p = loaded.resolve(f);
+            let mut b = std::fs::read(&p).map_err(|e| anyhow::anyhow!("hmac_secret {}: {e}", p.display()))?;
+            while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
+                b.pop();
+            }
+            b
+        }
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("hmac_secret env {var} is not set"))?
+            .into_bytes(),
+        (None, None) => anyhow::bail!("hmac_secret needs file or env"),
+    };
+    // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+    if bytes.len() < 32 {
+        anyhow::bail!("hmac_secret is shorter than 32 bytes");
+    }
+    Ok(bytes)
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAudience => AuthError::Claim("token is not meant for this audience"),
+        K::InvalidIssuer => AuthError::Claim("token issuer is not accepted"),
+        K::MissingRequiredClaim(_) => AuthError::Claim("token lacks a required claim"),
+        K::InvalidClaimFormat(_) => AuthError::Claim("token has a malformed claim"),
+        K::InvalidSignature => AuthError::BadSignature,
+        K::InvalidAlgorithm => AuthError::KeyMismatch,
+        _ => AuthError::Malformed("token could not be decoded"),
+    }
+}

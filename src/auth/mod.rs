@@ -1,0 +1,193 @@
+//! Who is calling: bearer extraction (RFC 6750), token verification, and
+//! the verified identity handed to the rest of the request path.
+
+pub mod jwks;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+pub use jwt::Verifier;
+
+/// Why a token was refused. Descriptions are short and generic on purpose:
+/// they reach the client, so they name the kind of failure and nothing of
+/// our internals or the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    TooLarge,
+    Malformed(&'static str),
+    AlgorithmNotAllowed,
+    UnknownIssuer,
+    /// `kid` not in the issuer's key set (index of the issuer).
+    UnknownKey { issuer: usize },
+    /// `kid` unknown while the key source is failing, and the issuer says
+    /// to answer 503 so clients retry.
+    KeysUnavailable,
+    KeyMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    Claim(&'static str),
+}
+
+impl AuthError {
+    pub fn description(&self) -> &'static str {
+        match self {
+            AuthError::TooLarge => "token is too large",
+            AuthError::Malformed(d) => d,
+            AuthError::AlgorithmNotAllowed => "token algorithm is not accepted",
+            AuthError::UnknownIssuer => "token issuer is not accepted",
+            AuthError::UnknownKey { .. } => "token signing key is unknown",
+            AuthError::KeysUnavailable => "signing keys are temporarily unavailable",
+            AuthError::KeyMismatch => "token algorithm does not match its key",
+            AuthError::BadSignature => "token signature is invalid",
+            AuthError::Expired => "token has expired",
+            AuthError::NotYetValid => "token is not valid yet",
+            AuthError::Claim(d) => d,
+        }
+    }
+}
+
+/// A verified token's claims, with the ones the gateway itself needs
+/// already pulled out.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Configured name of the issuer that vouched for it.
+    pub issuer: Arc<str>,
+    pub subject: Option<String>,
+    pub claims: Map<String, Value>,
+}
+
+impl Identity {
+    pub fn from_claims(issuer: Arc<str>, claims: Map<String, Value>) -> Result<Self, AuthError> {
+        let subject = match claims.get("sub") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(AuthError::Claim("token has a malformed claim")),
+        };
+        Ok(Identity {
+            issuer,
+            subject,
+            claims,
+        })
+    }
+
+    /// Looks up a dotted claim path such as `realm_access.roles`.
+    pub fn claim(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let mut cur = self.claims.get(parts.next()?)?;
+        for p in parts {
+            cur = cur.as_object()?.get(p)?;
+        }
+        Some(cur)
+    }
+
+    /// Scopes from `scope` (space separated, RFC 8693) or `scp` (string or
+    /// array, as Azure AD and Okta send them).
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        ["scope", "scp"].iter().any(|name| match self.claims.get(*name) {
+            Some(Value::String(s)) => s.split(' ').any(|x| x == wanted),
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
+            _ => false,
+        })
+    }
+
+    pub fn has_any_role(&self, claim_path: &str, wanted: &[String]) -> bool {
+        match self.claim(claim_path) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|r| wanted.iter().any(|w| w == r)),
+            Some(Value::String(s)) => s.split([' ', ',']).any(|r| wanted.iter().any(|w| w == r)),
+            _ => false,
+        }
+    }
+}
+
+/// What the `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// No bearer credentials at all (no header, or another scheme).
+    Missing,
+    /// Something that cannot be a bearer token (several headers, bad syntax).
+    Malformed,
+    Token(&'a str),
+}
+
+/// Extracts the bearer token (RFC 6750 §2.1). The scheme is
+/// case-insensitive; the token must be `b64token` characters only, which a
+/// JWT always is, so no later stage sees spaces, commas or control bytes.
+pub fn bearer(headers: &HeaderMap) -> Bearer<'_> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Bearer::Missing;
+    };
+    if values.next().is_some() {
+        return Bearer::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return Bearer::Malformed;
+    };
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return if value.eq_ignore_ascii_case("bearer") {
+            Bearer::Malformed
+        } else {
+            Bearer::Missing
+        };
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Bearer::Missing;
+    }
+    let token = rest.trim_matches(' ');
+    let body = token.trim_end_matches('=');
+    let ok = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if ok {
+        Bearer::Token(token)
+    } else {
+        Bearer::Malformed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer(&HeaderMap::new()), Bearer::Missing);
+        assert_eq!(bearer(&h("Basic dXNlcjpwYXNz")), Bearer::Missing);
+        assert_eq!(bearer(&h("Bearer a.b.c")), Bearer::Token("a.b.c"));
+        assert_eq!(bearer(&h("bearer   a.b.c")), Bearer::Token("a.b.c"));
+        assert_eq!(bearer(&h("Bearer")), Bearer::Malformed);
+        assert_eq!(bearer(&h("Bearer a.b c")), Bearer::Malformed);
+        assert_eq!(bearer(&h("Bearer a,b")), Bearer::Malformed);
+        let mut two = h("Bearer a.b.c");
+        two.append(http::header::AUTHORIZATION, "Bearer d.e.f".parse().unwrap());
+        assert_eq!(bearer(&two), Bearer::Malformed);
+    }
+
+    #[test]
+    fn scopes_and_roles() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"sub":"a","scope":"read write","realm_access":{"roles":["admin","user"]},"scp":["x"]}"#,
+        )
+        .unwrap();
+        let id = Identity::from_claims(Arc::from("t"), claims).unwrap();
+        assert!(id.has_scope("read") && id.has_scope("write") && id.has_scope("x"));
+        assert!(!id.has_scope("rea"));
+        assert!(id.has_any_role("realm_access.roles", &["admin".into()]));
+        assert!(!id.has_any_role("realm_access.roles", &["root".into()]));
+        assert!(!id.has_any_role("roles", &["admin".into()]));
+    }
+}

@@ -1,0 +1,784 @@
+//! The YAML configuration. These structs *are* the reference: every key the
+//! README documents is a field here, unknown keys are refused, and every
+//! error names the file, the line and the reason.
+//!
+//! Loading happens in three steps so a bad file never half-applies:
+//! `${VAR}` interpolation on the raw text (line numbers are preserved because
+//! a value may not contain a newline), typed deserialisation (syntax, types,
+//! durations, algorithm names, URLs: errors carry the parser's location), and
+//! cross-field validation (references between sections, files that must
+//! exist: errors carry the location of the item recorded with `Spanned`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+/// Default size limit of a bearer token, checked before any decoding.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<IssuerConfig>>,
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// Client addresses whose `X-Forwarded-For`/`Forwarded` are believed.
+    /// Everyone else's are replaced: a client must not choose its own IP.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The first certificate is served when the client sends no (or an
+    /// unknown) SNI name; the others are chosen by `server_names`.
+    pub certificates: Vec<Spanned<CertificateConfig>>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time allowed to receive a request's headers (slowloris guard).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Upper bound on the whole request head (HTTP/1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Upper bound on the number of request headers (HTTP/1).
+    pub max_headers: usize,
+    /// A connection with no request in flight and no bytes moving for this
+    /// long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Beyond this many open client connections, new ones wait in the
+    /// kernel backlog instead of being accepted.
+    pub max_connections: usize,
+    /// Default for routes that do not set `max_body_bytes`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `realm` of the `WWW-Authenticate` challenge.
+    pub realm: String,
+    /// Tokens longer than this are refused before any decoding.
+    pub max_token_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            realm: "gatehouse".to_owned(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short name used by routes and logs; defaults to `issuer`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Exact `iss` value the tokens carry.
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    #[serde(default)]
+    pub jwks: Option<JwksConfig>,
+    /// Shared secret for HS256/384/512. Never read from the JWKS: an HMAC key
+    /// taken from a public key set is exactly the RS/HS confusion attack.
+    #[serde(default)]
+    pub hmac_secret: Option<SecretSource>,
+    #[serde(default = "default_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Answer for a token whose `kid` is unknown while the key source is
+    /// failing: `reject` (401) or `unavailable` (503, clients retry).
+    #[serde(default)]
+    pub unknown_kid_when_keys_unavailable: UnknownKidPolicy,
+}
+
+impl IssuerConfig {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.issuer)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownKidPolicy {
+    #[default]
+    Reject,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<HttpUrl>,
+    /// Scheduled re-fetch of a URL key set.
+    #[serde(default = "default_jwks_refresh", with = "duration")]
+    pub refresh_interval: Duration,
+    /// Minimum time between two fetches, whatever triggers them (an unknown
+    /// `kid` must not let clients make us hammer the identity provider).
+    #[serde(default = "default_jwks_min_refresh", with = "duration")]
+    pub min_refresh_interval: Duration,
+    #[serde(default = "default_jwks_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Extra PEM CA bundle trusted for an `https` JWKS URL (besides the
+    /// built-in web PKI roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Algorithm {
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Exact names or `*.example.com` wildcards; empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub backends: Vec<BackendUrl>,
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Issuer names accepted on this route; empty means all.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Path prefixes forwarded without a token (segment-boundary match on
+    /// the normalised path).
+    #[serde(default)]
+    pub public_paths: Vec<String>,
+    #[serde(default)]
+    pub require: Option<Requirement>,
+    #[serde(default = "default_identity_headers")]
+    pub identity_headers: Vec<IdentityHeader>,
+    /// Pass the client's `Authorization` header to the backend.
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Send the client's `Host` to the backend (otherwise the backend's address).
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time for the backend to send its response head.
+    #[serde(default = "default_backend_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// How long a backend that refused a connection is skipped.
+    #[serde(default = "default_cooldown", with = "duration")]
+    pub backend_cooldown: Duration,
+}
+
+impl RouteConfig {
+    pub fn display_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}{}", self.hosts.first().map_or("*", |h| h), self.path_prefix),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Optional,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    /// Every one of these must be in `scope` (space separated) or `scp`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one of these must be in the roles claim.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Dotted path of the roles claim, e.g. `realm_access.roles` for Keycloak.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeader {
+    /// Dotted claim path, e.g. `sub`, `email`, `realm_access.roles`.
+    pub claim: String,
+    pub header: HeaderName,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directive, overridden by `RUST_LOG`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// An `http://host:port` backend. Only the authority is kept: the path of
+/// the client request is forwarded as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("backend `{s}`: {e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(serde::de::Error::custom(format!(
+                "backend `{s}`: only http:// backends are supported"
+            )));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "backend `{s}`: a backend is host:port only, without a path"
+            )));
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| a.port_u16().is_some())
+            .cloned()
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("backend `{s}`: expected http://host:port"))
+            })?;
+        Ok(BackendUrl { authority })
+    }
+}
+
+/// An `http://` or `https://` URL (JWKS endpoints).
+#[derive(Debug, Clone)]
+pub struct HttpUrl(pub http::Uri);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("url `{s}`: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.authority().is_some() => Ok(HttpUrl(uri)),
+            _ => Err(serde::de::Error::custom(format!(
+                "url `{s}`: expected http://... or https://..."
+            ))),
+        }
+    }
+}
+
+/// A header name, validated at load time.
+#[derive(Debug, Clone)]
+pub struct HeaderName(pub http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        http::HeaderName::from_bytes(s.as_bytes())
+            .map(HeaderName)
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a valid header name")))
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address.
+#[derive(Debug, Clone, Copy)]
+pub struct IpNet(pub ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(IpNet(net));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| IpNet(ipnet::IpNet::from(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR")))
+    }
+}
+
+/// Durations written as `30s`, `5m`, `250ms`, `1h 30m`.
+pub mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like 30s or 5m: {e}"))
+        })
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backend_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+fn default_identity_headers() -> Vec<IdentityHeader> {
+    vec![IdentityHeader {
+        claim: "sub".to_owned(),
+        header: HeaderName(http::HeaderName::from_static("x-auth-subject")),
+    }]
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is about the file as a whole.
+    pub line: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        }
+    }
+}
+
+/// Every problem found in a config file, so `gatehouse check` can list them
+/// all at once instead of one per run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that passed every check; paths inside it are resolved against
+/// the config file's directory.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub config: Config,
+}
+
+impl LoadedConfig {
+    /// A relative path in the config means relative to the config file, so
+    /// the same file works whatever directory the service starts in.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let file_issue = |line: u64, reason: String| ConfigError {
+        issues: vec![ConfigIssue {
+            file: path.to_owned(),
+            line,
+            reason,
+        }],
+    };
+    let raw = std::fs::read_to_string(path).map_err(|e| file_issue(0, format!("cannot read: {e}")))?;
+    let text = interpolate_env(&raw, |name| std::env::var(name).ok())
+        .map_err(|(line, reason)| file_issue(line, reason))?;
+    let config = parse(&text).map_err(|(line, reason)| file_issue(line, reason))?;
+    let loaded = LoadedConfig {
+        path: path.to_owned(),
+        config,
+    };
+    let issues = validate(&loaded);
+    if issues.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(ConfigError { issues })
+    }
+}
+
+/// Parses YAML text into a [`Config`]; the error carries the line.
+pub fn parse(text: &str) -> Result<Config, (u64, String)> {
+    serde_saphyr::from_str::<Config>(text).map_err(|e| {
+        let line = e.location().map_or(0, |l| l.line());
+        // The crate's message may repeat the location; keep the first line,
+        // which is the reason.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid YAML").trim();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        // Drop a leading "line N column M: ": the line is reported apart.
+        let reason = match first.split_once(": ") {
+            Some((loc, rest)) if loc.starts_with("line ") && loc.contains(" column ") => rest,
+            _ => first,
+        };
+        (line, reason.to_owned())
+    })
+}
+
+/// Replaces `${NAME}` with the environment variable's value. A missing
+/// variable is an error (a secret silently becoming empty is worse), and so
+/// is a value with a newline (it could inject YAML). Comment lines are left
+/// alone so that examples in comments need no variables set. `$${` escapes.
+pub fn interpolate_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (u64, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let lineno = i as u64 + 1;
+        if line.trim_start().starts_with('#') || !line.contains("${") {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| (lineno, "unterminated ${ in line".to_owned()))?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err((lineno, format!("`${{{name}}}` is not a valid variable name")));
+            }
+            let value = lookup(name).ok_or_else(|| {
+                (lineno, format!("environment variable {name} is not set"))
+            })?;
+            if value.contains('\n') || value.contains('\r') {
+                return Err((lineno, format!("environment variable {name} contains a newline")));
+            }
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
+    let cfg = &loaded.config;
+    let mut issues = Vec::new();
+    let mut push = |line: u64, reason: String| {
+        issues.push(ConfigIssue {
+            file: loaded.path.clone(),
+            line,
+            reason,
+        })
+    };
+    let file_must_exist = |p: &Path, what: &str| -> Option<String> {
+        let full = loaded.resolve(p);
+        match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some(format!("{what} {} is not a file", full.display())),
+            Err(e) => Some(format!("{what} {}: {e}", full.display())),
+        }
+    };
+
+    if cfg.listeners.is_empty() {
+        push(0, "at least one listener is required".into());
+    }
+    let mut addrs = HashSet::new();
+    for l in &cfg.listeners {
+        let line = l.referenced.line();
+        if !addrs.insert(l.value.address) && l.value.address.port() != 0 {
+            push(line, format!("listener address {} is used twice", l.value.address));
+        }
+        if let Some(tls) = &l.value.tls {
+            if tls.certificates.is_empty() {
+                push(line, "tls needs at least one certificate".into());
+            }
+            for c in &tls.certificates {
+                let cline = c.referenced.line();
+                for (p, what) in [(&c.value.cert, "certificate"), (&c.value.key, "key")] {
+                    if let Some(r) = file_must_exist(p, what) {
+                        push(cline, r);
+                    }
+                }
+            }
+        }
+    }
+    if cfg.auth.realm.is_empty() || !cfg.auth.realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ') {
+        push(0, "auth.realm must be printable ASCII without quotes or backslashes".into());
+    }
+    if cfg.auth.max_token_bytes < 64 {
+        push(0, "auth.max_token_bytes must be at least 64".into());
+    }
+    if cfg.limits.max_header_bytes < 8192 {
+        push(0, "limits.max_header_bytes must be at least 8192".into());
+    }
+    if cfg.limits.max_connections == 0 {
+        push(0, "limits.max_connections must be at least 1".into());
+    }
+
+    let mut names = HashSet::new();
+    let mut iss_values = HashSet::new();
+    for i in &cfg.issuers {
+        let line = i.referenced.line();
+        let ic = &i.value;
+        if !names.insert(ic.display_name().to_owned()) {
+            push(line, format!("issuer name `{}` is used twice", ic.display_name()));
+        }
+        if !iss_values.insert(ic.issuer.clone()) {
+            push(line, format!("issuer `{}` is configured twice", ic.issuer));
+        }
+        if ic.audiences.is_empty() {
+            push(line, "an issuer needs at least one audience (aud is always checked)".into());
+        }
+        if ic.algorithms.is_empty() {
+            push(line, "an issuer needs at least one algorithm".into());
+        }
+        let wants_hmac = ic.algorithms.iter().any(|a| a.is_hmac());
+        let wants_keys = ic.algorithms.iter().any(|a| !a.is_hmac());
+        if wants_hmac && ic.hmac_secret.is_none() {
+            push(line, "HS* algorithms need hmac_secret (file or env)".into());
+        }
+        if !wants_hmac && ic.hmac_secret.is_some() {
+            push(line, "hmac_secret is set but no HS* algorithm is allowed".into());
+        }
+        if let Some(s) = &ic.hmac_secret {
+            match (&s.file, &s.env) {
+                (Some(f), None) => {
+                    if let Some(r) = file_must_exist(f, "hmac_secret file") {
+                        push(line, r);
+                    }
+                }
+                (None, Some(var)) => {
+                    if std::env::var_os(var).is_none() {
+                        push(line, format!("hmac_secret env {var} is not set"));
+                    }
+                }
+                _ => push(line, "hmac_secret takes exactly one of file or env".into()),
+            }
+        }
+        match (&ic.jwks, wants_keys) {
+            (None, true) => push(line, "asymmetric algorithms need jwks (file or url)".into()),
+            (Some(j), _) => match (&j.file, &j.url) {
+                (Some(f), None) => {
+                    if let Some(r) = file_must_exist(f, "jwks file") {
+                        push(line, r);
+                    }
+                }
+                (None, Some(_)) => {
+                    if let Some(ca) = &j.ca_file {
+                        if let Some(r) = file_must_exist(ca, "jwks ca_file") {
+                            push(line, r);
+                        }
+                    }
+                }
+                _ => push(line, "jwks takes exactly one of file or url".into()),
+            },
+            (None, false) => {}
+        }
+    }
+
+    if cfg.routes.is_empty() {
+        push(0, "at least one route is required".into());
+    }
+    let mut route_keys = HashSet::new();
+    for r in &cfg.routes {
+        let line = r.referenced.line();
+        let rc = &r.value;
+        if !rc.path_prefix.starts_with('/') {
+            push(line, format!("path_prefix `{}` must start with /", rc.path_prefix));
+        }
+        for p in &rc.public_paths {
+            if !p.starts_with('/') {
+                push(line, format!("public path `{p}` must start with /"));
+            }
+        }
+        for h in &rc.hosts {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains(':') {
+                push(line, format!("host `{h}` must be a name or *.suffix, without port"));
+            }
+        }
+        let key = (rc.hosts.clone(), rc.path_prefix.clone());
+        if !route_keys.insert(key) {
+            push(line, format!("another route has the same hosts and path_prefix `{}`", rc.path_prefix));
+        }
+        if rc.backends.is_empty() {
+            push(line, "a route needs at least one backend".into());
+        }
+        if rc.auth != AuthMode::Off && cfg.issuers.is_empty() {
+            push(line, format!("route `{}` checks tokens but no issuer is configured", rc.display_name()));
+        }
+        for name in &rc.issuers {
+            if !names.contains(name) {
+                push(line, format!("route refers to unknown issuer `{name}`"));
+            }
+        }
+        if rc.auth == AuthMode::Off && rc.require.is_some() {
+            push(line, "`require` has no effect on a route with auth: off".into());
+        }
+        for ih in &rc.identity_headers {
+            if ih.claim.is_empty() {
+                push(line, "identity header with an empty claim".into());
+            }
+            if crate::proxy::headers::is_forwarding_header(ih.header.0.as_str()) {
+                push(line, format!("identity header `{}` clashes with a forwarding header", ih.header.0));
+            }
+        }
+    }
+    issues
+}

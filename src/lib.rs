@@ -1,0 +1,15 @@
+//! gatehouse: an authentication gateway in front of apps that cannot check
+//! tokens themselves.
+//!
+//! Where a request is authenticated: [`proxy::Proxy::handle_inner`] reads
+//! top to bottom (route, strip spoofed headers, token, claims, scopes,
+//! forward); token checks live in [`auth::jwt`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod tls;
+pub mod token;

@@ -1,0 +1,281 @@
+//! The request path. [`Proxy::handle_inner`] is the whole policy, top to
+//! bottom; each step is one call into its own module.
+
+pub mod headers;
+pub mod reject;
+pub mod routes;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
+use crate::config::{AuthMode, LoadedConfig};
+use reject::Reject;
+use routes::{Route, RouteTable};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// What the listener knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+pub struct Proxy {
+    routes: RouteTable,
+    verifier: Verifier,
+    realm: String,
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What the access log line says about a request, filled in as it goes.
+#[derive(Default)]
+struct Outcome {
+    route: Option<std::sync::Arc<str>>,
+    subject: Option<String>,
+    reason: Option<&'static str>,
+    label: &'static str,
+}
+
+impl Proxy {
+    pub async fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
+        let cfg = &loaded.config;
+        Ok(Proxy {
+            routes: RouteTable::from_config(cfg)?,
+            verifier: Verifier::from_config(loaded).await?,
+            realm: cfg.auth.realm.clone(),
+            trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
+        })
+    }
+
+    /// Entry point from the server: runs the policy, turns a refusal into
+    /// its answer, writes the access log line.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        // Only the path is logged: query strings carry tokens in some apps.
+        let path = req.uri().path().to_owned();
+        let mut out = Outcome {
+            label: "allowed",
+            ..Default::default()
+        };
+        let resp = match self.handle_inner(req, conn, &mut out).await {
+            Ok(resp) => resp,
+            Err(reject) => {
+                out.reason = Some(reject.description());
+                out.label = reject.outcome();
+                reject.into_response(&self.realm)
+            }
+        };
+        tracing::info!(
+            target: "gatehouse::access",
+            method = %method,
+            path = %path,
+            route = out.route.as_deref().unwrap_or("-"),
+            status = resp.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+            subject = out.subject.as_deref().unwrap_or("-"),
+            outcome = out.label,
+            reason = out.reason.unwrap_or("-"),
+            peer = %conn.peer.ip(),
+        );
+        resp
+    }
+
+    async fn handle_inner(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let path = routes::normalize_path(req.uri().path()).map_err(Reject::BadRequest)?.into_owned();
+        let host = request_host(&req).to_owned();
+        let route = self.routes.find(&host, &path).ok_or(Reject::NoRoute)?;
+        out.route = Some(route.name.clone());
+
+        // Always, on every route and path: the backend must only ever see
+        // identity and forwarding headers that we set.
+        let trusted = self.is_trusted_proxy(conn.peer);
+        headers::strip_client_claims(req.headers_mut(), &self.routes.reserved_headers, !trusted);
+
+        let identity = self.authenticate(route, &path, req.headers()).await?;
+        if let Some(id) = &identity {
+            out.subject = id.subject.clone();
+            authorize(route, id)?;
+        } else if route.auth != AuthMode::Off {
+            out.label = "public";
+        }
+        self.forward(route, req, &path, &host, identity.as_ref(), conn).await
+    }
+
+    /// `Ok(None)`: forward anonymously (auth off, public path, or no token
+    /// on an `optional` route). A token that is present is always checked.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Identity>, Reject> {
+        if route.auth == AuthMode::Off || route.is_public(path) {
+            return Ok(None);
+        }
+        let token = match auth::bearer(headers) {
+            Bearer::Missing if route.auth == AuthMode::Optional => return Ok(None),
+            Bearer::Missing => return Err(Reject::MissingToken),
+            Bearer::Malformed => {
+                return Err(Reject::InvalidToken(AuthError::Malformed("malformed authorization header")))
+            }
+            Bearer::Token(t) => t,
+        };
+        let identity = self.verifier.verify(token).await.map_err(Reject::InvalidToken)?;
+        if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
+            return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
+        }
+        Ok(Some(identity))
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        path: &str,
+        host: &str,
+        identity: Option<&Identity>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > route.max_body_bytes) {
+            return Err(Reject::BodyTooLarge);
+        }
+        let upgrade = is_upgrade_request(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h, upgrade);
+        if !route.forward_authorization {
+            h.remove(header::AUTHORIZATION);
+        }
+        headers::set_forwarding(h, conn.peer.ip(), if conn.tls { "https" } else { "http" }, host);
+        if let Some(id) = identity {
+            add_identity_headers(h, route, id);
+        }
+
+        let (idx, authority) = route.upstream.choose();
+        let host_value = if route.preserve_host && !host.is_empty() { host } else { authority.as_str() };
+        if let Ok(v) = HeaderValue::from_str(host_value) {
+            h.insert(header::HOST, v);
+        }
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        parts.uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Reject::BadRequest("request target cannot be forwarded"))?;
+        parts.version = Version::HTTP_11;
+
+        let body = Limited::new(body, usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX)).boxed();
+        let mut resp = route.upstream.send(idx, Request::from_parts(parts, body)).await?;
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((c, b)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+    }
+
+    fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Per-route scope and role requirements, after the token is known good.
+fn authorize(route: &Route, id: &Identity) -> Result<(), Reject> {
+    let Some(req) = &route.require else { return Ok(()) };
+    let scopes_ok = req.scopes.iter().all(|s| id.has_scope(s));
+    let roles_ok = req.roles.is_empty() || id.has_any_role(&req.roles_claim, &req.roles);
+    if scopes_ok && roles_ok {
+        Ok(())
+    } else {
+        Err(Reject::InsufficientScope(req.scopes.join(" ")))
+    }
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form)
+/// wins over `Host`, as RFC 9112 §3.2.2 says.
+fn request_host(req: &Request<Incoming>) -> &str {
+    if let Some(a) = req.uri().authority() {
+        return a.as_str();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn is_upgrade_request(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
+    for ih in &route.identity_headers {
+        let Some(v) = id.claim(&ih.claim) else { continue };
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        match HeaderValue::from_str(&text) {
+            Ok(v) => {
+                h.insert(ih.header.0.clone(), v);
+            }
+            Err(_) => tracing::debug!(claim = %ih.claim, "claim value cannot be a header value; not sent"),
+        }
+    }
+}
