@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config;
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "Authentication gateway: TLS, JWT validation and revocation in front of legacy apps")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Authentication gateway: TLS, JWT validation and revocation in front of legacy apps"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,7 @@ enum Command {
         config: PathBuf,
     },
     /// Mint a token with a local private key (development and demos).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 #[derive(clap::Args)]
@@ -73,7 +77,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
-        Command::Token(args) => token(args),
+        Command::Token(args) => token(*args),
     }
 }
 
@@ -99,7 +103,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log = crate::logging::init(&loaded.config.logging);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

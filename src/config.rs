@@ -269,7 +269,11 @@ impl RouteConfig {
     pub fn display_name(&self) -> String {
         match &self.name {
             Some(n) => n.clone(),
-            None => format!("{}{}", self.hosts.first().map_or("*", |h| h), self.path_prefix),
+            None => format!(
+                "{}{}",
+                self.hosts.first().map_or("*", |h| h),
+                self.path_prefix
+            ),
         }
     }
 }
@@ -536,7 +540,8 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
             reason,
         }],
     };
-    let raw = std::fs::read_to_string(path).map_err(|e| file_issue(0, format!("cannot read: {e}")))?;
+    let raw =
+        std::fs::read_to_string(path).map_err(|e| file_issue(0, format!("cannot read: {e}")))?;
     let text = interpolate_env(&raw, |name| std::env::var(name).ok())
         .map_err(|(line, reason)| file_issue(line, reason))?;
     let config = parse(&text).map_err(|(line, reason)| file_issue(line, reason))?;
@@ -600,13 +605,18 @@ pub fn interpolate_env(
                 .ok_or_else(|| (lineno, "unterminated ${ in line".to_owned()))?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err((lineno, format!("`${{{name}}}` is not a valid variable name")));
+                return Err((
+                    lineno,
+                    format!("`${{{name}}}` is not a valid variable name"),
+                ));
             }
-            let value = lookup(name).ok_or_else(|| {
-                (lineno, format!("environment variable {name} is not set"))
-            })?;
+            let value = lookup(name)
+                .ok_or_else(|| (lineno, format!("environment variable {name} is not set")))?;
             if value.contains('\n') || value.contains('\r') {
-                return Err((lineno, format!("environment variable {name} contains a newline")));
+                return Err((
+                    lineno,
+                    format!("environment variable {name} contains a newline"),
+                ));
             }
             out.push_str(&value);
             rest = &after[end + 1..];
@@ -642,7 +652,10 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     for l in &cfg.listeners {
         let line = l.referenced.line();
         if !addrs.insert(l.value.address) && l.value.address.port() != 0 {
-            push(line, format!("listener address {} is used twice", l.value.address));
+            push(
+                line,
+                format!("listener address {} is used twice", l.value.address),
+            );
         }
         if let Some(tls) = &l.value.tls {
             if tls.certificates.is_empty() {
@@ -658,8 +671,17 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             }
         }
     }
-    if cfg.auth.realm.is_empty() || !cfg.auth.realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ') {
-        push(0, "auth.realm must be printable ASCII without quotes or backslashes".into());
+    if cfg.auth.realm.is_empty()
+        || !cfg
+            .auth
+            .realm
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+    {
+        push(
+            0,
+            "auth.realm must be printable ASCII without quotes or backslashes".into(),
+        );
     }
     if cfg.auth.max_token_bytes < 64 {
         push(0, "auth.max_token_bytes must be at least 64".into());
@@ -677,13 +699,19 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         let line = i.referenced.line();
         let ic = &i.value;
         if !names.insert(ic.display_name().to_owned()) {
-            push(line, format!("issuer name `{}` is used twice", ic.display_name()));
+            push(
+                line,
+                format!("issuer name `{}` is used twice", ic.display_name()),
+            );
         }
         if !iss_values.insert(ic.issuer.clone()) {
             push(line, format!("issuer `{}` is configured twice", ic.issuer));
         }
         if ic.audiences.is_empty() {
-            push(line, "an issuer needs at least one audience (aud is always checked)".into());
+            push(
+                line,
+                "an issuer needs at least one audience (aud is always checked)".into(),
+            );
         }
         if ic.algorithms.is_empty() {
             push(line, "an issuer needs at least one algorithm".into());
@@ -694,7 +722,10 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             push(line, "HS* algorithms need hmac_secret (file or env)".into());
         }
         if !wants_hmac && ic.hmac_secret.is_some() {
-            push(line, "hmac_secret is set but no HS* algorithm is allowed".into());
+            push(
+                line,
+                "hmac_secret is set but no HS* algorithm is allowed".into(),
+            );
         }
         if let Some(s) = &ic.hmac_secret {
             match (&s.file, &s.env) {
@@ -740,7 +771,10 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         let line = r.referenced.line();
         let rc = &r.value;
         if !rc.path_prefix.starts_with('/') {
-            push(line, format!("path_prefix `{}` must start with /", rc.path_prefix));
+            push(
+                line,
+                format!("path_prefix `{}` must start with /", rc.path_prefix),
+            );
         }
         for p in &rc.public_paths {
             if !p.starts_with('/') {
@@ -750,18 +784,33 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         for h in &rc.hosts {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains('*') || bare.contains(':') {
-                push(line, format!("host `{h}` must be a name or *.suffix, without port"));
+                push(
+                    line,
+                    format!("host `{h}` must be a name or *.suffix, without port"),
+                );
             }
         }
         let key = (rc.hosts.clone(), rc.path_prefix.clone());
         if !route_keys.insert(key) {
-            push(line, format!("another route has the same hosts and path_prefix `{}`", rc.path_prefix));
+            push(
+                line,
+                format!(
+                    "another route has the same hosts and path_prefix `{}`",
+                    rc.path_prefix
+                ),
+            );
         }
         if rc.backends.is_empty() {
             push(line, "a route needs at least one backend".into());
         }
         if rc.auth != AuthMode::Off && cfg.issuers.is_empty() {
-            push(line, format!("route `{}` checks tokens but no issuer is configured", rc.display_name()));
+            push(
+                line,
+                format!(
+                    "route `{}` checks tokens but no issuer is configured",
+                    rc.display_name()
+                ),
+            );
         }
         for name in &rc.issuers {
             if !names.contains(name) {
@@ -769,14 +818,23 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             }
         }
         if rc.auth == AuthMode::Off && rc.require.is_some() {
-            push(line, "`require` has no effect on a route with auth: off".into());
+            push(
+                line,
+                "`require` has no effect on a route with auth: off".into(),
+            );
         }
         for ih in &rc.identity_headers {
             if ih.claim.is_empty() {
                 push(line, "identity header with an empty claim".into());
             }
             if crate::proxy::headers::is_forwarding_header(ih.header.0.as_str()) {
-                push(line, format!("identity header `{}` clashes with a forwarding header", ih.header.0));
+                push(
+                    line,
+                    format!(
+                        "identity header `{}` clashes with a forwarding header",
+                        ih.header.0
+                    ),
+                );
             }
         }
     }

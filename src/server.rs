@@ -3,7 +3,6 @@
 //! every request goes to [`Proxy::handle`].
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -69,7 +68,9 @@ pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Gateway> {
     for l in &cfg.listeners {
         let lc = &l.value;
         let tls = match &lc.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(crate::tls::server_config(t, loaded)?))),
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                crate::tls::server_config(t, loaded)?,
+            ))),
             None => None,
         };
         let listener = TcpListener::bind(lc.address)
@@ -142,8 +143,13 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, limits, tls, shutdown) =
-            (proxy.clone(), builder.clone(), limits.clone(), tls.clone(), shutdown.clone());
+        let (proxy, builder, limits, tls, shutdown) = (
+            proxy.clone(),
+            builder.clone(),
+            limits.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             handle_connection(stream, peer, tls, proxy, builder, limits, shutdown).await;
@@ -168,14 +174,33 @@ async fn handle_connection(
     match tls {
         None => {
             let info = ConnInfo { peer, tls: false };
-            serve(TokioIo::new(tracked), info, proxy, builder, limits, activity, shutdown).await
+            serve(
+                TokioIo::new(tracked),
+                info,
+                proxy,
+                builder,
+                limits,
+                activity,
+                shutdown,
+            )
+            .await
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await;
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await;
             match handshake {
                 Ok(Ok(s)) => {
                     let info = ConnInfo { peer, tls: true };
-                    serve(TokioIo::new(s), info, proxy, builder, limits, activity, shutdown).await
+                    serve(
+                        TokioIo::new(s),
+                        info,
+                        proxy,
+                        builder,
+                        limits,
+                        activity,
+                        shutdown,
+                    )
+                    .await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -291,7 +316,11 @@ struct Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -302,7 +331,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -336,18 +369,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
+pub async fn shutdown_signal() {
+    {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},

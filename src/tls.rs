@@ -24,7 +24,9 @@ struct SniResolver {
 
 impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SniResolver").field("names", &self.by_name.keys()).finish()
+        f.debug_struct("SniResolver")
+            .field("names", &self.by_name.keys())
+            .finish()
     }
 }
 
@@ -45,12 +47,19 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-pub fn server_config(tls: &TlsConfig, loaded: &LoadedConfig) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(
+    tls: &TlsConfig,
+    loaded: &LoadedConfig,
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut default = None;
     let mut by_name = HashMap::new();
     for c in &tls.certificates {
-        let key = load_certified_key(&loaded.resolve(&c.value.cert), &loaded.resolve(&c.value.key), &provider)?;
+        let key = load_certified_key(
+            &loaded.resolve(&c.value.cert),
+            &loaded.resolve(&c.value.key),
+            &provider,
+        )?;
         for n in &c.value.server_names {
             by_name.insert(n.to_ascii_lowercase(), key.clone());
         }
@@ -83,13 +92,19 @@ fn load_certified_key(
         anyhow::bail!("certificate {}: no PEM certificate found", cert.display());
     }
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) are all accepted here.
-    let der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("key {}", key.display()))?;
+    let der =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("key {}", key.display()))?;
     let signing = provider
         .key_provider
         .load_private_key(der)
         .with_context(|| format!("key {}", key.display()))?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .with_context(|| format!("key {} does not belong to certificate {}", key.display(), cert.display()))?;
+    ck.keys_match().with_context(|| {
+        format!(
+            "key {} does not belong to certificate {}",
+            key.display(),
+            cert.display()
+        )
+    })?;
     Ok(Arc::new(ck))
 }

@@ -28,9 +28,12 @@ pub struct MintRequest<'a> {
 pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     let pem = std::fs::read(r.key_path).with_context(|| format!("key {}", r.key_path.display()))?;
     let key = match r.alg {
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-            EncodingKey::from_rsa_pem(&pem)
-        }
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem),
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
@@ -51,7 +54,10 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     claims.insert("iat".into(), now.into());
     claims.insert("nbf".into(), now.into());
     claims.insert("exp".into(), (now + r.ttl.as_secs()).into());
-    claims.insert("jti".into(), r.jti.map_or_else(random_id, str::to_owned).into());
+    claims.insert(
+        "jti".into(),
+        r.jti.map_or_else(random_id, str::to_owned).into(),
+    );
     if let Some(sid) = r.sid {
         claims.insert("sid".into(), sid.into());
     }
@@ -59,7 +65,9 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
         claims.insert("scope".into(), scope.into());
     }
     for c in r.claims {
-        let (k, v) = c.split_once('=').with_context(|| format!("claim `{c}` is not name=value"))?;
+        let (k, v) = c
+            .split_once('=')
+            .with_context(|| format!("claim `{c}` is not name=value"))?;
         let v = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         claims.insert(k.to_owned(), v);
     }
@@ -71,7 +79,11 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
 /// 128 random bits, hex: unique token ids without another dependency.
 pub fn random_id() -> String {
     let mut b = [0u8; 16];
-    if rustls::crypto::aws_lc_rs::default_provider().secure_random.fill(&mut b).is_err() {
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .is_err()
+    {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

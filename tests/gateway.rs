@@ -9,7 +9,12 @@ use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-const ALGS: [Algorithm; 4] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA, Algorithm::HS256];
+const ALGS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+    Algorithm::HS256,
+];
 
 #[tokio::test]
 async fn valid_tokens_of_every_algorithm_reach_the_backend_with_identity_over_h1_and_h2() {
@@ -20,14 +25,31 @@ async fn valid_tokens_of_every_algorithm_reach_the_backend_with_identity_over_h1
         for alg in ALGS {
             let sub = format!("user-{alg:?}");
             let token = mint(alg, &sub);
-            let a = send(tls, proto, "localhost", get(proto, "localhost", "/app/page?x=1", Some(&token), &[])).await;
-            assert_eq!(a.status, StatusCode::OK, "{alg:?} over {proto:?}: {:?}", a.body);
+            let a = send(
+                tls,
+                proto,
+                "localhost",
+                get(proto, "localhost", "/app/page?x=1", Some(&token), &[]),
+            )
+            .await;
+            assert_eq!(
+                a.status,
+                StatusCode::OK,
+                "{alg:?} over {proto:?}: {:?}",
+                a.body
+            );
             let seen = backend.last();
             assert_eq!(seen.headers["x-auth-subject"], sub.as_str());
-            assert_eq!(seen.headers["x-auth-email"], format!("{sub}@example.test").as_str());
+            assert_eq!(
+                seen.headers["x-auth-email"],
+                format!("{sub}@example.test").as_str()
+            );
             assert_eq!(seen.headers["x-forwarded-proto"], "https");
             assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
-            assert!(seen.headers.get("authorization").is_none(), "token is not passed on by default");
+            assert!(
+                seen.headers.get("authorization").is_none(),
+                "token is not passed on by default"
+            );
             assert_eq!(seen.path, "/app/page");
         }
     }
@@ -42,7 +64,13 @@ async fn sni_picks_the_certificate_for_each_name() {
     // The client verifies the certificate against the name it sent, so a
     // 200 for both names proves each got its own certificate.
     for name in ["app.test", "other.test"] {
-        let a = send(gw.addrs()[0], Proto::TlsH1, name, get(Proto::TlsH1, name, "/", Some(&token), &[])).await;
+        let a = send(
+            gw.addrs()[0],
+            Proto::TlsH1,
+            name,
+            get(Proto::TlsH1, name, "/", Some(&token), &[]),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{name}");
     }
 }
@@ -62,23 +90,54 @@ async fn client_cannot_spoof_identity_or_forwarding_headers_on_any_route() {
         ("X-Real-IP", "10.9.9.9"),
     ];
     // Protected route with a valid token: only our values arrive.
-    let a = send(gw.addrs()[1], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&token), &spoof)).await;
+    let a = send(
+        gw.addrs()[1],
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &spoof),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     let h = backend.last().headers;
-    assert_eq!(h.get_all("x-auth-subject").iter().collect::<Vec<_>>(), vec!["real-user"]);
+    assert_eq!(
+        h.get_all("x-auth-subject").iter().collect::<Vec<_>>(),
+        vec!["real-user"]
+    );
     assert!(h.get("x_auth_subject").is_none());
-    assert_eq!(h.get_all("x-auth-email").iter().collect::<Vec<_>>(), vec!["real-user@example.test"]);
+    assert_eq!(
+        h.get_all("x-auth-email").iter().collect::<Vec<_>>(),
+        vec!["real-user@example.test"]
+    );
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert!(h.get("x_forwarded_for").is_none() && h.get("x-real-ip").is_none());
-    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"localhost\"");
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"localhost\""
+    );
 
     // Public path and anonymous optional route: nothing identity-like at all.
     for path in ["/public/x", "/health", "/guest/page"] {
-        let a = send(gw.addrs()[1], Proto::Plain, "localhost", get(Proto::Plain, "localhost", path, None, &spoof)).await;
+        let a = send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, None, &spoof),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
         let h = backend.last().headers;
-        for name in ["x-auth-subject", "x_auth_subject", "x-auth-email", "x_auth_email", "x_forwarded_for", "x-real-ip"] {
-            assert!(h.get(name).is_none(), "{name} reached the backend on {path}");
+        for name in [
+            "x-auth-subject",
+            "x_auth_subject",
+            "x-auth-email",
+            "x_auth_email",
+            "x_forwarded_for",
+            "x-real-ip",
+        ] {
+            assert!(
+                h.get(name).is_none(),
+                "{name} reached the backend on {path}"
+            );
         }
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }
@@ -118,44 +177,151 @@ async fn every_bad_token_gets_401_and_never_reaches_the_backend() {
         h
     };
     let cases: Vec<(&str, String)> = vec![
-        ("expired", mint_with(Algorithm::RS256, &with("exp", json!(n - 120)))),
-        ("not yet valid", mint_with(Algorithm::RS256, &with("nbf", json!(n + 3600)))),
-        ("wrong audience", mint_with(Algorithm::RS256, &with("aud", json!("other-app")))),
-        ("wrong issuer", mint_with(Algorithm::RS256, &with("iss", json!("https://evil.test")))),
+        (
+            "expired",
+            mint_with(Algorithm::RS256, &with("exp", json!(n - 120))),
+        ),
+        (
+            "not yet valid",
+            mint_with(Algorithm::RS256, &with("nbf", json!(n + 3600))),
+        ),
+        (
+            "wrong audience",
+            mint_with(Algorithm::RS256, &with("aud", json!("other-app"))),
+        ),
+        (
+            "wrong issuer",
+            mint_with(Algorithm::RS256, &with("iss", json!("https://evil.test"))),
+        ),
         ("no exp", {
             let mut c = good.clone();
             c.remove("exp");
             mint_with(Algorithm::RS256, &c)
         }),
-        ("exp as string", mint_with(Algorithm::RS256, &with("exp", json!(format!("{}", n + 600))))),
-        ("bad signature", format!("{}.{}.{}", parts[0], parts[1], &other_parts[2])),
-        ("payload swapped", format!("{}.{}.{}", parts[0], other_parts[1], parts[2])),
-        ("alg none", raw_token(&json!({"alg": "none", "typ": "JWT"}), &serde_json::Value::Object(good.clone()), "")),
-        ("alg None", raw_token(&json!({"alg": "None"}), &serde_json::Value::Object(good.clone()), "")),
-        ("alg NONE with sig", raw_token(&json!({"alg": "NONE"}), &serde_json::Value::Object(good.clone()), parts[2])),
+        (
+            "exp as string",
+            mint_with(
+                Algorithm::RS256,
+                &with("exp", json!(format!("{}", n + 600))),
+            ),
+        ),
+        (
+            "bad signature",
+            format!("{}.{}.{}", parts[0], parts[1], &other_parts[2]),
+        ),
+        (
+            "payload swapped",
+            format!("{}.{}.{}", parts[0], other_parts[1], parts[2]),
+        ),
+        (
+            "alg none",
+            raw_token(
+                &json!({"alg": "none", "typ": "JWT"}),
+                &serde_json::Value::Object(good.clone()),
+                "",
+            ),
+        ),
+        (
+            "alg None",
+            raw_token(
+                &json!({"alg": "None"}),
+                &serde_json::Value::Object(good.clone()),
+                "",
+            ),
+        ),
+        (
+            "alg NONE with sig",
+            raw_token(
+                &json!({"alg": "NONE"}),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
         ("RS/HS confusion", confused),
-        ("unknown kid", raw_token(&rs_header(json!({"kid": "nope"})), &serde_json::Value::Object(good.clone()), parts[2])),
-        ("crit header", raw_token(&rs_header(json!({"crit": ["exp"]})), &serde_json::Value::Object(good.clone()), parts[2])),
-        ("jku header", raw_token(&rs_header(json!({"jku": "http://127.0.0.1:1/jwks"})), &serde_json::Value::Object(good.clone()), parts[2])),
-        ("jwk header", raw_token(&rs_header(json!({"jwk": {"kty": "oct", "k": "AAAA"}})), &serde_json::Value::Object(good.clone()), parts[2])),
-        ("x5u header", raw_token(&rs_header(json!({"x5u": "http://127.0.0.1:1/x"})), &serde_json::Value::Object(good.clone()), parts[2])),
+        (
+            "unknown kid",
+            raw_token(
+                &rs_header(json!({"kid": "nope"})),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
+        (
+            "crit header",
+            raw_token(
+                &rs_header(json!({"crit": ["exp"]})),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
+        (
+            "jku header",
+            raw_token(
+                &rs_header(json!({"jku": "http://127.0.0.1:1/jwks"})),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
+        (
+            "jwk header",
+            raw_token(
+                &rs_header(json!({"jwk": {"kty": "oct", "k": "AAAA"}})),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
+        (
+            "x5u header",
+            raw_token(
+                &rs_header(json!({"x5u": "http://127.0.0.1:1/x"})),
+                &serde_json::Value::Object(good.clone()),
+                parts[2],
+            ),
+        ),
         ("JWE", format!("{}.a.b.c.d", parts[0])),
         ("garbage", "not-a-token".into()),
-        ("oversized", format!("{}.{}.{}", parts[0], "A".repeat(9000), parts[2])),
+        (
+            "oversized",
+            format!("{}.{}.{}", parts[0], "A".repeat(9000), parts[2]),
+        ),
     ];
     for proto in [Proto::TlsH1, Proto::TlsH2] {
         let before = backend.hits();
         for (name, token) in &cases {
-            let a = send(gw.addrs()[0], proto, "localhost", get(proto, "localhost", "/", Some(token), &[])).await;
+            let a = send(
+                gw.addrs()[0],
+                proto,
+                "localhost",
+                get(proto, "localhost", "/", Some(token), &[]),
+            )
+            .await;
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{name} over {proto:?}");
-            assert!(a.challenge().starts_with("Bearer realm=\"gatehouse\", error=\"invalid_token\""), "{name}: {}", a.challenge());
+            assert!(
+                a.challenge()
+                    .starts_with("Bearer realm=\"gatehouse\", error=\"invalid_token\""),
+                "{name}: {}",
+                a.challenge()
+            );
             assert_eq!(a.json()["error"], "invalid_token", "{name}");
-            assert!(!a.challenge().contains(&token[..20.min(token.len())]), "{name}: token echoed");
+            assert!(
+                !a.challenge().contains(&token[..20.min(token.len())]),
+                "{name}: token echoed"
+            );
         }
-        let a = send(gw.addrs()[0], proto, "localhost", get(proto, "localhost", "/", None, &[])).await;
+        let a = send(
+            gw.addrs()[0],
+            proto,
+            "localhost",
+            get(proto, "localhost", "/", None, &[]),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
         assert_eq!(a.challenge(), "Bearer realm=\"gatehouse\"");
-        assert_eq!(backend.hits(), before, "a refused request reached the backend over {proto:?}");
+        assert_eq!(
+            backend.hits(),
+            before,
+            "a refused request reached the backend over {proto:?}"
+        );
     }
 }
 
@@ -165,21 +331,40 @@ async fn public_paths_and_optional_routes() {
     let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
     let plain = gw.addrs()[1];
     let go = |path: &'static str, token: Option<String>| async move {
-        send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", path, token.as_deref(), &[])).await.status
+        send(
+            plain,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, token.as_deref(), &[]),
+        )
+        .await
+        .status
     };
     assert_eq!(go("/public/app.css", None).await, StatusCode::OK);
     assert_eq!(go("/health", None).await, StatusCode::OK);
     // Segment boundaries and traversal: none of these is public.
     assert_eq!(go("/healthz", None).await, StatusCode::UNAUTHORIZED);
     assert_eq!(go("/public/../admin", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(go("/public/%2e%2e/admin", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(go("/public/..;/admin", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(go("/public%2f..%2fadmin", None).await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        go("/public/%2e%2e/admin", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        go("/public/..;/admin", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        go("/public%2f..%2fadmin", None).await,
+        StatusCode::BAD_REQUEST
+    );
     // Optional route: anonymous is forwarded without identity, a valid token
     // adds identity, an invalid one is refused.
     assert_eq!(go("/guest/x", None).await, StatusCode::OK);
     assert!(backend.last().headers.get("x-auth-subject").is_none());
-    assert_eq!(go("/guest/x", Some(mint(Algorithm::ES256, "guest-user"))).await, StatusCode::OK);
+    assert_eq!(
+        go("/guest/x", Some(mint(Algorithm::ES256, "guest-user"))).await,
+        StatusCode::OK
+    );
     assert_eq!(backend.last().headers["x-auth-subject"], "guest-user");
     let hits = backend.hits();
     let expired = mint_with(Algorithm::RS256, &{
@@ -187,8 +372,14 @@ async fn public_paths_and_optional_routes() {
         c.insert("exp".into(), json!(now() - 100));
         c
     });
-    assert_eq!(go("/guest/x", Some(expired)).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(go("/guest/x", Some("garbage".into())).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        go("/guest/x", Some(expired)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        go("/guest/x", Some("garbage".into())).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(backend.hits(), hits);
 }
 
@@ -198,15 +389,36 @@ async fn missing_scope_is_403_insufficient_scope() {
     let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
     let plain = gw.addrs()[1];
     let without = mint(Algorithm::RS256, "reader");
-    let a = send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/reports/q1", Some(&without), &[])).await;
+    let a = send(
+        plain,
+        Proto::Plain,
+        "localhost",
+        get(
+            Proto::Plain,
+            "localhost",
+            "/reports/q1",
+            Some(&without),
+            &[],
+        ),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert!(a.challenge().contains("error=\"insufficient_scope\"") && a.challenge().contains("scope=\"reports.read\""));
+    assert!(
+        a.challenge().contains("error=\"insufficient_scope\"")
+            && a.challenge().contains("scope=\"reports.read\"")
+    );
     let with = mint_with(Algorithm::RS256, &{
         let mut c = claims("reader");
         c.insert("scope".into(), json!("openid reports.read"));
         c
     });
-    let a = send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/reports/q1", Some(&with), &[])).await;
+    let a = send(
+        plain,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/reports/q1", Some(&with), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(backend.hits(), 1);
 }
@@ -215,14 +427,27 @@ async fn missing_scope_is_403_insufficient_scope() {
 async fn jwks_url_rotation_is_picked_up_on_an_unknown_kid_without_restart() {
     let backend = Backend::start().await;
     let jwks = JwksServer::start(std::fs::read(fixture("jwks.json")).expect("jwks")).await;
-    let src = format!("{{ url: \"http://{}/jwks\", min_refresh_interval: 200ms, refresh_interval: 1h }}", jwks.addr);
+    let src = format!(
+        "{{ url: \"http://{}/jwks\", min_refresh_interval: 200ms, refresh_interval: 1h }}",
+        jwks.addr
+    );
     let (gw, _dir) = start_gateway(&standard_config(backend.addr, &src)).await;
     let plain = gw.addrs()[1];
-    let next_key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-next.key.pem")).expect("key")).expect("rsa");
+    let next_key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(fixture("rs256-next.key.pem")).expect("key"),
+    )
+    .expect("rsa");
     let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
     h.kid = Some("test-rs256-next".into());
     let token = jsonwebtoken::encode(&h, &claims("rotated"), &next_key).expect("mint");
-    let go = || send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&token), &[]));
+    let go = || {
+        send(
+            plain,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+    };
 
     // Not published yet: refused, and the gateway asked the URL again (once
     // the start-up fetch is older than min_refresh_interval).
@@ -240,9 +465,19 @@ async fn jwks_url_rotation_is_picked_up_on_an_unknown_kid_without_restart() {
 
     // A burst of unknown kids cannot make the gateway hammer the URL.
     let before = jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
-    let bogus = raw_token(&json!({"alg": "RS256", "kid": "bogus"}), &serde_json::Value::Object(claims("x")), "c2ln");
+    let bogus = raw_token(
+        &json!({"alg": "RS256", "kid": "bogus"}),
+        &serde_json::Value::Object(claims("x")),
+        "c2ln",
+    );
     for _ in 0..20 {
-        let a = send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&bogus), &[])).await;
+        let a = send(
+            plain,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&bogus), &[]),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     }
     assert!(jwks.hits.load(std::sync::atomic::Ordering::SeqCst) - before <= 2);
@@ -252,7 +487,10 @@ async fn jwks_url_rotation_is_picked_up_on_an_unknown_kid_without_restart() {
 async fn jwks_url_down_keeps_last_good_keys_and_answers_unknown_kid_by_policy() {
     let backend = Backend::start().await;
     let jwks = JwksServer::start(std::fs::read(fixture("jwks.json")).expect("jwks")).await;
-    let src = format!("{{ url: \"http://{}/jwks\", min_refresh_interval: 100ms, refresh_interval: 200ms }}", jwks.addr);
+    let src = format!(
+        "{{ url: \"http://{}/jwks\", min_refresh_interval: 100ms, refresh_interval: 200ms }}",
+        jwks.addr
+    );
     let cfg = standard_config(backend.addr, &src).replace(
         "    leeway: 0s\n",
         "    leeway: 0s\n    unknown_kid_when_keys_unavailable: unavailable\n",
@@ -262,10 +500,26 @@ async fn jwks_url_down_keeps_last_good_keys_and_answers_unknown_kid_by_policy() 
     jwks.publish(b"<html>oops</html>".to_vec());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let good = mint(Algorithm::RS256, "still-ok");
-    let a = send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&good), &[])).await;
+    let a = send(
+        plain,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&good), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "last good key set stays in use");
-    let unknown = raw_token(&json!({"alg": "RS256", "kid": "rotated-away"}), &serde_json::Value::Object(claims("x")), "c2ln");
-    let a = send(plain, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&unknown), &[])).await;
+    let unknown = raw_token(
+        &json!({"alg": "RS256", "kid": "rotated-away"}),
+        &serde_json::Value::Object(claims("x")),
+        "c2ln",
+    );
+    let a = send(
+        plain,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&unknown), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.json()["error"], "temporarily_unavailable");
     assert!(a.headers.contains_key("retry-after"));
@@ -275,7 +529,9 @@ async fn jwks_url_down_keeps_last_good_keys_and_answers_unknown_kid_by_policy() 
 async fn dead_backend_is_502_and_slow_backend_is_504() {
     let backend = Backend::start().await;
     let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr")
     };
     let cfg = standard_config(backend.addr, &jwks_file()).replace(
@@ -284,13 +540,31 @@ async fn dead_backend_is_502_and_slow_backend_is_504() {
     );
     let (gw, _dir) = start_gateway(&cfg).await;
     let token = mint(Algorithm::RS256, "u");
-    let a = send(gw.addrs()[1], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/dead/x", Some(&token), &[])).await;
+    let a = send(
+        gw.addrs()[1],
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/dead/x", Some(&token), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert_eq!(a.json()["error"], "bad_gateway");
-    let a = send(gw.addrs()[0], Proto::TlsH2, "localhost", get(Proto::TlsH2, "localhost", "/slow", Some(&token), &[])).await;
+    let a = send(
+        gw.addrs()[0],
+        Proto::TlsH2,
+        "localhost",
+        get(Proto::TlsH2, "localhost", "/slow", Some(&token), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     // The gateway is fine afterwards.
-    let a = send(gw.addrs()[1], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/ok", Some(&token), &[])).await;
+    let a = send(
+        gw.addrs()[1],
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/ok", Some(&token), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
 }
 
@@ -298,22 +572,36 @@ async fn dead_backend_is_502_and_slow_backend_is_504() {
 async fn backend_that_refuses_is_skipped_for_a_cooldown() {
     let backend = Backend::start().await;
     let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr")
     };
     let cfg = standard_config(backend.addr, &jwks_file()).replace(
         &format!("    backends: [http://{}]\n    public_paths", backend.addr),
-        &format!("    backends: [http://{dead}, http://{}]\n    backend_cooldown: 1h\n    public_paths", backend.addr),
+        &format!(
+            "    backends: [http://{dead}, http://{}]\n    backend_cooldown: 1h\n    public_paths",
+            backend.addr
+        ),
     );
     let (gw, _dir) = start_gateway(&cfg).await;
     let token = mint(Algorithm::RS256, "u");
     let mut statuses = Vec::new();
     for _ in 0..10 {
-        let a = send(gw.addrs()[1], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&token), &[])).await;
+        let a = send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+        .await;
         statuses.push(a.status.as_u16());
     }
     // At most the first request meets the dead backend; then it is skipped.
-    assert!(statuses.iter().filter(|s| **s == 502).count() <= 1, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 502).count() <= 1,
+        "{statuses:?}"
+    );
     assert!(statuses[1..].iter().all(|s| *s == 200), "{statuses:?}");
 }
 
@@ -323,7 +611,9 @@ async fn websocket_upgrade_passes_through_for_authenticated_requests() {
     let backend = Backend::start().await;
     let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
     let token = mint(Algorithm::RS256, "ws-user");
-    let mut s = tokio::net::TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(gw.addrs()[1])
+        .await
+        .expect("connect");
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
     );
@@ -337,14 +627,25 @@ async fn websocket_upgrade_passes_through_for_authenticated_requests() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert_eq!(backend.last().headers["x-auth-subject"], "ws-user");
-    s.write_all(b"ping through the tunnel").await.expect("write");
+    s.write_all(b"ping through the tunnel")
+        .await
+        .expect("write");
     let mut echo = [0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.expect("echo in time").expect("echo");
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
     assert_eq!(&echo, b"ping through the tunnel");
 
     // Without a token there is no tunnel.
-    let mut s = tokio::net::TcpStream::connect(gw.addrs()[1]).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(gw.addrs()[1])
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let mut buf = vec![0u8; 12];
     s.read_exact(&mut buf).await.expect("read");
     assert_eq!(&buf, b"HTTP/1.1 401");

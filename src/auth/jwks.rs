@@ -102,7 +102,8 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), String> {
     struct Doc {
         keys: Vec<serde_json::Value>,
     }
-    let doc: Doc = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let doc: Doc =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut set = KeySet::default();
     let mut skipped = Vec::new();
     for (i, raw) in doc.keys.into_iter().enumerate() {
@@ -110,7 +111,9 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), String> {
             Ok((kid, key)) => match kid {
                 Some(kid) => {
                     if set.by_kid.insert(kid.clone(), Arc::new(key)).is_some() {
-                        skipped.push(format!("key #{i}: duplicate kid `{kid}`, the later one kept"));
+                        skipped.push(format!(
+                            "key #{i}: duplicate kid `{kid}`, the later one kept"
+                        ));
                     }
                 }
                 None => set.unnamed.push(Arc::new(key)),
@@ -133,7 +136,9 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
             EllipticCurve::P384 => KeyKind::EcP384,
             _ => return Err("unsupported EC curve".into()),
         },
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => KeyKind::Ed25519,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            KeyKind::Ed25519
+        }
         AlgorithmParameters::OctetKeyPair(_) => return Err("unsupported OKP curve".into()),
         AlgorithmParameters::OctetKey(_) => {
             return Err("symmetric (oct) keys are never taken from a JWKS".into())
@@ -150,7 +155,14 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
         }
     }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
-    Ok((jwk.common.key_id, Key { kind, alg, decoding }))
+    Ok((
+        jwk.common.key_id,
+        Key {
+            kind,
+            alg,
+            decoding,
+        },
+    ))
 }
 
 fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
@@ -172,10 +184,15 @@ enum Origin {
     File(PathBuf),
     Url {
         uri: http::Uri,
-        client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>,
+        client: Box<JwksClient>,
         timeout: Duration,
     },
 }
+
+type JwksClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
 
 impl Origin {
     fn describe(&self) -> String {
@@ -188,13 +205,20 @@ impl Origin {
     async fn fetch(&self) -> Result<Vec<u8>, String> {
         match self {
             Origin::File(p) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
-            Origin::Url { uri, client, timeout } => {
+            Origin::Url {
+                uri,
+                client,
+                timeout,
+            } => {
                 let fut = async {
                     let req = http::Request::get(uri.clone())
                         .header(http::header::ACCEPT, "application/json")
                         .body(Empty::<Bytes>::new())
                         .map_err(|e| e.to_string())?;
-                    let resp = client.request(req).await.map_err(|e| format!("request failed: {e}"))?;
+                    let resp = client
+                        .request(req)
+                        .await
+                        .map_err(|e| format!("request failed: {e}"))?;
                     if resp.status() != http::StatusCode::OK {
                         return Err(format!("answered {}", resp.status()));
                     }
@@ -230,12 +254,16 @@ impl KeySource {
     /// Loads the first key set. A file that cannot be read or parsed fails
     /// start-up; a URL that is down does not (the identity provider may come
     /// up after us): the source starts empty and unhealthy and keeps trying.
-    pub async fn start(issuer: Arc<str>, cfg: &JwksConfig, loaded: &LoadedConfig) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        issuer: Arc<str>,
+        cfg: &JwksConfig,
+        loaded: &LoadedConfig,
+    ) -> anyhow::Result<Arc<Self>> {
         let origin = match (&cfg.file, &cfg.url) {
             (Some(f), _) => Origin::File(loaded.resolve(f)),
             (None, Some(url)) => Origin::Url {
                 uri: url.0.clone(),
-                client: jwks_client(cfg, loaded)?,
+                client: Box::new(jwks_client(cfg, loaded)?),
                 timeout: cfg.timeout,
             },
             (None, None) => anyhow::bail!("jwks needs file or url"),
@@ -338,10 +366,7 @@ impl KeySource {
     }
 }
 
-fn jwks_client(
-    cfg: &JwksConfig,
-    loaded: &LoadedConfig,
-) -> anyhow::Result<Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>> {
+fn jwks_client(cfg: &JwksConfig, loaded: &LoadedConfig) -> anyhow::Result<JwksClient> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -356,10 +381,12 @@ fn jwks_client(
                 .map_err(|e| anyhow::anyhow!("jwks ca_file {}: {e}", path.display()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(cfg.timeout));

@@ -153,7 +153,11 @@ impl Verifier {
             };
             by_iss.insert(ic.issuer.clone(), issuers.len());
             issuers.push(IssuerVerifier {
-                validations: ic.algorithms.iter().map(|a| (to_jwt_alg(*a), validation_for(ic, to_jwt_alg(*a)))).collect(),
+                validations: ic
+                    .algorithms
+                    .iter()
+                    .map(|a| (to_jwt_alg(*a), validation_for(ic, to_jwt_alg(*a))))
+                    .collect(),
                 name,
                 keys,
                 hmac,
@@ -196,22 +200,29 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h64), Some(p64), Some(_sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed("not a signed JWT"));
         };
         let header_json = URL_SAFE_NO_PAD
             .decode(h64)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: RawHeader<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed("header is not valid JSON"))?;
+        let header: RawHeader<'_> = serde_json::from_slice(&header_json)
+            .map_err(|_| AuthError::Malformed("header is not valid JSON"))?;
         if header.crit {
             return Err(AuthError::Malformed("unsupported critical header"));
         }
         if header.jku || header.x5u || header.jwk || header.x5c {
-            return Err(AuthError::Malformed("embedded or remote keys are not accepted"));
+            return Err(AuthError::Malformed(
+                "embedded or remote keys are not accepted",
+            ));
         }
-        if header.cty.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("JWT")) {
+        if header
+            .cty
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("JWT"))
+        {
             return Err(AuthError::Malformed("nested tokens are not accepted"));
         }
         let alg = header
@@ -246,8 +257,10 @@ impl Verifier {
             &k.decoding
         };
 
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, validation)
-            .map_err(map_jwt_error)?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token, key, validation,
+        )
+        .map_err(map_jwt_error)?;
         Identity::from_claims(iv.name.clone(), data.claims)
     }
 
@@ -266,10 +279,13 @@ impl Verifier {
         let payload = URL_SAFE_NO_PAD
             .decode(p64)
             .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
-        let peek: IssOnly<'_> =
-            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed("payload is not valid JSON"))?;
+        let peek: IssOnly<'_> = serde_json::from_slice(&payload)
+            .map_err(|_| AuthError::Malformed("payload is not valid JSON"))?;
         let iss = peek.iss.ok_or(AuthError::Claim("token has no issuer"))?;
-        self.by_iss.get(&*iss).copied().ok_or(AuthError::UnknownIssuer)
+        self.by_iss
+            .get(&*iss)
+            .copied()
+            .ok_or(AuthError::UnknownIssuer)
     }
 
     /// The configured name of each issuer, in config order.
@@ -299,7 +315,8 @@ fn read_secret(s: &config::SecretSource, loaded: &LoadedConfig) -> anyhow::Resul
     let bytes = match (&s.file, &s.env) {
         (Some(f), _) => {
             let p = loaded.resolve(f);
-            let mut b = std::fs::read(&p).map_err(|e| anyhow::anyhow!("hmac_secret {}: {e}", p.display()))?;
+            let mut b = std::fs::read(&p)
+                .map_err(|e| anyhow::anyhow!("hmac_secret {}: {e}", p.display()))?;
             while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
                 b.pop();
             }

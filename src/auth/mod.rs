@@ -21,7 +21,9 @@ pub enum AuthError {
     AlgorithmNotAllowed,
     UnknownIssuer,
     /// `kid` not in the issuer's key set (index of the issuer).
-    UnknownKey { issuer: usize },
+    UnknownKey {
+        issuer: usize,
+    },
     /// `kid` unknown while the key source is failing, and the issuer says
     /// to answer 503 so clients retry.
     KeysUnavailable,
@@ -87,11 +89,13 @@ impl Identity {
     /// Scopes from `scope` (space separated, RFC 8693) or `scp` (string or
     /// array, as Azure AD and Okta send them).
     pub fn has_scope(&self, wanted: &str) -> bool {
-        ["scope", "scp"].iter().any(|name| match self.claims.get(*name) {
-            Some(Value::String(s)) => s.split(' ').any(|x| x == wanted),
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
-            _ => false,
-        })
+        ["scope", "scp"]
+            .iter()
+            .any(|name| match self.claims.get(*name) {
+                Some(Value::String(s)) => s.split(' ').any(|x| x == wanted),
+                Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
+                _ => false,
+            })
     }
 
     pub fn has_any_role(&self, claim_path: &str, wanted: &[String]) -> bool {
@@ -143,9 +147,9 @@ pub fn bearer(headers: &HeaderMap) -> Bearer<'_> {
     let token = rest.trim_matches(' ');
     let body = token.trim_end_matches('=');
     let ok = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if ok {
         Bearer::Token(token)
     } else {

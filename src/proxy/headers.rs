@@ -79,7 +79,9 @@ pub fn strip_client_claims(h: &mut HeaderMap, reserved: &[HeaderName], strip_for
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in h.keys() {
         let n = name.as_str();
-        if reserved.iter().any(|r| folds_to(n, r.as_str())) || (strip_forwarding && is_forwarding_header(n)) {
+        if reserved.iter().any(|r| folds_to(n, r.as_str()))
+            || (strip_forwarding && is_forwarding_header(n))
+        {
             doomed.push(name.clone());
         }
     }
@@ -113,7 +115,11 @@ pub fn set_forwarding(h: &mut HeaderMap, peer: IpAddr, proto: &'static str, host
         IpAddr::V6(_) => format!("\"[{peer_s}]\""),
     };
     let mut element = format!("for={node};proto={proto}");
-    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
         element.push_str(&format!(";host=\"{host}\""));
     }
     let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
@@ -168,6 +174,9 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarding(&mut h, "::1".parse().unwrap(), "https", "app.example");
         assert_eq!(h["x-forwarded-for"], "::1");
-        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https;host=\"app.example\"");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"app.example\""
+        );
     }
 }

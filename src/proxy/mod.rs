@@ -99,7 +99,9 @@ impl Proxy {
         conn: ConnInfo,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
-        let path = routes::normalize_path(req.uri().path()).map_err(Reject::BadRequest)?.into_owned();
+        let path = routes::normalize_path(req.uri().path())
+            .map_err(Reject::BadRequest)?
+            .into_owned();
         let host = request_host(&req).to_owned();
         let route = self.routes.find(&host, &path).ok_or(Reject::NoRoute)?;
         out.route = Some(route.name.clone());
@@ -116,7 +118,8 @@ impl Proxy {
         } else if route.auth != AuthMode::Off {
             out.label = "public";
         }
-        self.forward(route, req, &path, &host, identity.as_ref(), conn).await
+        self.forward(route, req, &path, &host, identity.as_ref(), conn)
+            .await
     }
 
     /// `Ok(None)`: forward anonymously (auth off, public path, or no token
@@ -134,11 +137,17 @@ impl Proxy {
             Bearer::Missing if route.auth == AuthMode::Optional => return Ok(None),
             Bearer::Missing => return Err(Reject::MissingToken),
             Bearer::Malformed => {
-                return Err(Reject::InvalidToken(AuthError::Malformed("malformed authorization header")))
+                return Err(Reject::InvalidToken(AuthError::Malformed(
+                    "malformed authorization header",
+                )))
             }
             Bearer::Token(t) => t,
         };
-        let identity = self.verifier.verify(token).await.map_err(Reject::InvalidToken)?;
+        let identity = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(Reject::InvalidToken)?;
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
         }
@@ -171,13 +180,22 @@ impl Proxy {
         if !route.forward_authorization {
             h.remove(header::AUTHORIZATION);
         }
-        headers::set_forwarding(h, conn.peer.ip(), if conn.tls { "https" } else { "http" }, host);
+        headers::set_forwarding(
+            h,
+            conn.peer.ip(),
+            if conn.tls { "https" } else { "http" },
+            host,
+        );
         if let Some(id) = identity {
             add_identity_headers(h, route, id);
         }
 
         let (idx, authority) = route.upstream.choose();
-        let host_value = if route.preserve_host && !host.is_empty() { host } else { authority.as_str() };
+        let host_value = if route.preserve_host && !host.is_empty() {
+            host
+        } else {
+            authority.as_str()
+        };
         if let Ok(v) = HeaderValue::from_str(host_value) {
             h.insert(header::HOST, v);
         }
@@ -193,8 +211,15 @@ impl Proxy {
             .map_err(|_| Reject::BadRequest("request target cannot be forwarded"))?;
         parts.version = Version::HTTP_11;
 
-        let body = Limited::new(body, usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX)).boxed();
-        let mut resp = route.upstream.send(idx, Request::from_parts(parts, body)).await?;
+        let body = Limited::new(
+            body,
+            usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .boxed();
+        let mut resp = route
+            .upstream
+            .send(idx, Request::from_parts(parts, body))
+            .await?;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -202,7 +227,11 @@ impl Proxy {
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((c, b)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                 }
@@ -210,7 +239,10 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
-        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed(),
+        ))
     }
 
     fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
@@ -221,7 +253,9 @@ impl Proxy {
 
 /// Per-route scope and role requirements, after the token is known good.
 fn authorize(route: &Route, id: &Identity) -> Result<(), Reject> {
-    let Some(req) = &route.require else { return Ok(()) };
+    let Some(req) = &route.require else {
+        return Ok(());
+    };
     let scopes_ok = req.scopes.iter().all(|s| id.has_scope(s));
     let roles_ok = req.roles.is_empty() || id.has_any_role(&req.roles_claim, &req.roles);
     if scopes_ok && roles_ok {
@@ -257,7 +291,9 @@ fn is_upgrade_request(req: &Request<Incoming>) -> bool {
 
 fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
     for ih in &route.identity_headers {
-        let Some(v) = id.claim(&ih.claim) else { continue };
+        let Some(v) = id.claim(&ih.claim) else {
+            continue;
+        };
         let text = match v {
             Value::String(s) => s.clone(),
             Value::Array(items) => items
@@ -275,7 +311,9 @@ fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
             Ok(v) => {
                 h.insert(ih.header.0.clone(), v);
             }
-            Err(_) => tracing::debug!(claim = %ih.claim, "claim value cannot be a header value; not sent"),
+            Err(_) => {
+                tracing::debug!(claim = %ih.claim, "claim value cannot be a header value; not sent")
+            }
         }
     }
 }

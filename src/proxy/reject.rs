@@ -60,11 +60,15 @@ impl Reject {
             Reject::NoRoute => ("not_found", "no route for this host and path"),
             Reject::BadRequest(d) => ("invalid_request", d),
             Reject::MissingToken => ("invalid_request", "a bearer token is required"),
-            Reject::InvalidToken(AuthError::KeysUnavailable) => {
-                ("temporarily_unavailable", AuthError::KeysUnavailable.description())
-            }
+            Reject::InvalidToken(AuthError::KeysUnavailable) => (
+                "temporarily_unavailable",
+                AuthError::KeysUnavailable.description(),
+            ),
             Reject::InvalidToken(e) => ("invalid_token", e.description()),
-            Reject::InsufficientScope(_) => ("insufficient_scope", "the token lacks a required scope or role"),
+            Reject::InsufficientScope(_) => (
+                "insufficient_scope",
+                "the token lacks a required scope or role",
+            ),
             Reject::BodyTooLarge => ("request_too_large", "request body is too large"),
             Reject::BadGateway => ("bad_gateway", "the backend could not be reached"),
             Reject::GatewayTimeout => ("gateway_timeout", "the backend did not answer in time"),
@@ -95,11 +99,19 @@ impl Reject {
             }
             _ => None,
         };
-        let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+        let body =
+            serde_json::json!({ "error": error, "error_description": description }).to_string();
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);

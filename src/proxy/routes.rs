@@ -140,7 +140,9 @@ fn strip_port(host: &str) -> &str {
 /// but not `/apix`; a prefix ending in `/` matches everything below it.
 pub fn prefix_match(path: &str, prefix: &str) -> bool {
     path.starts_with(prefix)
-        && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 /// Normalises a request path (without its query). Refuses encoded slashes,
@@ -150,7 +152,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
         return Err("request target must be an absolute path");
     }
     let b = path.as_bytes();
-    let needs_work = path.contains("//") || path.contains("/.") || b.contains(&b'%') || b.contains(&b';') || b.contains(&b'\\');
+    let needs_work = path.contains("//")
+        || path.contains("/.")
+        || b.contains(&b'%')
+        || b.contains(&b';')
+        || b.contains(&b'\\');
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
@@ -234,6 +240,9 @@ mod tests {
         let s = HostPattern::Suffix(".example.com".into());
         assert_eq!(s.score("a.EXAMPLE.com"), Some(1));
         assert_eq!(s.score("example.com"), None);
-        assert_eq!(HostPattern::Exact("example.com".into()).score("Example.com"), Some(2));
+        assert_eq!(
+            HostPattern::Exact("example.com".into()).score("Example.com"),
+            Some(2)
+        );
     }
 }

@@ -81,7 +81,11 @@ impl Upstream {
 
     /// Sends the request (its URI already pointing at backend `idx`) and
     /// waits for the response head, mapping failures to 502/504.
-    pub async fn send(&self, idx: usize, req: Request<ProxyBody>) -> Result<Response<Incoming>, Reject> {
+    pub async fn send(
+        &self,
+        idx: usize,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Reject> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(Reject::GatewayTimeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -89,7 +93,10 @@ impl Upstream {
                 let timed_out = chain_has(&e, |io| io.kind() == std::io::ErrorKind::TimedOut);
                 if e.is_connect() {
                     if let Some(b) = self.backends.get(idx) {
-                        b.down_until.store(now_ms() + self.cooldown.as_millis() as u64, Ordering::Relaxed);
+                        b.down_until.store(
+                            now_ms() + self.cooldown.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
                     }
                     tracing::warn!(backend = %self.backends.get(idx).map(|b| b.authority.as_str()).unwrap_or("?"),
                         error = %e, "backend connect failed; cooling it down");
@@ -108,7 +115,10 @@ impl Upstream {
     }
 }
 
-fn chain_has(e: &(dyn std::error::Error + 'static), pred: impl Fn(&std::io::Error) -> bool) -> bool {
+fn chain_has(
+    e: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&std::io::Error) -> bool,
+) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

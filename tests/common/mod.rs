@@ -27,7 +27,9 @@ pub const ISS: &str = "https://issuer.test";
 pub const AUD: &str = "app";
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn now() -> u64 {
@@ -50,7 +52,12 @@ pub fn key_for(alg: Algorithm) -> EncodingKey {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(&read("rs256.key.pem")).expect("rsa key"),
         Algorithm::ES256 => EncodingKey::from_ec_pem(&read("es256.key.pem")).expect("ec key"),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(&read("eddsa.key.pem")).expect("ed key"),
-        Algorithm::HS256 => EncodingKey::from_secret(String::from_utf8(read("hs256.secret")).expect("utf8").trim().as_bytes()),
+        Algorithm::HS256 => EncodingKey::from_secret(
+            String::from_utf8(read("hs256.secret"))
+                .expect("utf8")
+                .trim()
+                .as_bytes(),
+        ),
         other => panic!("no fixture key for {other:?}"),
     }
 }
@@ -82,7 +89,12 @@ pub fn b64(v: &[u8]) -> String {
 
 /// A token assembled by hand: any header, any payload, any signature.
 pub fn raw_token(header: &Value, payload: &Value, sig: &str) -> String {
-    format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()), sig)
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes()),
+        sig
+    )
 }
 
 pub fn crypto() {
@@ -108,14 +120,18 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let last = Arc::new(Mutex::new(None));
         let (h, l) = (hits.clone(), last.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (h, l) = (h.clone(), l.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| backend_handle(req, h.clone(), l.clone()));
@@ -134,7 +150,11 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.last.lock().expect("lock").clone().expect("backend saw no request")
+        self.last
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("backend saw no request")
     }
 }
 
@@ -147,7 +167,11 @@ async fn backend_handle(
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
     if req.headers().contains_key(http::header::UPGRADE) {
-        *last.lock().expect("lock") = Some(Seen { path, headers, body_bytes: 0 });
+        *last.lock().expect("lock") = Some(Seen {
+            path,
+            headers,
+            body_bytes: 0,
+        });
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
@@ -158,8 +182,10 @@ async fn backend_handle(
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert("upgrade", "echo".parse().expect("hv"));
-        resp.headers_mut().insert("connection", "upgrade".parse().expect("hv"));
+        resp.headers_mut()
+            .insert("upgrade", "echo".parse().expect("hv"));
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().expect("hv"));
         return Ok(resp);
     }
     if path.starts_with("/slow") {
@@ -173,8 +199,14 @@ async fn backend_handle(
             Err(_) => break,
         }
     }
-    *last.lock().expect("lock") = Some(Seen { path, headers, body_bytes: n });
-    Ok(Response::new(Full::new(Bytes::from(format!("received {n} bytes")))))
+    *last.lock().expect("lock") = Some(Seen {
+        path,
+        headers,
+        body_bytes: n,
+    });
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "received {n} bytes"
+    )))))
 }
 
 /// Serves a JWKS document that the test can replace at run time.
@@ -193,7 +225,9 @@ impl JwksServer {
         let (b, h) = (body.clone(), hits.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (b, h) = (b.clone(), h.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req: Request<Incoming>| {
@@ -223,7 +257,9 @@ pub async fn start_gateway(yaml: &str) -> (gatehouse::server::Gateway, tempfile:
     let path = dir.path().join("gatehouse.yaml");
     std::fs::write(&path, yaml).expect("write config");
     let loaded = gatehouse::config::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
-    let gw = gatehouse::server::start(&loaded).await.expect("gateway starts");
+    let gw = gatehouse::server::start(&loaded)
+        .await
+        .expect("gateway starts");
     (gw, dir)
 }
 
@@ -308,11 +344,13 @@ fn tls_client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     for c in CertificateDer::pem_file_iter(fixture("ca.crt.pem")).expect("ca") {
         roots.add(c.expect("ca cert")).expect("add ca");
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(cfg)
 }
@@ -342,11 +380,20 @@ pub async fn send(addr: SocketAddr, proto: Proto, sni: &str, req: Request<Client
     let resp = match proto {
         Proto::Plain => h1(TokioIo::new(tcp), req).await,
         Proto::TlsH1 | Proto::TlsH2 => {
-            let alpn: &[u8] = if proto == Proto::TlsH2 { b"h2" } else { b"http/1.1" };
+            let alpn: &[u8] = if proto == Proto::TlsH2 {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
             let connector = tokio_rustls::TlsConnector::from(tls_client_config(alpn));
-            let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("server name");
+            let name =
+                rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("server name");
             let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN negotiated");
+            assert_eq!(
+                tls.get_ref().1.alpn_protocol(),
+                Some(alpn),
+                "ALPN negotiated"
+            );
             if proto == Proto::TlsH2 {
                 h2(TokioIo::new(tls), req).await
             } else {
@@ -355,15 +402,25 @@ pub async fn send(addr: SocketAddr, proto: Proto, sni: &str, req: Request<Client
         }
     };
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    Answer { status: parts.status, headers: parts.headers, body }
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 async fn h1<I>(io: TokioIo<I>, req: Request<ClientBody>) -> Response<Incoming>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut s, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+    let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("h1 handshake");
     tokio::spawn(conn.with_upgrades());
     s.send_request(req).await.expect("h1 request")
 }
@@ -381,7 +438,13 @@ where
 
 /// A GET with an optional bearer token and extra headers. HTTP/2 needs an
 /// absolute URI; HTTP/1.1 gets a Host header.
-pub fn get(proto: Proto, host: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Request<ClientBody> {
+pub fn get(
+    proto: Proto,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Request<ClientBody> {
     let mut b = Request::get(if proto == Proto::TlsH2 {
         format!("https://{host}{path}")
     } else {
@@ -409,7 +472,10 @@ pub struct ZeroBody {
 
 impl ZeroBody {
     pub fn new(total: u64) -> ZeroBody {
-        ZeroBody { remaining: total, chunk: Bytes::from(vec![0u8; 64 * 1024]) }
+        ZeroBody {
+            remaining: total,
+            chunk: Bytes::from(vec![0u8; 64 * 1024]),
+        }
     }
 }
 
@@ -417,7 +483,10 @@ impl http_body::Body for ZeroBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }

@@ -1,0 +1,303 @@
+//! The `gatehouse` binary as an operator runs it: separate process, its own
+//! memory, signals, exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use jsonwebtoken::Algorithm;
+
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `gatehouse run` and waits for its "listening" log line, which
+    /// carries the ephemeral port.
+    fn start(yaml: &str) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gatehouse.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        if let Some(a) = v["address"]
+                            .as_str()
+                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                        {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not start listening");
+        GatewayProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plain_config(backend: SocketAddr) -> String {
+    let f = |n: &str| fixture(n).display().to_string();
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - path_prefix: /
+    backends: [http://{backend}]
+    max_body_bytes: 209715200
+    timeout: 10s
+logging:
+  format: json
+  level: info
+shutdown_grace: 10s
+"#,
+        jwks = f("jwks.json")
+    )
+}
+
+#[tokio::test]
+async fn upload_of_100_mib_streams_through_without_the_gateway_growing() {
+    let backend = Backend::start().await;
+    let gw = GatewayProcess::start(&plain_config(backend.addr));
+    let token = mint(Algorithm::RS256, "uploader");
+    // Warm up: one small request so the baseline includes connection pools
+    // and buffers that exist after the first request anyway.
+    let a = send(
+        gw.addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let before = gw.peak_rss_kib();
+
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let req = http::Request::post("/upload")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(ZeroBody::new(SIZE).boxed())
+        .expect("request");
+    let a = send(gw.addr, Proto::Plain, "localhost", req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        backend.last().body_bytes,
+        SIZE,
+        "the backend got every byte"
+    );
+
+    let after = gw.peak_rss_kib();
+    let growth = after.saturating_sub(before);
+    println!(
+        "gateway peak RSS: {before} KiB before, {after} KiB after a 100 MiB upload (+{growth} KiB)"
+    );
+    assert!(
+        growth < 8 * 1024,
+        "peak RSS grew by {growth} KiB while streaming 100 MiB"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let backend = Backend::start().await;
+    let gw = GatewayProcess::start(&plain_config(backend.addr));
+    let token = mint(Algorithm::RS256, "patient");
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move {
+        send(
+            addr,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/slow", Some(&token), &[]),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.signal("TERM");
+    let a = slow.await.expect("join");
+    assert_eq!(a.status, StatusCode::OK, "in-flight request finished");
+    let mut gw = gw;
+    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn check_lists_every_problem_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: 127.0.0.1:8080\nissuers:\n  - issuer: https://i\n    audiences: []\n    algorithms: [RS256]\n    jwks: { file: missing.json }\nroutes:\n  - path_prefix: nope\n    backends: [http://127.0.0.1:9]\n    issuers: [ghost]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for (line, reason) in [
+        (4, "at least one audience"),
+        (4, "missing.json"),
+        (9, "must start with /"),
+        (9, "unknown issuer `ghost`"),
+    ] {
+        assert!(
+            err.contains(&format!("{file}:{line}: "))
+                && err
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{file}:{line}: ")) && l.contains(reason)),
+            "expected {file}:{line}: ...{reason}... in:\n{err}"
+        );
+    }
+
+    // A syntax/type error: the parser's line.
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: 127.0.0.1:8080\nroutes:\n  - backends: [ftp://x:1]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{file}:4: ")) && err.contains("only http://"),
+        "{err}"
+    );
+
+    // Unknown keys are errors, not silently ignored.
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: 127.0.0.1:8080\n    tsl: {}\nroutes: []\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":3: ") && err.contains("tsl"), "{err}");
+
+    // The shipped example is valid.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn token_subcommand_mints_a_token_the_example_config_accepts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(root)
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--claim",
+            "email=alice@example.test",
+        ])
+        .output()
+        .expect("run token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    crypto();
+    let jwks = std::fs::read(root.join("config/dev/jwks.json")).expect("dev jwks");
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks).expect("jwks");
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(set.find("dev-rs256").expect("dev key")).expect("key");
+    let mut v = jsonwebtoken::Validation::new(Algorithm::RS256);
+    v.set_audience(&["demo-app"]);
+    v.set_issuer(&["https://dev.gatehouse.local"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v)
+        .expect("valid for the example config");
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(data.claims["email"], "alice@example.test");
+}
