@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short, default_value = "config/gatehouse.yaml")]
         config: PathBuf,
     },
+    /// Run the revocation authority (the `authority` section of the config).
+    Authority {
+        #[arg(long, short, default_value = "config/gatehouse.yaml")]
+        config: PathBuf,
+    },
     /// Mint a token with a local private key (development and demos).
     Token(Box<TokenArgs>),
 }
@@ -77,6 +82,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Authority { config } => authority(&config),
         Command::Token(args) => token(*args),
     }
 }
@@ -126,6 +132,48 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn authority(path: &std::path::Path) -> ExitCode {
+    let loaded = match config::load_for(path, config::Mode::Authority) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _log = crate::logging::init(&loaded.config.logging);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        crate::auth::jwt::install_crypto_and_self_test()?;
+        let section = loaded
+            .config
+            .authority
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no authority section"))?;
+        let handle = crate::authority::start(&section.value, &loaded).await?;
+        crate::server::shutdown_signal().await;
+        tracing::info!("authority shutting down");
+        drop(handle);
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("gatehouse authority: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Required for `gatehouse run`; unused by `gatehouse authority`.
+    #[serde(default)]
     pub listeners: Vec<Spanned<ListenerConfig>>,
     #[serde(default)]
     pub limits: Limits,
@@ -31,7 +33,15 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub issuers: Vec<Spanned<IssuerConfig>>,
+    #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Where the gateway learns about revoked tokens; absent means tokens
+    /// are checked for signature and claims only.
+    #[serde(default)]
+    pub revocation: Option<Spanned<RevocationConfig>>,
+    /// The revocation authority served by `gatehouse authority`.
+    #[serde(default)]
+    pub authority: Option<Spanned<AuthorityConfig>>,
     /// Client addresses whose `X-Forwarded-For`/`Forwarded` are believed.
     /// Everyone else's are replaced: a client must not choose its own IP.
     #[serde(default)]
@@ -154,12 +164,100 @@ pub struct IssuerConfig {
     /// failing: `reject` (401) or `unavailable` (503, clients retry).
     #[serde(default)]
     pub unknown_kid_when_keys_unavailable: UnknownKidPolicy,
+    /// The longest lifetime this issuer gives a token. A revocation can be
+    /// forgotten this long after the newest token it matches was issued.
+    #[serde(default = "default_max_token_lifetime", with = "duration")]
+    pub max_token_lifetime: Duration,
 }
 
 impl IssuerConfig {
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.issuer)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// A remote authority's feed.
+    #[serde(default)]
+    pub authority: Option<AuthorityClientConfig>,
+    /// Run the authority inside the gateway (single-machine set-ups).
+    #[serde(default)]
+    pub embedded: Option<AuthorityConfig>,
+    /// The last applied set and cursor, so a restart enforces every known
+    /// revocation before the authority is reachable again.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// How long without hearing from the authority before the set counts
+    /// as stale.
+    #[serde(default = "default_max_staleness", with = "duration")]
+    pub max_staleness: Duration,
+    #[serde(default)]
+    pub on_stale: StalePolicy,
+    /// With no state file and no authority at start: `fail_closed` refuses
+    /// authenticated requests with 503 until the first sync; `open` serves.
+    #[serde(default)]
+    pub on_no_state: NoStatePolicy,
+    /// Long-poll wait asked of the authority.
+    #[serde(default = "default_poll_wait", with = "duration")]
+    pub poll_wait: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityClientConfig {
+    /// Base URL, e.g. `https://authority.internal:7400`.
+    pub url: HttpUrl,
+    /// Bearer token for the feed (the authority's feed or admin token).
+    #[serde(default)]
+    pub token: Option<SecretSource>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// Keep enforcing the last known set (revocations are never dropped).
+    #[default]
+    FailStatic,
+    /// Refuse authenticated requests with 503 until the feed is back.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoStatePolicy {
+    #[default]
+    FailClosed,
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// Address of the authority's HTTP API (admin, logout, feed).
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The store file (redb); created if missing.
+    pub path: PathBuf,
+    /// Bearer token for the admin API (compared in constant time).
+    pub admin_token: SecretSource,
+    /// Bearer token for the feed only; defaults to the admin token.
+    #[serde(default)]
+    pub feed_token: Option<SecretSource>,
+    /// Sessions a subject may hold; a new one over the limit ends the
+    /// oldest with reason `replaced`.
+    #[serde(default)]
+    pub max_sessions_per_subject: Option<usize>,
+    #[serde(default = "default_purge_interval", with = "duration")]
+    pub purge_interval: Duration,
+    /// Change-log records kept for incremental feeds; a gateway further
+    /// behind gets a snapshot.
+    #[serde(default = "default_change_retention")]
+    pub change_retention: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -452,6 +550,21 @@ fn default_jwks_min_refresh() -> Duration {
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_max_token_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_poll_wait() -> Duration {
+    Duration::from_secs(25)
+}
+fn default_purge_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_change_retention() -> u64 {
+    100_000
+}
 fn default_prefix() -> String {
     "/".to_owned()
 }
@@ -532,7 +645,19 @@ impl LoadedConfig {
     }
 }
 
+/// What the config is loaded for: the gateway needs listeners and routes,
+/// the authority needs its `authority` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Gateway,
+    Authority,
+}
+
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    load_for(path, Mode::Gateway)
+}
+
+pub fn load_for(path: &Path, mode: Mode) -> Result<LoadedConfig, ConfigError> {
     let file_issue = |line: u64, reason: String| ConfigError {
         issues: vec![ConfigIssue {
             file: path.to_owned(),
@@ -549,7 +674,7 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
         path: path.to_owned(),
         config,
     };
-    let issues = validate(&loaded);
+    let issues = validate(&loaded, mode);
     if issues.is_empty() {
         Ok(loaded)
     } else {
@@ -626,7 +751,7 @@ pub fn interpolate_env(
     Ok(out)
 }
 
-fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
+fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
     let cfg = &loaded.config;
     let mut issues = Vec::new();
     let mut push = |line: u64, reason: String| {
@@ -645,8 +770,67 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         }
     };
 
-    if cfg.listeners.is_empty() {
+    if mode == Mode::Gateway && cfg.listeners.is_empty() {
         push(0, "at least one listener is required".into());
+    }
+    if mode == Mode::Authority && cfg.authority.is_none() {
+        push(
+            0,
+            "`gatehouse authority` needs an `authority` section".into(),
+        );
+    }
+    let check_authority = |a: &AuthorityConfig, line: u64, push: &mut dyn FnMut(u64, String)| {
+        for s in std::iter::once(&a.admin_token).chain(a.feed_token.iter()) {
+            if let Some(r) = secret_problem(s, loaded) {
+                push(line, r);
+            }
+        }
+        if let Some(tls) = &a.tls {
+            for c in &tls.certificates {
+                for (p, what) in [(&c.value.cert, "certificate"), (&c.value.key, "key")] {
+                    if let Some(r) = file_must_exist(p, what) {
+                        push(c.referenced.line(), r);
+                    }
+                }
+            }
+        }
+        if a.max_sessions_per_subject == Some(0) {
+            push(line, "max_sessions_per_subject must be at least 1".into());
+        }
+        if cfg.issuers.is_empty() {
+            push(
+                line,
+                "the authority needs the issuers whose tokens it revokes".into(),
+            );
+        }
+    };
+    if mode == Mode::Authority {
+        if let Some(a) = &cfg.authority {
+            check_authority(&a.value, a.referenced.line(), &mut push);
+        }
+    }
+    if let (Mode::Gateway, Some(r)) = (mode, &cfg.revocation) {
+        let line = r.referenced.line();
+        match (&r.value.authority, &r.value.embedded) {
+            (Some(a), None) => {
+                if let Some(s) = &a.token {
+                    if let Some(p) = secret_problem(s, loaded) {
+                        push(line, p);
+                    }
+                }
+            }
+            (None, Some(e)) => check_authority(e, line, &mut push),
+            _ => push(
+                line,
+                "revocation takes exactly one of authority or embedded".into(),
+            ),
+        }
+        if r.value.max_staleness < r.value.poll_wait + Duration::from_secs(1) {
+            push(
+                line,
+                "max_staleness must exceed poll_wait by at least 1s".into(),
+            );
+        }
     }
     let mut addrs = HashSet::new();
     for l in &cfg.listeners {
@@ -728,18 +912,8 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             );
         }
         if let Some(s) = &ic.hmac_secret {
-            match (&s.file, &s.env) {
-                (Some(f), None) => {
-                    if let Some(r) = file_must_exist(f, "hmac_secret file") {
-                        push(line, r);
-                    }
-                }
-                (None, Some(var)) => {
-                    if std::env::var_os(var).is_none() {
-                        push(line, format!("hmac_secret env {var} is not set"));
-                    }
-                }
-                _ => push(line, "hmac_secret takes exactly one of file or env".into()),
+            if let Some(r) = secret_problem(s, loaded) {
+                push(line, format!("hmac_secret: {r}"));
             }
         }
         match (&ic.jwks, wants_keys) {
@@ -763,7 +937,7 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         }
     }
 
-    if cfg.routes.is_empty() {
+    if mode == Mode::Gateway && cfg.routes.is_empty() {
         push(0, "at least one route is required".into());
     }
     let mut route_keys = HashSet::new();
@@ -839,4 +1013,41 @@ fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         }
     }
     issues
+}
+
+/// Why a secret cannot be read, if it cannot.
+fn secret_problem(s: &SecretSource, loaded: &LoadedConfig) -> Option<String> {
+    match (&s.file, &s.env) {
+        (Some(f), None) => {
+            let full = loaded.resolve(f);
+            std::fs::metadata(&full)
+                .err()
+                .map(|e| format!("secret file {}: {e}", full.display()))
+        }
+        (None, Some(var)) => std::env::var_os(var)
+            .is_none()
+            .then(|| format!("secret env {var} is not set")),
+        _ => Some("a secret takes exactly one of file or env".into()),
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret; trailing whitespace (a file's newline) is dropped.
+    pub fn read(&self, loaded: &LoadedConfig) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = match (&self.file, &self.env) {
+            (Some(f), None) => {
+                let p = loaded.resolve(f);
+                std::fs::read(&p)
+                    .map_err(|e| anyhow::anyhow!("secret file {}: {e}", p.display()))?
+            }
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("secret env {var} is not set"))?
+                .into_bytes(),
+            _ => anyhow::bail!("a secret takes exactly one of file or env"),
+        };
+        while bytes.last().is_some_and(|c| c.is_ascii_whitespace()) {
+            bytes.pop();
+        }
+        Ok(bytes)
+    }
 }

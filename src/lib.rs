@@ -6,10 +6,13 @@
 //! forward); token checks live in [`auth::jwt`].
 
 pub mod auth;
+pub mod authority;
 pub mod cli;
 pub mod config;
+pub mod httpclient;
 pub mod logging;
 pub mod proxy;
+pub mod revocation;
 pub mod server;
 pub mod tls;
 pub mod token;

@@ -3,93 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
-
-struct GatewayProcess {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl GatewayProcess {
-    /// Starts `gatehouse run` and waits for its "listening" log line, which
-    /// carries the ephemeral port.
-    fn start(yaml: &str) -> GatewayProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("gatehouse.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        if let Some(a) = v["address"]
-                            .as_str()
-                            .and_then(|a| a.parse::<SocketAddr>().ok())
-                        {
-                            let _ = tx.send(a);
-                        }
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not start listening");
-        GatewayProcess {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Peak resident memory so far, in KiB.
-    fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn plain_config(backend: SocketAddr) -> String {
     let f = |n: &str| fixture(n).display().to_string();
@@ -119,7 +40,7 @@ shutdown_grace: 10s
 #[tokio::test]
 async fn upload_of_100_mib_streams_through_without_the_gateway_growing() {
     let backend = Backend::start().await;
-    let gw = GatewayProcess::start(&plain_config(backend.addr));
+    let gw = Proc::start("run", &plain_config(backend.addr), "listening");
     let token = mint(Algorithm::RS256, "uploader");
     // Warm up: one small request so the baseline includes connection pools
     // and buffers that exist after the first request anyway.
@@ -161,7 +82,7 @@ async fn upload_of_100_mib_streams_through_without_the_gateway_growing() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let backend = Backend::start().await;
-    let gw = GatewayProcess::start(&plain_config(backend.addr));
+    let gw = Proc::start("run", &plain_config(backend.addr), "listening");
     let token = mint(Algorithm::RS256, "patient");
     let addr = gw.addr;
     let slow = tokio::spawn(async move {

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -189,10 +187,7 @@ enum Origin {
     },
 }
 
-type JwksClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Empty<Bytes>,
->;
+use crate::httpclient::HttpClient as JwksClient;
 
 impl Origin {
     fn describe(&self) -> String {
@@ -263,7 +258,10 @@ impl KeySource {
             (Some(f), _) => Origin::File(loaded.resolve(f)),
             (None, Some(url)) => Origin::Url {
                 uri: url.0.clone(),
-                client: Box::new(jwks_client(cfg, loaded)?),
+                client: Box::new(crate::httpclient::build(
+                    cfg.ca_file.as_deref().map(|p| loaded.resolve(p)).as_deref(),
+                    cfg.timeout,
+                )?),
                 timeout: cfg.timeout,
             },
             (None, None) => anyhow::bail!("jwks needs file or url"),
@@ -364,37 +362,4 @@ impl KeySource {
             }
         })
     }
-}
-
-fn jwks_client(cfg: &JwksConfig, loaded: &LoadedConfig) -> anyhow::Result<JwksClient> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &cfg.ca_file {
-        let path = loaded.resolve(ca);
-        for cert in CertificateDer::pem_file_iter(&path)
-            .map_err(|e| anyhow::anyhow!("jwks ca_file {}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| anyhow::anyhow!("jwks ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("jwks ca_file {}: {e}", path.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(cfg.timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
 }

@@ -26,6 +26,9 @@ pub struct Verifier {
 
 struct IssuerVerifier {
     name: Arc<str>,
+    iss: Arc<str>,
+    /// The same checks without `exp`, for logout of dead tokens.
+    validations_any_age: Vec<(Algorithm, Validation)>,
     /// One `Validation` per allowed algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
     keys: Option<Arc<KeySource>>,
@@ -153,6 +156,17 @@ impl Verifier {
             };
             by_iss.insert(ic.issuer.clone(), issuers.len());
             issuers.push(IssuerVerifier {
+                iss: Arc::from(ic.issuer.as_str()),
+                validations_any_age: ic
+                    .algorithms
+                    .iter()
+                    .map(|a| {
+                        let mut v = validation_for(ic, to_jwt_alg(*a));
+                        v.validate_exp = false;
+                        v.set_required_spec_claims(&["iss", "aud"]);
+                        (to_jwt_alg(*a), v)
+                    })
+                    .collect(),
                 validations: ic
                     .algorithms
                     .iter()
@@ -174,14 +188,24 @@ impl Verifier {
     /// Verifies signature and claims. Never touches the network except to
     /// refresh a key set for an unknown `kid` (rate-limited per issuer).
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        match self.verify_with_known_keys(token) {
+        self.verify_as(token, Age::Current).await
+    }
+
+    /// Signature, issuer and audience checked, but not `exp`/`nbf`: for
+    /// logging out a token that may already be expired.
+    pub async fn verify_any_age(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_as(token, Age::Any).await
+    }
+
+    async fn verify_as(&self, token: &str, age: Age) -> Result<Identity, AuthError> {
+        match self.verify_known(token, age) {
             Err(AuthError::UnknownKey { issuer }) => {
                 let iv = &self.issuers[issuer];
                 let Some(src) = &iv.keys else {
                     return Err(AuthError::UnknownKey { issuer });
                 };
                 src.refresh_for_unknown_kid().await;
-                match self.verify_with_known_keys(token) {
+                match self.verify_known(token, age) {
                     Err(AuthError::UnknownKey { .. })
                         if !src.is_healthy() && iv.unknown_kid == UnknownKidPolicy::Unavailable =>
                     {
@@ -196,6 +220,10 @@ impl Verifier {
 
     /// Everything that needs no I/O; the common path.
     pub fn verify_with_known_keys(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_known(token, Age::Current)
+    }
+
+    fn verify_known(&self, token: &str, age: Age) -> Result<Identity, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
@@ -233,8 +261,11 @@ impl Verifier {
 
         let idx = self.pick_issuer(p64)?;
         let iv = &self.issuers[idx];
-        let validation = iv
-            .validations
+        let validations = match age {
+            Age::Current => &iv.validations,
+            Age::Any => &iv.validations_any_age,
+        };
+        let validation = validations
             .iter()
             .find(|(a, _)| *a == alg)
             .map(|(_, v)| v)
@@ -261,7 +292,7 @@ impl Verifier {
             token, key, validation,
         )
         .map_err(map_jwt_error)?;
-        Identity::from_claims(iv.name.clone(), data.claims)
+        Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims)
     }
 
     /// With one issuer there is nothing to choose (its `iss` is still
@@ -294,6 +325,12 @@ impl Verifier {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Age {
+    Current,
+    Any,
+}
+
 fn alg_is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
@@ -312,21 +349,9 @@ fn validation_for(ic: &IssuerConfig, alg: Algorithm) -> Validation {
 }
 
 fn read_secret(s: &config::SecretSource, loaded: &LoadedConfig) -> anyhow::Result<Vec<u8>> {
-    let bytes = match (&s.file, &s.env) {
-        (Some(f), _) => {
-            let p = loaded.resolve(f);
-            let mut b = std::fs::read(&p)
-                .map_err(|e| anyhow::anyhow!("hmac_secret {}: {e}", p.display()))?;
-            while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
-                b.pop();
-            }
-            b
-        }
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| anyhow::anyhow!("hmac_secret env {var} is not set"))?
-            .into_bytes(),
-        (None, None) => anyhow::bail!("hmac_secret needs file or env"),
-    };
+    let bytes = s
+        .read(loaded)
+        .map_err(|e| anyhow::anyhow!("hmac_secret: {e}"))?;
     // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
     if bytes.len() < 32 {
         anyhow::bail!("hmac_secret is shorter than 32 bytes");

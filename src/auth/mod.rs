@@ -58,20 +58,49 @@ impl AuthError {
 pub struct Identity {
     /// Configured name of the issuer that vouched for it.
     pub issuer: Arc<str>,
+    /// The token's `iss` (what revocations are keyed by).
+    pub iss: Arc<str>,
     pub subject: Option<String>,
+    pub jti: Option<String>,
+    pub sid: Option<String>,
+    /// `iat` in Unix seconds, when present and numeric.
+    pub issued_at: Option<i64>,
+    /// `azp`, or else `client_id`.
+    pub client: Option<String>,
     pub claims: Map<String, Value>,
 }
 
 impl Identity {
-    pub fn from_claims(issuer: Arc<str>, claims: Map<String, Value>) -> Result<Self, AuthError> {
-        let subject = match claims.get("sub") {
+    /// Pulls out the claims the gateway uses itself. A claim that is there
+    /// with the wrong type refuses the token: a revocation keyed by `sid`
+    /// must not be dodged by sending `"sid": ["x"]`.
+    pub fn from_claims(
+        issuer: Arc<str>,
+        iss: Arc<str>,
+        claims: Map<String, Value>,
+    ) -> Result<Self, AuthError> {
+        let text = |name: &str| match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(AuthError::Claim("token has a malformed claim")),
+        };
+        let issued_at = match claims.get("iat") {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(
+                n.as_i64()
+                    .or_else(|| n.as_f64().map(|f| f as i64))
+                    .ok_or(AuthError::Claim("token has a malformed claim"))?,
+            ),
             Some(_) => return Err(AuthError::Claim("token has a malformed claim")),
         };
         Ok(Identity {
             issuer,
-            subject,
+            iss,
+            subject: text("sub")?,
+            jti: text("jti")?,
+            sid: text("sid")?,
+            issued_at,
+            client: text("azp")?.or(text("client_id")?),
             claims,
         })
     }
@@ -187,7 +216,7 @@ mod tests {
             r#"{"sub":"a","scope":"read write","realm_access":{"roles":["admin","user"]},"scp":["x"]}"#,
         )
         .unwrap();
-        let id = Identity::from_claims(Arc::from("t"), claims).unwrap();
+        let id = Identity::from_claims(Arc::from("t"), Arc::from("t"), claims).unwrap();
         assert!(id.has_scope("read") && id.has_scope("write") && id.has_scope("x"));
         assert!(!id.has_scope("rea"));
         assert!(id.has_any_role("realm_access.roles", &["admin".into()]));

@@ -7,6 +7,7 @@ pub mod routes;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,6 +20,8 @@ use serde_json::Value;
 
 use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
 use crate::config::{AuthMode, LoadedConfig};
+use crate::revocation::feed::Refusal;
+use crate::revocation::Revocations;
 use reject::Reject;
 use routes::{Route, RouteTable};
 
@@ -35,6 +38,7 @@ pub struct ConnInfo {
 pub struct Proxy {
     routes: RouteTable,
     verifier: Verifier,
+    revocations: Option<Arc<Revocations>>,
     realm: String,
     trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -42,7 +46,7 @@ pub struct Proxy {
 /// What the access log line says about a request, filled in as it goes.
 #[derive(Default)]
 struct Outcome {
-    route: Option<std::sync::Arc<str>>,
+    route: Option<Arc<str>>,
     subject: Option<String>,
     reason: Option<&'static str>,
     label: &'static str,
@@ -51,9 +55,21 @@ struct Outcome {
 impl Proxy {
     pub async fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
         let cfg = &loaded.config;
+        let revocations = match &cfg.revocation {
+            Some(r) => {
+                let iss: Vec<Arc<str>> = cfg
+                    .issuers
+                    .iter()
+                    .map(|i| Arc::from(i.value.issuer.as_str()))
+                    .collect();
+                Some(Revocations::start(&r.value, loaded, iss).await?)
+            }
+            None => None,
+        };
         Ok(Proxy {
             routes: RouteTable::from_config(cfg)?,
             verifier: Verifier::from_config(loaded).await?,
+            revocations,
             realm: cfg.auth.realm.clone(),
             trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
         })
@@ -151,6 +167,13 @@ impl Proxy {
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
         }
+        // A genuine token is not enough: it must not have been revoked.
+        if let Some(r) = &self.revocations {
+            r.check(&identity).map_err(|refusal| match refusal {
+                Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
+                Refusal::Unavailable => Reject::RevocationUnavailable,
+            })?;
+        }
         Ok(Some(identity))
     }
 
@@ -243,6 +266,11 @@ impl Proxy {
             parts,
             body.map_err(BoxError::from).boxed(),
         ))
+    }
+
+    /// The revocation feed's state, when revocation is configured.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
     }
 
     fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {

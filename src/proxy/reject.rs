@@ -16,6 +16,11 @@ pub enum Reject {
     /// No bearer token where one is required (RFC 6750 §3.1: no error code).
     MissingToken,
     InvalidToken(AuthError),
+    /// Genuine token that was revoked; carries the description by kind.
+    Revoked(&'static str),
+    /// The revocation set cannot be trusted (never loaded, or stale under
+    /// `fail_closed`): no authenticated request is let through.
+    RevocationUnavailable,
     /// Valid token without the scopes or roles the route requires; carries
     /// the route's required scopes for the `scope` attribute.
     InsufficientScope(String),
@@ -31,7 +36,8 @@ impl Reject {
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
             Reject::MissingToken => StatusCode::UNAUTHORIZED,
             Reject::InvalidToken(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
-            Reject::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Reject::InvalidToken(_) | Reject::Revoked(_) => StatusCode::UNAUTHORIZED,
+            Reject::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
@@ -48,6 +54,8 @@ impl Reject {
             Reject::InvalidToken(AuthError::Expired) => "expired",
             Reject::InvalidToken(AuthError::KeysUnavailable) => "keys_unavailable",
             Reject::InvalidToken(_) => "invalid_token",
+            Reject::Revoked(_) => "revoked",
+            Reject::RevocationUnavailable => "revocation_unavailable",
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::BodyTooLarge => "body_too_large",
             Reject::BadGateway => "bad_gateway",
@@ -65,6 +73,11 @@ impl Reject {
                 AuthError::KeysUnavailable.description(),
             ),
             Reject::InvalidToken(e) => ("invalid_token", e.description()),
+            Reject::Revoked(d) => ("invalid_token", d),
+            Reject::RevocationUnavailable => (
+                "temporarily_unavailable",
+                "revocation state is not available",
+            ),
             Reject::InsufficientScope(_) => (
                 "insufficient_scope",
                 "the token lacks a required scope or role",
@@ -85,7 +98,7 @@ impl Reject {
             // RFC 6750 §3.1: a request without credentials gets a bare
             // challenge, no error code.
             Reject::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
-            Reject::InvalidToken(_) => Some(format!(
+            Reject::InvalidToken(_) | Reject::Revoked(_) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""
             )),
             Reject::InsufficientScope(scope) => {
@@ -116,7 +129,10 @@ impl Reject {
         if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
-        if matches!(self, Reject::InvalidToken(AuthError::KeysUnavailable)) {
+        if matches!(
+            self,
+            Reject::InvalidToken(AuthError::KeysUnavailable) | Reject::RevocationUnavailable
+        ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp

@@ -499,3 +499,130 @@ impl http_body::Body for ZeroBody {
         http_body::SizeHint::with_exact(self.remaining)
     }
 }
+
+/// `gatehouse <subcommand> --config ...` as a child process. Its address
+/// is read from the JSON log line with the given message.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    pub fn start(subcommand: &str, yaml: &str, message: &str) -> Proc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gatehouse.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut p = Proc::start_with(subcommand, &path, message);
+        p._dir = Some(dir);
+        p
+    }
+
+    /// With a config file the caller keeps (restarts reuse it).
+    pub fn start_with(subcommand: &str, path: &Path, message: &str) -> Proc {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([subcommand, "--config"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let message = message.to_owned();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == message.as_str() {
+                        if let Some(a) = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("process did not log its address");
+        Proc { child, addr, config: path.to_owned(), _dir: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A request with a JSON body (or none) and an optional bearer token.
+pub fn json_req(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Request<ClientBody> {
+    let mut b = Request::builder().method(method).uri(path).header("host", "authority");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Full::new(Bytes::from(v.to_string())).map_err(|n| match n {}).boxed()
+        }
+        None => empty(),
+    };
+    b.body(body).expect("request")
+}
+
+/// A free port on 127.0.0.1 (bound and released; for a server that must
+/// come back on the same address after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes; returns
+/// how long it took.
+pub async fn within<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}

@@ -1,0 +1,881 @@
+//! The authority's HTTP API.
+//!
+//! | call | who | what |
+//! |---|---|---|
+//! | `POST /v1/revocations` | admin | one revocation or a batch |
+//! | `GET /v1/revocations/{id}` | admin | one entry |
+//! | `DELETE /v1/revocations/{id}` | admin | un-revoke (audited) |
+//! | `GET /v1/revocations?subject=` | admin | entries for a subject |
+//! | `POST /v1/sessions` | admin (login service) | a new session; enforces the session limit |
+//! | `POST /v1/logout` | the token itself | revoke its `jti`/`sid`; always 200 for a genuine token |
+//! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
+//! | `GET /v1/feed?since=&wait=` | feed or admin token | changes since a cursor, or a snapshot |
+//! | `GET /healthz` | anyone | liveness and size |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+
+use super::store::{NewRevocation, PutOutcome, SnapshotItem, Store};
+use crate::auth::{Bearer, Identity, Verifier};
+use crate::config::{AuthorityConfig, LoadedConfig};
+use crate::proxy::{BoxError, ProxyBody};
+use crate::revocation::model::{now_unix, FeedMarker, Kind, Revocation};
+
+/// Admin request bodies above this are refused (a batch of ~50k entries).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Changes sent in one incremental response; a client further behind
+/// simply asks again with the new cursor.
+const MAX_CHANGES: usize = 50_000;
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+struct IssuerInfo {
+    max_lifetime: i64,
+}
+
+pub struct Api {
+    store: Arc<Store>,
+    verifier: Verifier,
+    issuers: HashMap<String, IssuerInfo>,
+    admin_token: Vec<u8>,
+    feed_token: Option<Vec<u8>>,
+    max_sessions: Option<usize>,
+    seq: watch::Sender<u64>,
+}
+
+type Resp = Response<ProxyBody>;
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, description: &str) -> Resp {
+    json_resp(
+        status,
+        &json!({"error": code, "error_description": description}),
+    )
+}
+
+/// A refusal before any store work; small, so `Result`s stay cheap.
+struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    fn bad(description: &str) -> ApiError {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            description.to_owned(),
+        )
+    }
+
+    fn resp(self) -> Resp {
+        error(self.0, self.1, &self.2)
+    }
+}
+
+fn internal(e: anyhow::Error) -> Resp {
+    tracing::error!(error = %format!("{e:#}"), "authority store failure");
+    // Never acknowledge what could not be kept.
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the store cannot be written or read",
+    )
+}
+
+/// A new revocation as the admin API takes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationRequest {
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    /// Unix seconds; for `sub`/`client_id`, default now.
+    #[serde(default)]
+    before: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// Unix seconds; capped at what the issuer's token lifetime allows.
+    #[serde(default)]
+    expires_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(RevocationRequest),
+    Many(Vec<RevocationRequest>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    #[serde(default)]
+    issuer: Option<String>,
+    sub: String,
+    sid: String,
+    #[serde(default)]
+    started_at: Option<i64>,
+}
+
+impl Api {
+    pub async fn new(cfg: &AuthorityConfig, loaded: &LoadedConfig) -> anyhow::Result<Api> {
+        let path = loaded.resolve(&cfg.path);
+        let retention = cfg.change_retention;
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, retention)).await??;
+        let seq = store.current_seq()?;
+        let issuers = loaded
+            .config
+            .issuers
+            .iter()
+            .map(|i| {
+                (
+                    i.value.issuer.clone(),
+                    IssuerInfo {
+                        max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
+                    },
+                )
+            })
+            .collect();
+        Ok(Api {
+            store: Arc::new(store),
+            verifier: Verifier::from_config(loaded).await?,
+            issuers,
+            admin_token: cfg.admin_token.read(loaded)?,
+            feed_token: cfg
+                .feed_token
+                .as_ref()
+                .map(|t| t.read(loaded))
+                .transpose()?,
+            max_sessions: cfg.max_sessions_per_subject,
+            seq: watch::channel(seq).0,
+        })
+    }
+
+    pub fn spawn_purger(self: Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(api) = weak.upgrade() else { return };
+                let store = api.store.clone();
+                match tokio::task::spawn_blocking(move || store.purge(now_unix())).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(purged = n, "expired revocations forgotten")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "purge failed"),
+                    Err(e) => tracing::error!(error = %e, "purge task failed"),
+                }
+            }
+        });
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let resp = self.route(req, peer, &method, &path).await;
+        tracing::info!(target: "gatehouse::authority", method = %method, path = %path, status = resp.status().as_u16(), peer = %peer.ip());
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+    ) -> Resp {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => self.healthz().await,
+            (&Method::GET, ["v1", "feed"]) => match self.authorize(&req, true) {
+                Ok(()) => self.feed(&req).await,
+                Err(r) => *r,
+            },
+            (&Method::POST, ["v1", "logout"]) => self.logout(req).await,
+            (&Method::POST, ["backchannel-logout"]) => self.backchannel_logout(req).await,
+            (_, ["v1", "revocations", ..]) | (_, ["v1", "sessions"]) => {
+                if let Err(r) = self.authorize(&req, false) {
+                    return *r;
+                }
+                match (method, segments.as_slice()) {
+                    (&Method::POST, ["v1", "revocations"]) => self.create(req).await,
+                    (&Method::GET, ["v1", "revocations"]) => self.list(&req).await,
+                    (&Method::GET, ["v1", "revocations", id]) => self.get(id).await,
+                    (&Method::DELETE, ["v1", "revocations", id]) => self.delete(id, peer).await,
+                    (&Method::POST, ["v1", "sessions"]) => self.session(req).await,
+                    _ => error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "invalid_request",
+                        "method not allowed",
+                    ),
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        }
+    }
+
+    /// Admin (or, for the feed, the feed token): compared in constant time.
+    /// No credentials: 401. Wrong credentials: 403.
+    fn authorize(&self, req: &Request<Incoming>, feed: bool) -> Result<(), Box<Resp>> {
+        let presented = match crate::auth::bearer(req.headers()) {
+            Bearer::Token(t) => t.as_bytes(),
+            _ => {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request",
+                    "admin token required",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gatehouse-authority\""),
+                );
+                return Err(Box::new(r));
+            }
+        };
+        let ok = |secret: &[u8]| bool::from(presented.ct_eq(secret));
+        let allowed = ok(&self.admin_token) || (feed && self.feed_token.as_deref().is_some_and(ok));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "token not accepted",
+            )))
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+
+    fn issuer_for(&self, requested: Option<String>) -> Result<(String, i64), ApiError> {
+        let iss = match requested {
+            Some(i) => i,
+            None if self.issuers.len() == 1 => {
+                self.issuers.keys().next().cloned().unwrap_or_default()
+            }
+            None => return Err(ApiError::bad("issuer is required")),
+        };
+        match self.issuers.get(&iss) {
+            Some(info) => Ok((iss, info.max_lifetime)),
+            None => Err(ApiError::bad("unknown issuer")),
+        }
+    }
+
+    fn to_new(&self, r: RevocationRequest, now: i64) -> Result<NewRevocation, ApiError> {
+        let (issuer, max_lifetime) = self.issuer_for(r.issuer)?;
+        let bad = ApiError::bad;
+        let (kind, value) = match (r.jti, r.sid, r.sub, r.client_id) {
+            (Some(v), None, None, None) => (Kind::Jti, v),
+            (None, Some(v), None, None) => (Kind::Sid, v),
+            (None, None, Some(v), None) => (Kind::Sub, v),
+            (None, None, None, Some(v)) => (Kind::Client, v),
+            _ => return Err(bad("give exactly one of jti, sid, sub, client_id")),
+        };
+        if value.is_empty() || value.len() > 1024 {
+            return Err(bad("value must be 1 to 1024 bytes"));
+        }
+        let before = if kind.has_before() {
+            let b = r.before.unwrap_or(now);
+            if b > now + 300 {
+                return Err(bad("before may not be more than 5 minutes ahead"));
+            }
+            Some(b)
+        } else if r.before.is_some() {
+            return Err(bad("before applies to sub and client_id only"));
+        } else {
+            None
+        };
+        // No token it matches outlives the issuer's longest lifetime.
+        let cap = before.unwrap_or(now) + max_lifetime;
+        let expires_at = r.expires_at.map_or(cap, |e| e.min(cap));
+        if expires_at <= now {
+            return Err(bad("expires_at is in the past"));
+        }
+        let reason = r.reason.unwrap_or_else(|| "forced_logout".to_owned());
+        if reason.is_empty() || reason.len() > 200 {
+            return Err(bad("reason must be 1 to 200 bytes"));
+        }
+        Ok(NewRevocation {
+            issuer,
+            kind,
+            value,
+            before,
+            reason,
+            created_at: now,
+            expires_at,
+        })
+    }
+
+    async fn put(&self, news: Vec<NewRevocation>) -> anyhow::Result<Vec<(Revocation, PutOutcome)>> {
+        let (results, seq) = self.blocking(move |s| s.put(news)).await?;
+        self.seq.send_if_modified(|cur| {
+            let newer = seq > *cur;
+            *cur = (*cur).max(seq);
+            newer
+        });
+        Ok(results)
+    }
+
+    async fn create(&self, req: Request<Incoming>) -> Resp {
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let parsed: OneOrMany = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("bad JSON: {e}"),
+                )
+            }
+        };
+        let list = match parsed {
+            OneOrMany::One(r) => vec![r],
+            OneOrMany::Many(v) => v,
+        };
+        let now = now_unix();
+        let mut news = Vec::with_capacity(list.len());
+        for r in list {
+            match self.to_new(r, now) {
+                Ok(n) => news.push(n),
+                Err(e) => return e.resp(),
+            }
+        }
+        match self.put(news).await {
+            Ok(results) => {
+                let created = results.iter().any(|(_, o)| *o != PutOutcome::Unchanged);
+                let items: Vec<Value> = results
+                    .into_iter()
+                    .map(|(r, o)| {
+                        let mut v = json!(r);
+                        v["outcome"] = json!(o);
+                        v
+                    })
+                    .collect();
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json_resp(status, &json!({ "revocations": items }))
+            }
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Resp {
+        let Ok(id) = id.parse::<u64>() else {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such revocation");
+        };
+        match self.blocking(move |s| s.get(id)).await {
+            Ok(Some(r)) => json_resp(StatusCode::OK, &json!(r)),
+            Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such revocation"),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn delete(&self, id: &str, peer: SocketAddr) -> Resp {
+        let Ok(id) = id.parse::<u64>() else {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such revocation");
+        };
+        let actor = format!("admin@{}", peer.ip());
+        let a = actor.clone();
+        match self.blocking(move |s| s.delete(id, &a)).await {
+            Ok(Some((r, seq))) => {
+                tracing::warn!(target: "gatehouse::audit", id, actor = %actor, kind = r.kind.as_str(), issuer = %r.issuer, "revocation removed");
+                self.seq.send_if_modified(|cur| {
+                    let newer = seq > *cur;
+                    *cur = (*cur).max(seq);
+                    newer
+                });
+                json_resp(StatusCode::OK, &json!({ "deleted": r }))
+            }
+            Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such revocation"),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn list(&self, req: &Request<Incoming>) -> Resp {
+        let q = query(req);
+        let subject = q.get("subject").cloned();
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(1000usize)
+            .min(10_000);
+        match self
+            .blocking(move |s| s.list(subject.as_deref(), limit))
+            .await
+        {
+            Ok(list) => json_resp(StatusCode::OK, &json!({ "revocations": list })),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn session(&self, req: Request<Incoming>) -> Resp {
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let s: SessionRequest = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("bad JSON: {e}"),
+                )
+            }
+        };
+        let (issuer, max_lifetime) = match self.issuer_for(s.issuer) {
+            Ok(x) => x,
+            Err(e) => return e.resp(),
+        };
+        let Some(limit) = self.max_sessions else {
+            return json_resp(StatusCode::OK, &json!({ "replaced": [] }));
+        };
+        let started = s.started_at.unwrap_or_else(now_unix);
+        let (sub, sid) = (s.sub, s.sid);
+        match self
+            .blocking(move |st| {
+                st.report_session(&issuer, &sub, &sid, started, limit, max_lifetime)
+            })
+            .await
+        {
+            Ok((revoked, seq)) => {
+                self.seq.send_if_modified(|cur| {
+                    let newer = seq > *cur;
+                    *cur = (*cur).max(seq);
+                    newer
+                });
+                let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
+                json_resp(StatusCode::OK, &json!({ "replaced": sids }))
+            }
+            Err(e) => internal(e),
+        }
+    }
+
+    /// Logout with the token itself as the credential. A genuine token of a
+    /// configured issuer always gets 200, whether it is live (`revoked`) or
+    /// already expired or revoked (`already_revoked`), so a client can
+    /// always clear a dead session.
+    async fn logout(&self, req: Request<Incoming>) -> Resp {
+        let header_token = match crate::auth::bearer(req.headers()) {
+            Bearer::Token(t) => Some(t.to_owned()),
+            _ => None,
+        };
+        let token = match header_token {
+            Some(t) => t,
+            None => {
+                let body = match read_body(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match token_from_body(&body, "token") {
+                    Some(t) => t,
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "a token is required",
+                        )
+                    }
+                }
+            }
+        };
+        let id = match self.verifier.verify_any_age(&token).await {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::UNAUTHORIZED, "invalid_token", e.description()),
+        };
+        let now = now_unix();
+        let expired = id
+            .claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .is_some_and(|e| e <= now);
+        let max_lifetime = self
+            .issuers
+            .get(&*id.iss)
+            .map_or(86_400, |i| i.max_lifetime);
+        let already = {
+            let id = id.clone();
+            match self.blocking(move |s| already_revoked(s, &id)).await {
+                Ok(a) => a,
+                Err(e) => return internal(e),
+            }
+        };
+        let mut news = Vec::new();
+        let entry = |kind, value: &str, expires_at| NewRevocation {
+            issuer: id.iss.to_string(),
+            kind,
+            value: value.to_owned(),
+            before: kind_before(kind, &id),
+            reason: "logout".to_owned(),
+            created_at: now,
+            expires_at,
+        };
+        if let Some(jti) = &id.jti {
+            let exp = id
+                .claims
+                .get("exp")
+                .and_then(Value::as_i64)
+                .unwrap_or(now + max_lifetime);
+            if exp > now {
+                news.push(entry(Kind::Jti, jti, exp.min(now + max_lifetime)));
+            }
+        }
+        if let Some(sid) = &id.sid {
+            news.push(entry(Kind::Sid, sid, now + max_lifetime));
+        }
+        if id.jti.is_none() && id.sid.is_none() && !expired {
+            // Nothing names this token alone: end every token of the
+            // subject issued up to this one.
+            if let Some(sub) = &id.subject {
+                news.push(entry(
+                    Kind::Sub,
+                    sub,
+                    id.issued_at.unwrap_or(now) + 1 + max_lifetime,
+                ));
+            }
+        }
+        let created = if news.is_empty() {
+            false
+        } else {
+            match self.put(news).await {
+                Ok(results) => results.iter().any(|(_, o)| *o != PutOutcome::Unchanged),
+                Err(e) => return internal(e),
+            }
+        };
+        let status = if !expired && !already && created {
+            "revoked"
+        } else {
+            "already_revoked"
+        };
+        json_resp(StatusCode::OK, &json!({ "status": status }))
+    }
+
+    /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
+    /// a session (`sid`) and/or a subject (`sub`).
+    async fn backchannel_logout(&self, req: Request<Incoming>) -> Resp {
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let Some(token) = form_field(&body, "logout_token") else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "logout_token is required",
+            );
+        };
+        let id = match self.verifier.verify_any_age(&token).await {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.description()),
+        };
+        let now = now_unix();
+        let c = &id.claims;
+        let events_ok = c
+            .get("events")
+            .and_then(Value::as_object)
+            .and_then(|e| e.get(BACKCHANNEL_EVENT))
+            .is_some_and(Value::is_object);
+        let problem = if !events_ok {
+            Some("logout token lacks the back-channel logout event")
+        } else if c.contains_key("nonce") {
+            Some("logout token must not carry a nonce")
+        } else if id.jti.is_none() {
+            Some("logout token lacks jti")
+        } else if id.issued_at.is_none() {
+            Some("logout token lacks iat")
+        } else if id.sid.is_none() && id.subject.is_none() {
+            Some("logout token names neither sid nor sub")
+        } else if c
+            .get("exp")
+            .and_then(Value::as_i64)
+            .is_some_and(|e| e + 60 < now)
+        {
+            Some("logout token has expired")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return error(StatusCode::BAD_REQUEST, "invalid_request", p);
+        }
+        let max_lifetime = self
+            .issuers
+            .get(&*id.iss)
+            .map_or(86_400, |i| i.max_lifetime);
+        let new = match (&id.sid, &id.subject) {
+            (Some(sid), _) => NewRevocation {
+                issuer: id.iss.to_string(),
+                kind: Kind::Sid,
+                value: sid.clone(),
+                before: None,
+                reason: "logout".into(),
+                created_at: now,
+                expires_at: now + max_lifetime,
+            },
+            (None, Some(sub)) => NewRevocation {
+                issuer: id.iss.to_string(),
+                kind: Kind::Sub,
+                value: sub.clone(),
+                before: Some(now),
+                reason: "logout".into(),
+                created_at: now,
+                expires_at: now + max_lifetime,
+            },
+            (None, None) => {
+                return error(StatusCode::BAD_REQUEST, "invalid_request", "no sid or sub")
+            }
+        };
+        match self.put(vec![new]).await {
+            Ok(_) => json_resp(StatusCode::OK, &json!({})),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn healthz(&self) -> Resp {
+        match self.blocking(|s| Ok((s.len()?, s.current_seq()?))).await {
+            Ok((n, seq)) => json_resp(
+                StatusCode::OK,
+                &json!({"status": "ok", "entries": n, "cursor": self.store.cursor(seq)}),
+            ),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// Changes since the cursor (waiting up to `wait` for the first one),
+    /// or the whole set when the cursor is missing, foreign or too old.
+    /// Streamed as JSON lines (see `revocation::model`).
+    async fn feed(&self, req: &Request<Incoming>) -> Resp {
+        let q = query(req);
+        let wait = q
+            .get("wait")
+            .and_then(|w| humantime::parse_duration(w).ok())
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_WAIT);
+        let since = q.get("since").and_then(|c| self.store.parse_cursor(c));
+        if let Some(since) = since {
+            let mut rx = self.seq.subscribe();
+            if *rx.borrow() <= since && !wait.is_zero() {
+                let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s > since)).await;
+            }
+            match self
+                .blocking(move |s| s.changes_since(since, MAX_CHANGES))
+                .await
+            {
+                Ok(Some((changes, upto))) => {
+                    let cursor = self.store.cursor(upto);
+                    let mut out = Vec::with_capacity(64 + changes.len() * 200);
+                    push_line(
+                        &mut out,
+                        &FeedMarker::Changes {
+                            cursor: cursor.clone(),
+                        },
+                    );
+                    for c in &changes {
+                        push_line(&mut out, c);
+                    }
+                    push_line(&mut out, &FeedMarker::End { cursor });
+                    return ndjson(Full::new(Bytes::from(out)).map_err(|n| match n {}).boxed());
+                }
+                Ok(None) => {}
+                Err(e) => return internal(e),
+            }
+        }
+        self.snapshot_stream()
+    }
+
+    /// Streams the snapshot from a blocking reader through a bounded
+    /// channel in ~64 KiB chunks: a million entries never sit in one buffer.
+    fn snapshot_stream(&self) -> Resp {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(80 * 1024);
+            let send = |chunk: &mut Vec<u8>| -> bool {
+                let full = std::mem::replace(chunk, Vec::with_capacity(80 * 1024));
+                tx.blocking_send(Bytes::from(full)).is_ok()
+            };
+            let mut header_seq = None;
+            let result = store.snapshot_with(|item| match item {
+                SnapshotItem::Start(seq) => {
+                    header_seq = Some(seq);
+                    push_line(
+                        &mut chunk,
+                        &FeedMarker::Snapshot {
+                            cursor: store.cursor(seq),
+                        },
+                    );
+                    true
+                }
+                SnapshotItem::Entry(stored) => {
+                    // Stored entries are `Revocation` JSON objects; a feed
+                    // line is the same object tagged `"op":"put"`.
+                    chunk.extend_from_slice(br#"{"op":"put","#);
+                    chunk.extend_from_slice(stored.get(1..).unwrap_or_default());
+                    chunk.push(b'\n');
+                    chunk.len() < 64 * 1024 || send(&mut chunk)
+                }
+            });
+            match (result, header_seq) {
+                (Ok(()), Some(seq)) => {
+                    push_line(
+                        &mut chunk,
+                        &FeedMarker::End {
+                            cursor: store.cursor(seq),
+                        },
+                    );
+                    send(&mut chunk);
+                }
+                // Without the end line the gateway applies nothing.
+                (Err(e), _) => tracing::error!(error = %format!("{e:#}"), "snapshot failed"),
+                (Ok(()), None) => {}
+            }
+        });
+        ndjson(ChannelBody(rx).boxed())
+    }
+}
+
+fn ndjson(body: ProxyBody) -> Resp {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn push_line(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, v).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// Whether the token is already dead by an existing entry.
+fn already_revoked(s: &Store, id: &Identity) -> anyhow::Result<bool> {
+    let iss = &*id.iss;
+    if let Some(j) = &id.jti {
+        if s.get_by_key(iss, Kind::Jti, j)?.is_some() {
+            return Ok(true);
+        }
+    }
+    if let Some(sid) = &id.sid {
+        if s.get_by_key(iss, Kind::Sid, sid)?.is_some() {
+            return Ok(true);
+        }
+    }
+    let covers = |r: Option<Revocation>| {
+        r.and_then(|r| r.before)
+            .is_some_and(|b| id.issued_at.is_none_or(|iat| iat < b))
+    };
+    if let Some(sub) = &id.subject {
+        if covers(s.get_by_key(iss, Kind::Sub, sub)?) {
+            return Ok(true);
+        }
+    }
+    if let Some(c) = &id.client {
+        if covers(s.get_by_key(iss, Kind::Client, c)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
+    kind.has_before()
+        .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "body too large or unreadable",
+        )),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A token in a JSON body `{"token": ...}` or a form body `token=...`.
+fn token_from_body(body: &[u8], name: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return v.get(name).and_then(Value::as_str).map(str::to_owned);
+    }
+    form_field(body, name)
+}
+
+/// A response body fed by a channel (the snapshot writer).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}

@@ -1,0 +1,344 @@
+//! Keeping the revocation set current: load the state file, long-poll the
+//! authority's feed, apply changes in place and snapshots by swapping a
+//! set built aside, persist what was applied, and answer "is this token
+//! revoked?" for every authenticated request without ever waiting.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+
+use super::model::{Change, FeedMarker};
+use super::set::{Counts, Hit, RevocationSet};
+use super::state::StateFile;
+use crate::auth::Identity;
+use crate::config::{LoadedConfig, NoStatePolicy, RevocationConfig, StalePolicy};
+use crate::httpclient::HttpClient;
+
+/// Longest a feed line may be; a longer one is a broken or hostile feed.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Revoked(Hit),
+    /// No known state (fail closed at start) or stale under `fail_closed`.
+    Unavailable,
+}
+
+pub struct Revocations {
+    set: ArcSwap<RevocationSet>,
+    issuers: Vec<Arc<str>>,
+    /// Unix milliseconds of the last successful feed response; 0 = never.
+    last_contact_ms: AtomicI64,
+    ready: AtomicBool,
+    max_staleness: Duration,
+    on_stale: StalePolicy,
+    /// Keeps an embedded authority running as long as the gateway.
+    _embedded: Option<crate::authority::AuthorityHandle>,
+}
+
+/// What `/readyz`-style callers and logs need to know.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub ready: bool,
+    pub stale: bool,
+    pub seconds_since_contact: Option<f64>,
+    pub entries: Counts,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Revocations {
+    /// The check on the request path: one atomic load, up to four hash
+    /// lookups, no lock held, no I/O.
+    pub fn check(&self, id: &Identity) -> Result<(), Refusal> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(Refusal::Unavailable);
+        }
+        if self.on_stale == StalePolicy::FailClosed && self.is_stale() {
+            return Err(Refusal::Unavailable);
+        }
+        match self.set.load().check(id) {
+            Some(hit) => Err(Refusal::Revoked(hit)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        let last = self.last_contact_ms.load(Ordering::Relaxed);
+        last == 0 || now_ms() - last > self.max_staleness.as_millis() as i64
+    }
+
+    pub fn status(&self) -> Status {
+        let last = self.last_contact_ms.load(Ordering::Relaxed);
+        Status {
+            ready: self.ready.load(Ordering::Acquire),
+            stale: self.is_stale(),
+            seconds_since_contact: (last > 0).then(|| (now_ms() - last) as f64 / 1000.0),
+            entries: self.set.load().counts(),
+        }
+    }
+
+    /// Loads the state file, starts the embedded authority if configured,
+    /// makes one quick attempt to sync, then keeps the feed running in the
+    /// background.
+    pub async fn start(
+        cfg: &RevocationConfig,
+        loaded: &LoadedConfig,
+        issuers: Vec<Arc<str>>,
+    ) -> anyhow::Result<Arc<Revocations>> {
+        let (base, token, ca, embedded) = match (&cfg.authority, &cfg.embedded) {
+            (Some(a), _) => (
+                a.url.0.to_string(),
+                a.token.as_ref().map(|t| t.read(loaded)).transpose()?,
+                a.ca_file.as_ref().map(|p| loaded.resolve(p)),
+                None,
+            ),
+            (None, Some(e)) => {
+                let handle = crate::authority::start(e, loaded)
+                    .await
+                    .context("embedded authority")?;
+                let token = e
+                    .feed_token
+                    .as_ref()
+                    .unwrap_or(&e.admin_token)
+                    .read(loaded)?;
+                let scheme = if e.tls.is_some() { "https" } else { "http" };
+                let base = format!("{scheme}://{}", handle.addr());
+                (base, Some(token), None, Some(handle))
+            }
+            (None, None) => anyhow::bail!("revocation needs authority or embedded"),
+        };
+        let mut state = cfg
+            .state_file
+            .as_ref()
+            .map(|p| StateFile::new(loaded.resolve(p)));
+        let set = RevocationSet::new(&issuers);
+        let mut cursor = None;
+        if let Some(st) = state.as_mut() {
+            cursor = st.load(&set)?;
+            if let Some(c) = &cursor {
+                let n = set.counts();
+                tracing::info!(cursor = %c, entries = n.total(), "revocation state loaded from file");
+            }
+        }
+        let me = Arc::new(Revocations {
+            set: ArcSwap::from_pointee(set),
+            issuers,
+            last_contact_ms: AtomicI64::new(0),
+            ready: AtomicBool::new(cursor.is_some()),
+            max_staleness: cfg.max_staleness,
+            on_stale: cfg.on_stale,
+            _embedded: embedded,
+        });
+        let mut feed = Feed {
+            owner: Arc::downgrade(&me),
+            client: crate::httpclient::build(ca.as_deref(), Duration::from_secs(5))?,
+            url: base.trim_end_matches('/').to_owned(),
+            token,
+            cursor,
+            state,
+            wait: cfg.poll_wait,
+        };
+        // One quick sync before serving, so a fresh gateway with a
+        // reachable authority starts with the full set.
+        match tokio::time::timeout(Duration::from_secs(10), feed.poll_once(&me, Duration::ZERO))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "revocation authority not reachable at start")
+            }
+            Err(_) => tracing::warn!("revocation authority did not answer at start"),
+        }
+        if !me.ready.load(Ordering::Acquire) {
+            match cfg.on_no_state {
+                NoStatePolicy::FailClosed => tracing::error!(
+                    "no revocation state and no authority: authenticated requests get 503 until the first sync"
+                ),
+                NoStatePolicy::Open => {
+                    tracing::warn!("no revocation state and no authority: serving without revocations (on_no_state: open)");
+                    me.ready.store(true, Ordering::Release);
+                }
+            }
+        }
+        tokio::spawn(feed.run());
+        Ok(me)
+    }
+}
+
+struct Feed {
+    owner: std::sync::Weak<Revocations>,
+    client: HttpClient,
+    url: String,
+    token: Option<Vec<u8>>,
+    cursor: Option<String>,
+    state: Option<StateFile>,
+    wait: Duration,
+}
+
+impl Feed {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(250);
+        let mut was_stale = false;
+        loop {
+            let Some(me) = self.owner.upgrade() else {
+                return;
+            };
+            let result = self.poll_once(&me, self.wait).await;
+            let stale = me.is_stale();
+            if stale != was_stale {
+                if stale {
+                    tracing::error!(policy = ?me.on_stale, "revocation set is stale: no word from the authority within max_staleness");
+                } else {
+                    tracing::info!("revocation feed caught up");
+                }
+                was_stale = stale;
+            }
+            drop(me);
+            match result {
+                Ok(()) => backoff = Duration::from_millis(250),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "revocation feed failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One feed request: read it whole (line by line, never the whole body
+    /// in one buffer), then apply it. Nothing is applied from a response
+    /// that does not end with its `end` line.
+    async fn poll_once(&mut self, me: &Arc<Revocations>, wait: Duration) -> anyhow::Result<()> {
+        let mut url = format!("{}/v1/feed?wait={}s", self.url, wait.as_secs());
+        if let Some(c) = &self.cursor {
+            url.push_str("&since=");
+            url.push_str(c);
+        }
+        let mut req = http::Request::get(url).body(Empty::<Bytes>::new())?;
+        if let Some(t) = &self.token {
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(t);
+            req.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_bytes(&v)?,
+            );
+        }
+        let idle = wait + Duration::from_secs(10);
+        let resp = tokio::time::timeout(idle, self.client.request(req))
+            .await
+            .context("feed request timed out")?
+            .context("feed request")?;
+        if resp.status() != http::StatusCode::OK {
+            anyhow::bail!("feed answered {}", resp.status());
+        }
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        let mut header: Option<FeedMarker> = None;
+        let mut changes: Vec<Change> = Vec::new();
+        let mut fresh: Option<RevocationSet> = None;
+        let mut end_cursor = None;
+        loop {
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(pos + 1);
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                match &header {
+                    None => {
+                        let m: FeedMarker = serde_json::from_slice(line).context("feed header")?;
+                        if matches!(m, FeedMarker::Snapshot { .. }) {
+                            fresh = Some(RevocationSet::new(&me.issuers));
+                        }
+                        header = Some(m);
+                    }
+                    Some(_) => {
+                        if line.starts_with(br#"{"type":"end""#) {
+                            if let FeedMarker::End { cursor } =
+                                serde_json::from_slice(line).context("feed end")?
+                            {
+                                end_cursor = Some(cursor);
+                            }
+                            continue;
+                        }
+                        let ch: Change = serde_json::from_slice(line).context("feed line")?;
+                        match &fresh {
+                            Some(set) => set.apply(&ch),
+                            None => changes.push(ch),
+                        }
+                    }
+                }
+            }
+            if buf.len() > MAX_LINE {
+                anyhow::bail!("feed line longer than {MAX_LINE} bytes");
+            }
+            let frame = tokio::time::timeout(idle, body.frame())
+                .await
+                .context("feed stalled")?;
+            match frame {
+                None => break,
+                Some(f) => {
+                    if let Ok(mut data) = f.context("reading feed")?.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+            }
+        }
+        let cursor = end_cursor.context("feed response ended without its end line")?;
+        match fresh {
+            Some(set) => {
+                let n = set.counts();
+                let set = Arc::new(set);
+                me.set.store(set.clone());
+                tracing::info!(cursor = %cursor, entries = n.total(), "revocation snapshot applied");
+                if let Some(st) = self.state.take() {
+                    let c = cursor.clone();
+                    let (st, r) = tokio::task::spawn_blocking(move || {
+                        let mut st = st;
+                        let r = st.write_snapshot(&set, &c);
+                        (st, r)
+                    })
+                    .await?;
+                    self.state = Some(st);
+                    if let Err(e) = r {
+                        tracing::error!(error = %format!("{e:#}"), "cannot persist revocation state");
+                    }
+                }
+            }
+            None => {
+                let set = me.set.load_full();
+                for c in &changes {
+                    set.apply(c);
+                }
+                if !changes.is_empty() {
+                    tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
+                    if let Some(st) = self.state.as_mut() {
+                        if let Err(e) = st.append(&set, &changes, &cursor) {
+                            tracing::error!(error = %format!("{e:#}"), "cannot persist revocation state");
+                        }
+                    }
+                }
+            }
+        }
+        self.cursor = Some(cursor);
+        me.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        me.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+}

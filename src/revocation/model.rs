@@ -1,0 +1,109 @@
+//! What a revocation is, as the authority stores it and the feed carries it.
+
+use serde::{Deserialize, Serialize};
+
+/// What a revocation matches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// One token, by issuer + `jti`. Never by a hash of the token text: an
+    /// ECDSA signature can be altered and still verify.
+    Jti,
+    /// Every token of one session (`sid`).
+    Sid,
+    /// Every token of a subject with `iat` before `before`.
+    Sub,
+    /// Every token of a client (`azp`/`client_id`) with `iat` before `before`.
+    Client,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Jti => "jti",
+            Kind::Sid => "sid",
+            Kind::Sub => "sub",
+            Kind::Client => "client",
+        }
+    }
+
+    /// Whether entries of this kind carry a `before` time (and a later entry
+    /// moves it forward instead of being a duplicate).
+    pub fn has_before(self) -> bool {
+        matches!(self, Kind::Sub | Kind::Client)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Revocation {
+    /// Assigned by the authority; stable for the life of the entry.
+    pub id: u64,
+    /// The `iss` value of the tokens it applies to.
+    pub issuer: String,
+    pub kind: Kind,
+    /// The `jti`, `sid`, `sub` or client id.
+    pub value: String,
+    /// Unix seconds; for `sub` and `client` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// `logout`, `forced_logout`, `password_change`, `account_expired`,
+    /// `replaced`, `compromised`, or free text.
+    pub reason: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds after which no token it matches can still be valid, so
+    /// the entry can be forgotten.
+    pub expires_at: i64,
+}
+
+impl Revocation {
+    /// The natural key: one entry per issuer, kind and value.
+    pub fn key(&self) -> String {
+        natural_key(&self.issuer, self.kind, &self.value)
+    }
+}
+
+pub fn natural_key(issuer: &str, kind: Kind, value: &str) -> String {
+    format!("{}\u{0}{}\u{0}{}", kind.as_str(), issuer, value)
+}
+
+/// One line of the feed after the header line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    Put(Revocation),
+    Del(Revocation),
+}
+
+/// First and last line of every feed response (and of the gateway's state
+/// file): what follows, and the cursor to ask with next.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedMarker {
+    /// The lines that follow replace everything known.
+    Snapshot { cursor: String },
+    /// The lines that follow apply on top of what is known.
+    Changes { cursor: String },
+    /// The response is complete; without it nothing is applied.
+    End { cursor: String },
+}
+
+/// The text a client sees for a revoked token: short, by kind and reason.
+pub fn description(kind: Kind, reason: &str) -> &'static str {
+    match (kind, reason) {
+        (_, "replaced") => "session replaced by a newer login",
+        (Kind::Jti, _) => "token revoked",
+        (Kind::Sid, _) => "session ended",
+        (Kind::Sub, "password_change") => "password changed; sign in again",
+        (Kind::Sub, "account_expired") => "account is no longer active",
+        (Kind::Sub, _) => "all sessions of this account were ended",
+        (Kind::Client, _) => "client access revoked",
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

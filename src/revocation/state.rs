@@ -1,0 +1,191 @@
+//! The gateway's state file: what it knows, so a restart enforces every
+//! known revocation before it serves, even with the authority down.
+//!
+//! The file is a sequence of feed responses in the feed's own line format:
+//! a snapshot group, then change groups appended as they are applied, each
+//! closed by an `end` line carrying its cursor and fsync'd. Loading replays
+//! complete groups and ignores a torn last one. A snapshot rewrites the
+//! file through a temporary file and an atomic rename; so does compaction
+//! when appended changes outgrow the snapshot.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::model::{Change, FeedMarker};
+use super::set::RevocationSet;
+
+pub struct StateFile {
+    path: PathBuf,
+    append: Option<File>,
+    /// Change lines appended since the last rewrite, and the size of that
+    /// rewrite; the file is compacted when the first outgrows the second.
+    appended: u64,
+    snapshot_len: u64,
+}
+
+impl StateFile {
+    pub fn new(path: PathBuf) -> Self {
+        StateFile {
+            path,
+            append: None,
+            appended: 0,
+            snapshot_len: 0,
+        }
+    }
+
+    /// Replays the file into `set`; returns the cursor it ends at, or
+    /// `None` when there is no file.
+    pub fn load(&mut self, set: &RevocationSet) -> anyhow::Result<Option<String>> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let mut cursor = None;
+        let mut group: Vec<Change> = Vec::new();
+        let mut in_group = false;
+        let mut lines = 0u64;
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", self.path.display()))?;
+            if line.is_empty() {
+                continue;
+            }
+            if let Ok(marker) = serde_json::from_str::<FeedMarker>(&line) {
+                match marker {
+                    FeedMarker::Snapshot { .. } | FeedMarker::Changes { .. } => {
+                        group.clear();
+                        in_group = true;
+                    }
+                    FeedMarker::End { cursor: c } => {
+                        for ch in group.drain(..) {
+                            set.apply(&ch);
+                            lines += 1;
+                        }
+                        cursor = Some(c);
+                        in_group = false;
+                    }
+                }
+                continue;
+            }
+            match serde_json::from_str::<Change>(&line) {
+                Ok(ch) if in_group => group.push(ch),
+                _ => {
+                    tracing::warn!(file = %self.path.display(), line = n + 1, "unreadable state line skipped")
+                }
+            }
+        }
+        self.snapshot_len = lines;
+        Ok(cursor)
+    }
+
+    /// Replaces the file with the whole set, atomically.
+    pub fn write_snapshot(&mut self, set: &RevocationSet, cursor: &str) -> anyhow::Result<()> {
+        let tmp = tmp_path(&self.path);
+        let mut n = 0u64;
+        {
+            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let mut err = None;
+            write_line(
+                &mut w,
+                &FeedMarker::Snapshot {
+                    cursor: cursor.to_owned(),
+                },
+            )?;
+            set.for_each(|r| {
+                if err.is_none() {
+                    n += 1;
+                    if let Err(e) = write_line(&mut w, &Change::Put(r)) {
+                        err = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            write_line(
+                &mut w,
+                &FeedMarker::End {
+                    cursor: cursor.to_owned(),
+                },
+            )?;
+            let f = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.append = None;
+        self.appended = 0;
+        self.snapshot_len = n;
+        Ok(())
+    }
+
+    /// Appends applied changes as one group; compacts when appends outgrow
+    /// the snapshot.
+    pub fn append(
+        &mut self,
+        set: &RevocationSet,
+        changes: &[Change],
+        cursor: &str,
+    ) -> anyhow::Result<()> {
+        if self.appended + changes.len() as u64 > self.snapshot_len.max(10_000) {
+            return self.write_snapshot(set, cursor);
+        }
+        if self.append.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .with_context(|| format!("opening {}", self.path.display()))?;
+            self.append = Some(f);
+        }
+        let Some(f) = self.append.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = Vec::new();
+        write_line(
+            &mut buf,
+            &FeedMarker::Changes {
+                cursor: cursor.to_owned(),
+            },
+        )?;
+        for c in changes {
+            write_line(&mut buf, c)?;
+        }
+        write_line(
+            &mut buf,
+            &FeedMarker::End {
+                cursor: cursor.to_owned(),
+            },
+        )?;
+        f.write_all(&buf)
+            .with_context(|| format!("appending to {}", self.path.display()))?;
+        f.sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        self.appended += changes.len() as u64;
+        Ok(())
+    }
+}
+
+fn write_line(w: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+fn tmp_path(p: &Path) -> PathBuf {
+    let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    p.with_file_name(name)
+}

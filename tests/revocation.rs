@@ -1,0 +1,466 @@
+//! Revocation end to end: a real authority (task or process), real
+//! gateways, real tokens; nothing revoked may get through.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Issuers and an `authority` section; the store lives in `dir`.
+fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
+    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    format!(
+        r#"
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256, ES256]
+    jwks: {{ file: {jwks} }}
+    max_token_lifetime: 1h
+authority:
+  listen: 127.0.0.1:{port}
+  path: {store}
+  admin_token: {{ file: admin.token }}
+  purge_interval: 1s
+{extra}
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        store = dir.join("authority.redb").display(),
+    )
+}
+
+fn gateway_yaml(backend: SocketAddr, authority: SocketAddr, state: &Path, extra: &str) -> String {
+    let token = state.with_file_name("feed.token");
+    std::fs::write(&token, ADMIN).expect("token");
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256, ES256]
+    jwks: {{ file: {jwks} }}
+    leeway: 0s
+routes:
+  - path_prefix: /
+    backends: [http://{backend}]
+revocation:
+  authority:
+    url: http://{authority}
+    token: {{ file: {token} }}
+  state_file: {state}
+  poll_wait: 2s
+  max_staleness: 4s
+{extra}
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        token = token.display(),
+        state = state.display(),
+    )
+}
+
+/// An authority running in this process.
+async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::AuthorityHandle {
+    crypto();
+    let path = dir.join("authority.yaml");
+    std::fs::write(&path, authority_yaml(dir, 0, extra)).expect("write");
+    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
+        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
+    let section = loaded.config.authority.clone().expect("authority section");
+    gatehouse::authority::start(&section.value, &loaded).await.expect("authority starts")
+}
+
+async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {
+    let a = send(gw, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(token), &[])).await;
+    (a.status, a.json()["error_description"].as_str().unwrap_or("").to_owned())
+}
+
+async fn admin(authority: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Answer {
+    send(authority, Proto::Plain, "authority", json_req(method, path, Some(ADMIN), body.as_ref())).await
+}
+
+fn token_with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+    let mut c = claims("someone");
+    f(&mut c);
+    mint_with(Algorithm::RS256, &c)
+}
+
+/// Asserts the token gets 401 at the gateway within a second, and returns
+/// the description the client saw.
+async fn refused_within_a_second(gw: SocketAddr, token: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (s, d) = status_of(gw, token).await;
+        if s == StatusCode::UNAUTHORIZED {
+            return d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "revoked token still accepted after 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let now = now() as i64;
+
+    let by_jti = token_with(|c| {
+        c.insert("jti".into(), json!("jti-1"));
+    });
+    let by_sid = token_with(|c| {
+        c.insert("sid".into(), json!("session-1"));
+    });
+    let carol_old = token_with(|c| {
+        c.insert("sub".into(), json!("carol"));
+        c.insert("iat".into(), json!(now - 60));
+    });
+    let carol_new = token_with(|c| {
+        c.insert("sub".into(), json!("carol"));
+        c.insert("iat".into(), json!(now + 2));
+    });
+    for t in [&by_jti, &by_sid, &carol_old, &carol_new] {
+        assert_eq!(status_of(gw, t).await.0, StatusCode::OK);
+    }
+
+    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "jti-1", "reason": "compromised"}))).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(refused_within_a_second(gw, &by_jti).await, "token revoked");
+
+    admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sid": "session-1", "reason": "forced_logout"}))).await;
+    assert_eq!(refused_within_a_second(gw, &by_sid).await, "session ended");
+
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!([{"sub": "carol", "before": now, "reason": "password_change"}])),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(refused_within_a_second(gw, &carol_old).await, "password changed; sign in again");
+    // Issued after the cut-off: still good.
+    assert_eq!(status_of(gw, &carol_new).await.0, StatusCode::OK);
+
+    // `before` never moves back.
+    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sub": "carol", "before": now - 60}))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["revocations"][0]["outcome"], "unchanged");
+    assert_eq!(a.json()["revocations"][0]["before"], now);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(gw, &carol_old).await.0, StatusCode::UNAUTHORIZED);
+
+    // Once refused, never forwarded again.
+    let hits = backend.hits();
+    for t in [&by_jti, &by_sid, &carol_old] {
+        assert_eq!(status_of(gw, t).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(backend.hits(), hits);
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let body = json!({"jti": "x-1"});
+    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/revocations", None, Some(&body))).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.challenge().starts_with("Bearer"));
+    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/revocations", Some("wrong-token"), Some(&body))).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = send(auth.addr(), Proto::Plain, "authority", json_req("GET", "/v1/feed", Some("wrong"), None)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = admin(auth.addr(), "GET", "/v1/revocations", None).await;
+    assert_eq!(a.json()["revocations"], json!([]), "nothing was changed");
+
+    // Revoke, read back, un-revoke: the token works again.
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("x-1"));
+        c.insert("sub".into(), json!("dave"));
+    });
+    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(body)).await;
+    let id = a.json()["revocations"][0]["id"].as_u64().expect("id");
+    refused_within_a_second(gw, &token).await;
+    let a = admin(auth.addr(), "GET", &format!("/v1/revocations/{id}"), None).await;
+    assert_eq!(a.json()["value"], "x-1");
+    assert_eq!(a.json()["kind"], "jti");
+    let a = admin(auth.addr(), "DELETE", &format!("/v1/revocations/{id}"), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let ok = within(Duration::from_secs(1), || async { status_of(gw, &token).await.0 == StatusCode::OK }).await;
+    assert!(ok.is_some(), "un-revoked token accepted again");
+    let a = admin(auth.addr(), "GET", &format!("/v1/revocations/{id}"), None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    // Bad input: 400, nothing stored.
+    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "a", "sid": "b"}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "a", "issuer": "https://nobody"}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = admin(auth.addr(), "GET", "/v1/revocations", None).await;
+    assert_eq!(a.json()["revocations"], json!([]));
+}
+
+#[tokio::test]
+async fn logout_always_answers_revoked_or_already_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let auth_addr = auth.addr();
+    let logout = |t: String| async move {
+        let a = send(auth_addr, Proto::Plain, "authority", json_req("POST", "/v1/logout", Some(&t), None)).await;
+        (a.status, a.json()["status"].as_str().unwrap_or("").to_owned())
+    };
+    let live = token_with(|c| {
+        c.insert("sid".into(), json!("s-logout"));
+    });
+    assert_eq!(status_of(gw, &live).await.0, StatusCode::OK);
+    assert_eq!(logout(live.clone()).await, (StatusCode::OK, "revoked".into()));
+    refused_within_a_second(gw, &live).await;
+    assert_eq!(logout(live.clone()).await, (StatusCode::OK, "already_revoked".into()));
+    // Another token of the same (ended) session is dead too.
+    let sibling = token_with(|c| {
+        c.insert("sid".into(), json!("s-logout"));
+    });
+    assert_eq!(logout(sibling).await, (StatusCode::OK, "already_revoked".into()));
+
+    let expired = token_with(|c| {
+        c.insert("exp".into(), json!(now() - 600));
+        c.insert("sid".into(), json!("s-expired"));
+    });
+    assert_eq!(logout(expired).await, (StatusCode::OK, "already_revoked".into()));
+    // JSON body form works too.
+    let other = token_with(|c| {
+        c.insert("jti".into(), json!("body-jti"));
+    });
+    let body = json!({"token": other});
+    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/logout", None, Some(&body))).await;
+    assert_eq!(a.json()["status"], "revoked");
+    // A forged token cannot log anyone out.
+    let forged = format!("{}x", live.rsplit_once('.').map(|(a, _)| a).unwrap_or(""));
+    assert_eq!(logout(format!("{forged}.c2ln")).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn backchannel_logout_from_the_identity_provider_ends_the_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let user_token = token_with(|c| {
+        c.insert("sid".into(), json!("idp-session-7"));
+    });
+    assert_eq!(status_of(gw, &user_token).await.0, StatusCode::OK);
+    let n = now();
+    let logout_claims = json!({"iss": ISS, "aud": AUD, "iat": n, "exp": n + 120, "jti": "lt-1",
+        "sid": "idp-session-7", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    h.typ = Some("logout+jwt".into());
+    let lt = jsonwebtoken::encode(&h, &logout_claims, &key_for(Algorithm::RS256)).expect("logout token");
+    let post = |form: String| {
+        http::Request::post("/backchannel-logout")
+            .header("host", "authority")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                http_body_util::Full::new(bytes::Bytes::from(form)),
+                |n| match n {},
+            )))
+            .expect("req")
+    };
+    // A logout token with a nonce (an ID token, not a logout token) is refused.
+    let mut bad = logout_claims.clone();
+    bad["nonce"] = json!("n");
+    let bad_lt = jsonwebtoken::encode(&h, &bad, &key_for(Algorithm::RS256)).expect("bad");
+    let a = send(auth.addr(), Proto::Plain, "authority", post(format!("logout_token={bad_lt}"))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(gw, &user_token).await.0, StatusCode::OK);
+
+    let a = send(auth.addr(), Proto::Plain, "authority", post(format!("logout_token={lt}"))).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(refused_within_a_second(gw, &user_token).await, "session ended");
+}
+
+#[tokio::test]
+async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "  max_sessions_per_subject: 2").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    let mut tokens = Vec::new();
+    for (i, sid) in ["first", "second", "third"].iter().enumerate() {
+        let body = json!({"sub": "erin", "sid": sid, "started_at": n + i as i64});
+        let a = admin(auth.addr(), "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(a.status, StatusCode::OK);
+        if i == 2 {
+            assert_eq!(a.json()["replaced"], json!(["first"]));
+        } else {
+            assert_eq!(a.json()["replaced"], json!([]));
+        }
+        tokens.push(token_with(|c| {
+            c.insert("sub".into(), json!("erin"));
+            c.insert("sid".into(), json!(sid));
+        }));
+    }
+    assert_eq!(refused_within_a_second(gw, &tokens[0]).await, "session replaced by a newer login");
+    assert_eq!(status_of(gw, &tokens[1]).await.0, StatusCode::OK);
+    assert_eq!(status_of(gw, &tokens[2]).await.0, StatusCode::OK);
+    let a = admin(auth.addr(), "GET", "/v1/revocations?subject=first", None).await;
+    assert_eq!(a.json()["revocations"][0]["reason"], "replaced");
+}
+
+#[tokio::test]
+async fn three_gateways_on_one_authority_all_enforce_a_revocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join(format!("gw{i}.state")), "")).await);
+    }
+    let token = token_with(|c| {
+        c.insert("sid".into(), json!("shared-session"));
+    });
+    for (gw, _) in &gws {
+        assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+    }
+    admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sid": "shared-session"}))).await;
+    for (gw, _) in &gws {
+        refused_within_a_second(gw.addrs()[0], &token).await;
+    }
+}
+
+#[tokio::test]
+async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let port = free_port();
+    let cfg = dir.path().join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr, &dir.path().join("gw.state"), "")).await;
+    let gw = gw.addrs()[0];
+    let known = token_with(|c| {
+        c.insert("jti".into(), json!("durable-1"));
+    });
+    let acked = token_with(|c| {
+        c.insert("jti".into(), json!("durable-2"));
+    });
+    admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "durable-1"}))).await;
+    refused_within_a_second(gw, &known).await;
+    let a = admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "durable-2"}))).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    // SIGKILL right after the acknowledgement: no orderly shutdown.
+    auth.kill();
+    // The gateway keeps enforcing what it knows while the authority is down.
+    for _ in 0..10 {
+        assert_eq!(status_of(gw, &known).await.0, StatusCode::UNAUTHORIZED);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let auth = Proc::start_with("authority", &cfg, "authority listening");
+    let a = admin(auth.addr, "GET", "/v1/revocations", None).await;
+    let listed = a.json();
+    let values: Vec<String> = listed["revocations"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|r| r["value"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    assert!(values.contains(&"durable-2".to_owned()), "acknowledged revocation survived SIGKILL: {values:?}");
+    let caught_up = within(Duration::from_secs(8), || async { status_of(gw, &acked).await.0 == StatusCode::UNAUTHORIZED }).await;
+    assert!(caught_up.is_some(), "gateway caught up with what it missed");
+    // A revocation made after the restart reaches the gateway (it
+    // reconnects with its cursor).
+    let later = token_with(|c| {
+        c.insert("jti".into(), json!("after-restart"));
+    });
+    assert_eq!(status_of(gw, &later).await.0, StatusCode::OK);
+    admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "after-restart"}))).await;
+    let took = within(Duration::from_secs(8), || async { status_of(gw, &later).await.0 == StatusCode::UNAUTHORIZED }).await;
+    assert!(took.is_some(), "gateway caught up after the authority came back");
+}
+
+#[tokio::test]
+async fn restarted_gateway_with_the_authority_down_still_refuses_revoked_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let port = free_port();
+    let cfg = dir.path().join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let gw_yaml = gateway_yaml(backend.addr, auth.addr, &state, "");
+    let revoked = token_with(|c| {
+        c.insert("sid".into(), json!("persist-me"));
+    });
+    let good = token_with(|c| {
+        c.insert("sid".into(), json!("keep-me"));
+    });
+    {
+        let gw = Proc::start("run", &gw_yaml, "listening");
+        admin(auth.addr, "POST", "/v1/revocations", Some(json!({"sid": "persist-me"}))).await;
+        refused_within_a_second(gw.addr, &revoked).await;
+    } // gateway process killed here
+    auth.kill();
+    let gw = Proc::start("run", &gw_yaml, "listening");
+    assert_eq!(status_of(gw.addr, &revoked).await.0, StatusCode::UNAUTHORIZED, "state file kept the revocation");
+    assert_eq!(status_of(gw.addr, &good).await.0, StatusCode::OK, "fail_static keeps serving good tokens");
+}
+
+#[tokio::test]
+async fn no_state_and_no_authority_fails_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, nobody, &dir.path().join("none.state"), "")).await;
+    let token = mint(Algorithm::RS256, "frank");
+    let a = send(gw.addrs()[0], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&token), &[])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.json()["error"], "temporarily_unavailable");
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn stale_set_under_fail_closed_refuses_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let port = free_port();
+    let cfg = dir.path().join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &dir.path().join("gw.state"),
+        "  on_stale: fail_closed",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let token = mint(Algorithm::RS256, "grace");
+    assert_eq!(status_of(gw, &token).await.0, StatusCode::OK);
+    auth.kill();
+    let stale = within(Duration::from_secs(10), || async { status_of(gw, &token).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
+    assert!(stale.is_some(), "stale set refused under fail_closed");
+    let _auth = Proc::start_with("authority", &cfg, "authority listening");
+    let back = within(Duration::from_secs(10), || async { status_of(gw, &token).await.0 == StatusCode::OK }).await;
+    assert!(back.is_some(), "serving again once the feed is back");
+}
