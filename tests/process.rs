@@ -222,3 +222,61 @@ fn token_subcommand_mints_a_token_the_example_config_accepts() {
     assert_eq!(data.claims["sub"], "alice");
     assert_eq!(data.claims["email"], "alice@example.test");
 }
+
+#[tokio::test]
+async fn shipped_example_config_runs_with_its_embedded_authority() {
+    let backend = Backend::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = tempfile::tempdir().expect("tempdir");
+    let authority_port = free_port();
+    // The example as shipped, with its fixed ports and paths moved so the
+    // test cannot collide with anything on the machine.
+    let yaml = std::fs::read_to_string(root.join("config/gatehouse.yaml"))
+        .expect("example config")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:7400", &format!("127.0.0.1:{authority_port}"))
+        .replace("http://127.0.0.1:9000", &format!("http://{}", backend.addr))
+        .replace("../data/", &format!("{}/", data.path().display()))
+        .replace("dev/", &format!("{}/", root.join("config/dev").display()))
+        .replace("format: text", "format: json");
+    let gw = Proc::start("run", &yaml, "listening");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(root)
+        .args(["token", "--sub", "alice"])
+        .output()
+        .expect("token");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let a = send(
+        gw.addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(backend.last().headers["x-auth-subject"], "alice");
+
+    let admin = std::fs::read_to_string(root.join("config/dev/admin.token")).expect("admin token");
+    let authority: SocketAddr = format!("127.0.0.1:{authority_port}").parse().expect("addr");
+    let body = serde_json::json!({"sub": "alice", "reason": "forced_logout"});
+    let a = send(
+        authority,
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/revocations", Some(admin.trim()), Some(&body)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let refused = within(Duration::from_secs(1), || async {
+        let a = send(
+            gw.addr,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+        .await;
+        a.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused.is_some(), "forced logout enforced within a second");
+}

@@ -78,16 +78,36 @@ async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::Author
     let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
         .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
     let section = loaded.config.authority.clone().expect("authority section");
-    gatehouse::authority::start(&section.value, &loaded).await.expect("authority starts")
+    gatehouse::authority::start(&section.value, &loaded)
+        .await
+        .expect("authority starts")
 }
 
 async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {
-    let a = send(gw, Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(token), &[])).await;
-    (a.status, a.json()["error_description"].as_str().unwrap_or("").to_owned())
+    let a = send(
+        gw,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(token), &[]),
+    )
+    .await;
+    (
+        a.status,
+        a.json()["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+    )
 }
 
 async fn admin(authority: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Answer {
-    send(authority, Proto::Plain, "authority", json_req(method, path, Some(ADMIN), body.as_ref())).await
+    send(
+        authority,
+        Proto::Plain,
+        "authority",
+        json_req(method, path, Some(ADMIN), body.as_ref()),
+    )
+    .await
 }
 
 fn token_with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
@@ -105,7 +125,10 @@ async fn refused_within_a_second(gw: SocketAddr, token: &str) -> String {
         if s == StatusCode::UNAUTHORIZED {
             return d;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "revoked token still accepted after 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoked token still accepted after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -115,7 +138,13 @@ async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let auth = authority_task(dir.path(), "").await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let now = now() as i64;
 
@@ -137,11 +166,23 @@ async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
         assert_eq!(status_of(gw, t).await.0, StatusCode::OK);
     }
 
-    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "jti-1", "reason": "compromised"}))).await;
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "jti-1", "reason": "compromised"})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
     assert_eq!(refused_within_a_second(gw, &by_jti).await, "token revoked");
 
-    admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sid": "session-1", "reason": "forced_logout"}))).await;
+    admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sid": "session-1", "reason": "forced_logout"})),
+    )
+    .await;
     assert_eq!(refused_within_a_second(gw, &by_sid).await, "session ended");
 
     let a = admin(
@@ -152,12 +193,21 @@ async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED);
-    assert_eq!(refused_within_a_second(gw, &carol_old).await, "password changed; sign in again");
+    assert_eq!(
+        refused_within_a_second(gw, &carol_old).await,
+        "password changed; sign in again"
+    );
     // Issued after the cut-off: still good.
     assert_eq!(status_of(gw, &carol_new).await.0, StatusCode::OK);
 
     // `before` never moves back.
-    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sub": "carol", "before": now - 60}))).await;
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sub": "carol", "before": now - 60})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["revocations"][0]["outcome"], "unchanged");
     assert_eq!(a.json()["revocations"][0]["before"], now);
@@ -177,15 +227,39 @@ async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let auth = authority_task(dir.path(), "").await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let body = json!({"jti": "x-1"});
-    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/revocations", None, Some(&body))).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/revocations", None, Some(&body)),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.challenge().starts_with("Bearer"));
-    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/revocations", Some("wrong-token"), Some(&body))).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/revocations", Some("wrong-token"), Some(&body)),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    let a = send(auth.addr(), Proto::Plain, "authority", json_req("GET", "/v1/feed", Some("wrong"), None)).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/v1/feed", Some("wrong"), None),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = admin(auth.addr(), "GET", "/v1/revocations", None).await;
     assert_eq!(a.json()["revocations"], json!([]), "nothing was changed");
@@ -201,16 +275,37 @@ async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
     let a = admin(auth.addr(), "GET", &format!("/v1/revocations/{id}"), None).await;
     assert_eq!(a.json()["value"], "x-1");
     assert_eq!(a.json()["kind"], "jti");
-    let a = admin(auth.addr(), "DELETE", &format!("/v1/revocations/{id}"), None).await;
+    let a = admin(
+        auth.addr(),
+        "DELETE",
+        &format!("/v1/revocations/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let ok = within(Duration::from_secs(1), || async { status_of(gw, &token).await.0 == StatusCode::OK }).await;
+    let ok = within(Duration::from_secs(1), || async {
+        status_of(gw, &token).await.0 == StatusCode::OK
+    })
+    .await;
     assert!(ok.is_some(), "un-revoked token accepted again");
     let a = admin(auth.addr(), "GET", &format!("/v1/revocations/{id}"), None).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     // Bad input: 400, nothing stored.
-    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "a", "sid": "b"}))).await;
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "a", "sid": "b"})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    let a = admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"jti": "a", "issuer": "https://nobody"}))).await;
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "a", "issuer": "https://nobody"})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     let a = admin(auth.addr(), "GET", "/v1/revocations", None).await;
     assert_eq!(a.json()["revocations"], json!([]));
@@ -221,41 +316,77 @@ async fn logout_always_answers_revoked_or_already_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let auth = authority_task(dir.path(), "").await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let auth_addr = auth.addr();
     let logout = |t: String| async move {
-        let a = send(auth_addr, Proto::Plain, "authority", json_req("POST", "/v1/logout", Some(&t), None)).await;
-        (a.status, a.json()["status"].as_str().unwrap_or("").to_owned())
+        let a = send(
+            auth_addr,
+            Proto::Plain,
+            "authority",
+            json_req("POST", "/v1/logout", Some(&t), None),
+        )
+        .await;
+        (
+            a.status,
+            a.json()["status"].as_str().unwrap_or("").to_owned(),
+        )
     };
     let live = token_with(|c| {
         c.insert("sid".into(), json!("s-logout"));
     });
     assert_eq!(status_of(gw, &live).await.0, StatusCode::OK);
-    assert_eq!(logout(live.clone()).await, (StatusCode::OK, "revoked".into()));
+    assert_eq!(
+        logout(live.clone()).await,
+        (StatusCode::OK, "revoked".into())
+    );
     refused_within_a_second(gw, &live).await;
-    assert_eq!(logout(live.clone()).await, (StatusCode::OK, "already_revoked".into()));
+    assert_eq!(
+        logout(live.clone()).await,
+        (StatusCode::OK, "already_revoked".into())
+    );
     // Another token of the same (ended) session is dead too.
     let sibling = token_with(|c| {
         c.insert("sid".into(), json!("s-logout"));
     });
-    assert_eq!(logout(sibling).await, (StatusCode::OK, "already_revoked".into()));
+    assert_eq!(
+        logout(sibling).await,
+        (StatusCode::OK, "already_revoked".into())
+    );
 
     let expired = token_with(|c| {
         c.insert("exp".into(), json!(now() - 600));
         c.insert("sid".into(), json!("s-expired"));
     });
-    assert_eq!(logout(expired).await, (StatusCode::OK, "already_revoked".into()));
+    assert_eq!(
+        logout(expired).await,
+        (StatusCode::OK, "already_revoked".into())
+    );
     // JSON body form works too.
     let other = token_with(|c| {
         c.insert("jti".into(), json!("body-jti"));
     });
     let body = json!({"token": other});
-    let a = send(auth.addr(), Proto::Plain, "authority", json_req("POST", "/v1/logout", None, Some(&body))).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/logout", None, Some(&body)),
+    )
+    .await;
     assert_eq!(a.json()["status"], "revoked");
     // A forged token cannot log anyone out.
     let forged = format!("{}x", live.rsplit_once('.').map(|(a, _)| a).unwrap_or(""));
-    assert_eq!(logout(format!("{forged}.c2ln")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        logout(format!("{forged}.c2ln")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -263,7 +394,13 @@ async fn backchannel_logout_from_the_identity_provider_ends_the_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let auth = authority_task(dir.path(), "").await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let user_token = token_with(|c| {
         c.insert("sid".into(), json!("idp-session-7"));
@@ -275,28 +412,46 @@ async fn backchannel_logout_from_the_identity_provider_ends_the_session() {
     let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
     h.kid = Some("test-rs256".into());
     h.typ = Some("logout+jwt".into());
-    let lt = jsonwebtoken::encode(&h, &logout_claims, &key_for(Algorithm::RS256)).expect("logout token");
+    let lt =
+        jsonwebtoken::encode(&h, &logout_claims, &key_for(Algorithm::RS256)).expect("logout token");
     let post = |form: String| {
         http::Request::post("/backchannel-logout")
             .header("host", "authority")
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-                http_body_util::Full::new(bytes::Bytes::from(form)),
-                |n| match n {},
-            )))
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(form)),
+                    |n| match n {},
+                ),
+            ))
             .expect("req")
     };
     // A logout token with a nonce (an ID token, not a logout token) is refused.
     let mut bad = logout_claims.clone();
     bad["nonce"] = json!("n");
     let bad_lt = jsonwebtoken::encode(&h, &bad, &key_for(Algorithm::RS256)).expect("bad");
-    let a = send(auth.addr(), Proto::Plain, "authority", post(format!("logout_token={bad_lt}"))).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        post(format!("logout_token={bad_lt}")),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(status_of(gw, &user_token).await.0, StatusCode::OK);
 
-    let a = send(auth.addr(), Proto::Plain, "authority", post(format!("logout_token={lt}"))).await;
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        post(format!("logout_token={lt}")),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    assert_eq!(refused_within_a_second(gw, &user_token).await, "session ended");
+    assert_eq!(
+        refused_within_a_second(gw, &user_token).await,
+        "session ended"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +459,13 @@ async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let auth = authority_task(dir.path(), "  max_sessions_per_subject: 2").await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let n = now() as i64;
     let mut tokens = Vec::new();
@@ -322,7 +483,10 @@ async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
             c.insert("sid".into(), json!(sid));
         }));
     }
-    assert_eq!(refused_within_a_second(gw, &tokens[0]).await, "session replaced by a newer login");
+    assert_eq!(
+        refused_within_a_second(gw, &tokens[0]).await,
+        "session replaced by a newer login"
+    );
     assert_eq!(status_of(gw, &tokens[1]).await.0, StatusCode::OK);
     assert_eq!(status_of(gw, &tokens[2]).await.0, StatusCode::OK);
     let a = admin(auth.addr(), "GET", "/v1/revocations?subject=first", None).await;
@@ -336,7 +500,15 @@ async fn three_gateways_on_one_authority_all_enforce_a_revocation() {
     let auth = authority_task(dir.path(), "").await;
     let mut gws = Vec::new();
     for i in 0..3 {
-        gws.push(start_gateway(&gateway_yaml(backend.addr, auth.addr(), &dir.path().join(format!("gw{i}.state")), "")).await);
+        gws.push(
+            start_gateway(&gateway_yaml(
+                backend.addr,
+                auth.addr(),
+                &dir.path().join(format!("gw{i}.state")),
+                "",
+            ))
+            .await,
+        );
     }
     let token = token_with(|c| {
         c.insert("sid".into(), json!("shared-session"));
@@ -344,7 +516,13 @@ async fn three_gateways_on_one_authority_all_enforce_a_revocation() {
     for (gw, _) in &gws {
         assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
     }
-    admin(auth.addr(), "POST", "/v1/revocations", Some(json!({"sid": "shared-session"}))).await;
+    admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sid": "shared-session"})),
+    )
+    .await;
     for (gw, _) in &gws {
         refused_within_a_second(gw.addrs()[0], &token).await;
     }
@@ -358,7 +536,13 @@ async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
     let cfg = dir.path().join("authority.yaml");
     std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
     let mut auth = Proc::start_with("authority", &cfg, "authority listening");
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, auth.addr, &dir.path().join("gw.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
     let gw = gw.addrs()[0];
     let known = token_with(|c| {
         c.insert("jti".into(), json!("durable-1"));
@@ -366,9 +550,21 @@ async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
     let acked = token_with(|c| {
         c.insert("jti".into(), json!("durable-2"));
     });
-    admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "durable-1"}))).await;
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "durable-1"})),
+    )
+    .await;
     refused_within_a_second(gw, &known).await;
-    let a = admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "durable-2"}))).await;
+    let a = admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "durable-2"})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CREATED);
     // SIGKILL right after the acknowledgement: no orderly shutdown.
     auth.kill();
@@ -383,10 +579,20 @@ async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
     let listed = a.json();
     let values: Vec<String> = listed["revocations"]
         .as_array()
-        .map(|v| v.iter().filter_map(|r| r["value"].as_str().map(str::to_owned)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| r["value"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(values.contains(&"durable-2".to_owned()), "acknowledged revocation survived SIGKILL: {values:?}");
-    let caught_up = within(Duration::from_secs(8), || async { status_of(gw, &acked).await.0 == StatusCode::UNAUTHORIZED }).await;
+    assert!(
+        values.contains(&"durable-2".to_owned()),
+        "acknowledged revocation survived SIGKILL: {values:?}"
+    );
+    let caught_up = within(Duration::from_secs(8), || async {
+        status_of(gw, &acked).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
     assert!(caught_up.is_some(), "gateway caught up with what it missed");
     // A revocation made after the restart reaches the gateway (it
     // reconnects with its cursor).
@@ -394,9 +600,21 @@ async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
         c.insert("jti".into(), json!("after-restart"));
     });
     assert_eq!(status_of(gw, &later).await.0, StatusCode::OK);
-    admin(auth.addr, "POST", "/v1/revocations", Some(json!({"jti": "after-restart"}))).await;
-    let took = within(Duration::from_secs(8), || async { status_of(gw, &later).await.0 == StatusCode::UNAUTHORIZED }).await;
-    assert!(took.is_some(), "gateway caught up after the authority came back");
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "after-restart"})),
+    )
+    .await;
+    let took = within(Duration::from_secs(8), || async {
+        status_of(gw, &later).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "gateway caught up after the authority came back"
+    );
 }
 
 #[tokio::test]
@@ -417,13 +635,27 @@ async fn restarted_gateway_with_the_authority_down_still_refuses_revoked_tokens(
     });
     {
         let gw = Proc::start("run", &gw_yaml, "listening");
-        admin(auth.addr, "POST", "/v1/revocations", Some(json!({"sid": "persist-me"}))).await;
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"sid": "persist-me"})),
+        )
+        .await;
         refused_within_a_second(gw.addr, &revoked).await;
     } // gateway process killed here
     auth.kill();
     let gw = Proc::start("run", &gw_yaml, "listening");
-    assert_eq!(status_of(gw.addr, &revoked).await.0, StatusCode::UNAUTHORIZED, "state file kept the revocation");
-    assert_eq!(status_of(gw.addr, &good).await.0, StatusCode::OK, "fail_static keeps serving good tokens");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED,
+        "state file kept the revocation"
+    );
+    assert_eq!(
+        status_of(gw.addr, &good).await.0,
+        StatusCode::OK,
+        "fail_static keeps serving good tokens"
+    );
 }
 
 #[tokio::test]
@@ -431,9 +663,21 @@ async fn no_state_and_no_authority_fails_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let (gw, _gdir) = start_gateway(&gateway_yaml(backend.addr, nobody, &dir.path().join("none.state"), "")).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        nobody,
+        &dir.path().join("none.state"),
+        "",
+    ))
+    .await;
     let token = mint(Algorithm::RS256, "frank");
-    let a = send(gw.addrs()[0], Proto::Plain, "localhost", get(Proto::Plain, "localhost", "/", Some(&token), &[])).await;
+    let a = send(
+        gw.addrs()[0],
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.json()["error"], "temporarily_unavailable");
     assert_eq!(backend.hits(), 0);
@@ -458,9 +702,15 @@ async fn stale_set_under_fail_closed_refuses_and_recovers() {
     let token = mint(Algorithm::RS256, "grace");
     assert_eq!(status_of(gw, &token).await.0, StatusCode::OK);
     auth.kill();
-    let stale = within(Duration::from_secs(10), || async { status_of(gw, &token).await.0 == StatusCode::SERVICE_UNAVAILABLE }).await;
+    let stale = within(Duration::from_secs(10), || async {
+        status_of(gw, &token).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
     assert!(stale.is_some(), "stale set refused under fail_closed");
     let _auth = Proc::start_with("authority", &cfg, "authority listening");
-    let back = within(Duration::from_secs(10), || async { status_of(gw, &token).await.0 == StatusCode::OK }).await;
+    let back = within(Duration::from_secs(10), || async {
+        status_of(gw, &token).await.0 == StatusCode::OK
+    })
+    .await;
     assert!(back.is_some(), "serving again once the feed is back");
 }

@@ -318,7 +318,8 @@ impl Api {
             return Err(bad("value must be 1 to 1024 bytes"));
         }
         let before = if kind.has_before() {
-            let b = r.before.unwrap_or(now);
+            // Default: every token issued up to and including this second.
+            let b = r.before.unwrap_or(now + 1);
             if b > now + 300 {
                 return Err(bad("before may not be more than 5 minutes ahead"));
             }
@@ -664,7 +665,7 @@ impl Api {
                 issuer: id.iss.to_string(),
                 kind: Kind::Sub,
                 value: sub.clone(),
-                before: Some(now),
+                before: Some(now + 1),
                 reason: "logout".into(),
                 created_at: now,
                 expires_at: now + max_lifetime,

@@ -130,6 +130,7 @@ impl Proxy {
         let identity = self.authenticate(route, &path, req.headers()).await?;
         if let Some(id) = &identity {
             out.subject = id.subject.clone();
+            self.check_revoked(id)?;
             authorize(route, id)?;
         } else if route.auth != AuthMode::Off {
             out.label = "public";
@@ -166,13 +167,6 @@ impl Proxy {
             .map_err(Reject::InvalidToken)?;
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
-        }
-        // A genuine token is not enough: it must not have been revoked.
-        if let Some(r) = &self.revocations {
-            r.check(&identity).map_err(|refusal| match refusal {
-                Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
-                Refusal::Unavailable => Reject::RevocationUnavailable,
-            })?;
         }
         Ok(Some(identity))
     }
@@ -266,6 +260,17 @@ impl Proxy {
             parts,
             body.map_err(BoxError::from).boxed(),
         ))
+    }
+
+    /// A genuine token is not enough: it must not have been revoked.
+    fn check_revoked(&self, id: &Identity) -> Result<(), Reject> {
+        let Some(r) = &self.revocations else {
+            return Ok(());
+        };
+        r.check(id).map_err(|refusal| match refusal {
+            Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
+            Refusal::Unavailable => Reject::RevocationUnavailable,
+        })
     }
 
     /// The revocation feed's state, when revocation is configured.

@@ -243,66 +243,23 @@ impl Feed {
             anyhow::bail!("feed answered {}", resp.status());
         }
         let mut body = resp.into_body();
-        let mut buf = BytesMut::new();
-        let mut header: Option<FeedMarker> = None;
-        let mut changes: Vec<Change> = Vec::new();
-        let mut fresh: Option<RevocationSet> = None;
-        let mut end_cursor = None;
+        let mut parser = FeedParser::new(me.issuers.clone());
         loop {
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line = buf.split_to(pos + 1);
-                let line = &line[..line.len() - 1];
-                if line.is_empty() {
-                    continue;
-                }
-                match &header {
-                    None => {
-                        let m: FeedMarker = serde_json::from_slice(line).context("feed header")?;
-                        if matches!(m, FeedMarker::Snapshot { .. }) {
-                            fresh = Some(RevocationSet::new(&me.issuers));
-                        }
-                        header = Some(m);
-                    }
-                    Some(_) => {
-                        if line.starts_with(br#"{"type":"end""#) {
-                            if let FeedMarker::End { cursor } =
-                                serde_json::from_slice(line).context("feed end")?
-                            {
-                                end_cursor = Some(cursor);
-                            }
-                            continue;
-                        }
-                        let ch: Change = serde_json::from_slice(line).context("feed line")?;
-                        match &fresh {
-                            Some(set) => set.apply(&ch),
-                            None => changes.push(ch),
-                        }
-                    }
-                }
-            }
-            if buf.len() > MAX_LINE {
-                anyhow::bail!("feed line longer than {MAX_LINE} bytes");
-            }
             let frame = tokio::time::timeout(idle, body.frame())
                 .await
                 .context("feed stalled")?;
             match frame {
                 None => break,
                 Some(f) => {
-                    if let Ok(mut data) = f.context("reading feed")?.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
+                    if let Ok(data) = f.context("reading feed")?.into_data() {
+                        parser.push(data)?;
                     }
                 }
             }
         }
-        let cursor = end_cursor.context("feed response ended without its end line")?;
-        match fresh {
-            Some(set) => {
+        let (cursor, parsed) = parser.finish()?;
+        match parsed {
+            Parsed::Snapshot(set) => {
                 let n = set.counts();
                 let set = Arc::new(set);
                 me.set.store(set.clone());
@@ -321,7 +278,7 @@ impl Feed {
                     }
                 }
             }
-            None => {
+            Parsed::Changes(changes) => {
                 let set = me.set.load_full();
                 for c in &changes {
                     set.apply(c);
@@ -340,5 +297,141 @@ impl Feed {
         me.last_contact_ms.store(now_ms(), Ordering::Relaxed);
         me.ready.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+/// What a complete feed response amounts to.
+pub enum Parsed {
+    /// A whole new set, built aside, to swap in.
+    Snapshot(RevocationSet),
+    /// Changes to apply in place.
+    Changes(Vec<Change>),
+}
+
+/// Reads a feed response as it arrives, line by line: snapshot entries go
+/// straight into a new set (never a buffer of the whole response), changes
+/// are collected. Only [`FeedParser::finish`] after the `end` line yields
+/// anything.
+pub struct FeedParser {
+    issuers: Vec<Arc<str>>,
+    buf: BytesMut,
+    header: Option<FeedMarker>,
+    changes: Vec<Change>,
+    fresh: Option<RevocationSet>,
+    end_cursor: Option<String>,
+}
+
+impl FeedParser {
+    pub fn new(issuers: Vec<Arc<str>>) -> Self {
+        FeedParser {
+            issuers,
+            buf: BytesMut::new(),
+            header: None,
+            changes: Vec::new(),
+            fresh: None,
+            end_cursor: None,
+        }
+    }
+
+    pub fn push(&mut self, mut data: impl Buf) -> anyhow::Result<()> {
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            self.buf.extend_from_slice(chunk);
+            data.advance(n);
+        }
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line = self.buf.split_to(pos + 1);
+            self.line(&line[..line.len() - 1])?;
+        }
+        if self.buf.len() > MAX_LINE {
+            anyhow::bail!("feed line longer than {MAX_LINE} bytes");
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        if line.is_empty() {
+            return Ok(());
+        }
+        if self.end_cursor.is_some() {
+            anyhow::bail!("feed continued after its end line");
+        }
+        if self.header.is_none() {
+            let m: FeedMarker = serde_json::from_slice(line).context("feed header")?;
+            match m {
+                FeedMarker::Snapshot { .. } => self.fresh = Some(RevocationSet::new(&self.issuers)),
+                FeedMarker::Changes { .. } => {}
+                FeedMarker::End { .. } => anyhow::bail!("feed starts with an end line"),
+            }
+            self.header = Some(m);
+            return Ok(());
+        }
+        if line.starts_with(br#"{"type":"#) {
+            match serde_json::from_slice(line).context("feed marker")? {
+                FeedMarker::End { cursor } => self.end_cursor = Some(cursor),
+                _ => anyhow::bail!("unexpected marker inside a feed response"),
+            }
+            return Ok(());
+        }
+        let ch: Change = serde_json::from_slice(line).context("feed line")?;
+        match &self.fresh {
+            Some(set) => set.apply(&ch),
+            None => self.changes.push(ch),
+        }
+        Ok(())
+    }
+
+    /// The cursor and content, only if the response was complete.
+    pub fn finish(self) -> anyhow::Result<(String, Parsed)> {
+        let cursor = self
+            .end_cursor
+            .context("feed response ended without its end line")?;
+        Ok(match self.fresh {
+            Some(set) => (cursor, Parsed::Snapshot(set)),
+            None => (cursor, Parsed::Changes(self.changes)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(jti: &str) -> Identity {
+        let claims = serde_json::json!({"jti": jti, "sub": "u", "iat": 100})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        Identity::from_claims(Arc::from("n"), Arc::from("https://i"), claims).expect("identity")
+    }
+
+    #[test]
+    fn incomplete_responses_apply_nothing_and_splits_anywhere_are_fine() {
+        let iss: Vec<Arc<str>> = vec![Arc::from("https://i")];
+        let exp = super::super::model::now_unix() + 3600;
+        let body = format!(
+            "{{\"type\":\"snapshot\",\"cursor\":\"e-1\"}}\n{{\"op\":\"put\",\"id\":1,\"issuer\":\"https://i\",\"kind\":\"jti\",\"value\":\"a\",\"reason\":\"logout\",\"created_at\":1,\"expires_at\":{exp}}}\n{{\"type\":\"end\",\"cursor\":\"e-1\"}}\n"
+        );
+        // Byte by byte: lines split across frames still parse.
+        let mut p = FeedParser::new(iss.clone());
+        for b in body.as_bytes() {
+            p.push(&[*b][..]).expect("push");
+        }
+        let (cursor, parsed) = p.finish().expect("complete");
+        assert_eq!(cursor, "e-1");
+        let Parsed::Snapshot(set) = parsed else {
+            panic!("expected a snapshot")
+        };
+        assert!(set.check(&id("a")).is_some());
+        assert!(set.check(&id("b")).is_none());
+        // Without the end line: nothing.
+        let cut = body
+            .rsplit_once("{\"type\":\"end\"")
+            .map(|(a, _)| a)
+            .unwrap_or("");
+        let mut p = FeedParser::new(iss);
+        p.push(cut.as_bytes()).expect("push");
+        assert!(p.finish().is_err());
     }
 }

@@ -533,10 +533,16 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let message = message.to_owned();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["message"] == message.as_str() {
-                        if let Some(a) = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                        if let Some(a) = v["address"]
+                            .as_str()
+                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                        {
                             let _ = tx.send(a);
                         }
                     }
@@ -546,7 +552,12 @@ impl Proc {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("process did not log its address");
-        Proc { child, addr, config: path.to_owned(), _dir: None }
+        Proc {
+            child,
+            addr,
+            config: path.to_owned(),
+            _dir: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -555,7 +566,8 @@ impl Proc {
 
     /// Peak resident memory so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -586,15 +598,25 @@ impl Drop for Proc {
 }
 
 /// A request with a JSON body (or none) and an optional bearer token.
-pub fn json_req(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Request<ClientBody> {
-    let mut b = Request::builder().method(method).uri(path).header("host", "authority");
+pub fn json_req(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Request<ClientBody> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "authority");
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }
     let body = match body {
         Some(v) => {
             b = b.header("content-type", "application/json");
-            Full::new(Bytes::from(v.to_string())).map_err(|n| match n {}).boxed()
+            Full::new(Bytes::from(v.to_string()))
+                .map_err(|n| match n {})
+                .boxed()
         }
         None => empty(),
     };
