@@ -56,14 +56,7 @@ impl Proxy {
     pub async fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
         let cfg = &loaded.config;
         let revocations = match &cfg.revocation {
-            Some(r) => {
-                let iss: Vec<Arc<str>> = cfg
-                    .issuers
-                    .iter()
-                    .map(|i| Arc::from(i.value.issuer.as_str()))
-                    .collect();
-                Some(Revocations::start(&r.value, loaded, iss).await?)
-            }
+            Some(r) => Some(Revocations::start(&r.value, loaded).await?),
             None => None,
         };
         Ok(Proxy {

@@ -31,7 +31,6 @@ pub enum Refusal {
 
 pub struct Revocations {
     set: ArcSwap<RevocationSet>,
-    issuers: Vec<Arc<str>>,
     /// Unix milliseconds of the last successful feed response; 0 = never.
     last_contact_ms: AtomicI64,
     ready: AtomicBool,
@@ -94,7 +93,6 @@ impl Revocations {
     pub async fn start(
         cfg: &RevocationConfig,
         loaded: &LoadedConfig,
-        issuers: Vec<Arc<str>>,
     ) -> anyhow::Result<Arc<Revocations>> {
         let (base, token, ca, embedded) = match (&cfg.authority, &cfg.embedded) {
             (Some(a), _) => (
@@ -122,10 +120,10 @@ impl Revocations {
             .state_file
             .as_ref()
             .map(|p| StateFile::new(loaded.resolve(p)));
-        let set = RevocationSet::new(&issuers);
+        let mut set = RevocationSet::new();
         let mut cursor = None;
         if let Some(st) = state.as_mut() {
-            cursor = st.load(&set)?;
+            cursor = st.load(&mut set)?;
             if let Some(c) = &cursor {
                 let n = set.counts();
                 tracing::info!(cursor = %c, entries = n.total(), "revocation state loaded from file");
@@ -133,7 +131,6 @@ impl Revocations {
         }
         let me = Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
-            issuers,
             last_contact_ms: AtomicI64::new(0),
             ready: AtomicBool::new(cursor.is_some()),
             max_staleness: cfg.max_staleness,
@@ -243,7 +240,7 @@ impl Feed {
             anyhow::bail!("feed answered {}", resp.status());
         }
         let mut body = resp.into_body();
-        let mut parser = FeedParser::new(me.issuers.clone());
+        let mut parser = FeedParser::new();
         loop {
             let frame = tokio::time::timeout(idle, body.frame())
                 .await
@@ -258,17 +255,17 @@ impl Feed {
             }
         }
         let (cursor, parsed) = parser.finish()?;
+        // What a gateway enforces it can restore after a crash: state is
+        // persisted before it becomes visible to requests.
         match parsed {
             Parsed::Snapshot(set) => {
                 let n = set.counts();
                 let set = Arc::new(set);
-                me.set.store(set.clone());
-                tracing::info!(cursor = %cursor, entries = n.total(), "revocation snapshot applied");
                 if let Some(st) = self.state.take() {
-                    let c = cursor.clone();
+                    let (c, s2) = (cursor.clone(), set.clone());
                     let (st, r) = tokio::task::spawn_blocking(move || {
                         let mut st = st;
-                        let r = st.write_snapshot(&set, &c);
+                        let r = st.write_snapshot(&s2, &c);
                         (st, r)
                     })
                     .await?;
@@ -277,21 +274,39 @@ impl Feed {
                         tracing::error!(error = %format!("{e:#}"), "cannot persist revocation state");
                     }
                 }
+                me.set.store(set);
+                tracing::info!(cursor = %cursor, entries = n.total(), "revocation snapshot applied");
             }
-            Parsed::Changes(changes) => {
-                let set = me.set.load_full();
-                for c in &changes {
-                    set.apply(c);
+            Parsed::Changes(changes) if !changes.is_empty() => {
+                let mut set = me.set.load_full();
+                if let Some(extended) = set.with_issuers_of(&changes) {
+                    // Empty caches for a new issuer; the rest is shared.
+                    set = Arc::new(extended);
+                    me.set.store(set.clone());
                 }
-                if !changes.is_empty() {
-                    tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
-                    if let Some(st) = self.state.as_mut() {
-                        if let Err(e) = st.append(&set, &changes, &cursor) {
+                let apply = |set: &RevocationSet| {
+                    for c in &changes {
+                        set.apply(c);
+                    }
+                };
+                match self.state.as_mut() {
+                    Some(st) if st.would_compact(changes.len()) => {
+                        apply(&set);
+                        if let Err(e) = st.write_snapshot(&set, &cursor) {
                             tracing::error!(error = %format!("{e:#}"), "cannot persist revocation state");
                         }
                     }
+                    Some(st) => {
+                        if let Err(e) = st.append(&changes, &cursor) {
+                            tracing::error!(error = %format!("{e:#}"), "cannot persist revocation state");
+                        }
+                        apply(&set);
+                    }
+                    None => apply(&set),
                 }
+                tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
             }
+            Parsed::Changes(_) => {}
         }
         self.cursor = Some(cursor);
         me.last_contact_ms.store(now_ms(), Ordering::Relaxed);
@@ -312,8 +327,8 @@ pub enum Parsed {
 /// straight into a new set (never a buffer of the whole response), changes
 /// are collected. Only [`FeedParser::finish`] after the `end` line yields
 /// anything.
+#[derive(Default)]
 pub struct FeedParser {
-    issuers: Vec<Arc<str>>,
     buf: BytesMut,
     header: Option<FeedMarker>,
     changes: Vec<Change>,
@@ -322,15 +337,8 @@ pub struct FeedParser {
 }
 
 impl FeedParser {
-    pub fn new(issuers: Vec<Arc<str>>) -> Self {
-        FeedParser {
-            issuers,
-            buf: BytesMut::new(),
-            header: None,
-            changes: Vec::new(),
-            fresh: None,
-            end_cursor: None,
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn push(&mut self, mut data: impl Buf) -> anyhow::Result<()> {
@@ -360,7 +368,7 @@ impl FeedParser {
         if self.header.is_none() {
             let m: FeedMarker = serde_json::from_slice(line).context("feed header")?;
             match m {
-                FeedMarker::Snapshot { .. } => self.fresh = Some(RevocationSet::new(&self.issuers)),
+                FeedMarker::Snapshot { .. } => self.fresh = Some(RevocationSet::new()),
                 FeedMarker::Changes { .. } => {}
                 FeedMarker::End { .. } => anyhow::bail!("feed starts with an end line"),
             }
@@ -375,8 +383,8 @@ impl FeedParser {
             return Ok(());
         }
         let ch: Change = serde_json::from_slice(line).context("feed line")?;
-        match &self.fresh {
-            Some(set) => set.apply(&ch),
+        match &mut self.fresh {
+            Some(set) => set.apply_building(&ch),
             None => self.changes.push(ch),
         }
         Ok(())
@@ -408,13 +416,12 @@ mod tests {
 
     #[test]
     fn incomplete_responses_apply_nothing_and_splits_anywhere_are_fine() {
-        let iss: Vec<Arc<str>> = vec![Arc::from("https://i")];
         let exp = super::super::model::now_unix() + 3600;
         let body = format!(
             "{{\"type\":\"snapshot\",\"cursor\":\"e-1\"}}\n{{\"op\":\"put\",\"id\":1,\"issuer\":\"https://i\",\"kind\":\"jti\",\"value\":\"a\",\"reason\":\"logout\",\"created_at\":1,\"expires_at\":{exp}}}\n{{\"type\":\"end\",\"cursor\":\"e-1\"}}\n"
         );
         // Byte by byte: lines split across frames still parse.
-        let mut p = FeedParser::new(iss.clone());
+        let mut p = FeedParser::new();
         for b in body.as_bytes() {
             p.push(&[*b][..]).expect("push");
         }
@@ -430,7 +437,7 @@ mod tests {
             .rsplit_once("{\"type\":\"end\"")
             .map(|(a, _)| a)
             .unwrap_or("");
-        let mut p = FeedParser::new(iss);
+        let mut p = FeedParser::new();
         p.push(cut.as_bytes()).expect("push");
         assert!(p.finish().is_err());
     }

@@ -93,6 +93,7 @@ impl Expiry<String, Hit> for ByExpiresAt {
     }
 }
 
+#[derive(Clone)]
 struct PerIssuer {
     jti: Cache<String, Hit>,
     sid: Cache<String, Hit>,
@@ -139,39 +140,74 @@ impl Counts {
     }
 }
 
+/// Per issuer (`iss` value), the caches of each kind. The issuers are the
+/// ones the feed has named, not the ones configured: a config reload that
+/// adds an issuer then needs nothing from this set.
+#[derive(Default)]
 pub struct RevocationSet {
     by_iss: HashMap<Arc<str>, PerIssuer>,
 }
 
 impl RevocationSet {
-    /// A set for the given issuers (`iss` values); entries for other
-    /// issuers cannot match any token this gateway accepts and are skipped.
-    pub fn new(issuers: &[Arc<str>]) -> Self {
-        RevocationSet {
-            by_iss: issuers
-                .iter()
-                .map(|i| (i.clone(), PerIssuer::new()))
-                .collect(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub fn apply(&self, change: &Change) {
+    /// Applies a change while the set is being built (state file,
+    /// snapshot): issuers are added as they appear.
+    pub fn apply_building(&mut self, change: &Change) {
+        let r = match change {
+            Change::Put(r) | Change::Del(r) => r,
+        };
+        if !self.by_iss.contains_key(r.issuer.as_str()) {
+            self.by_iss
+                .insert(Arc::from(r.issuer.as_str()), PerIssuer::new());
+        }
+        self.apply(change);
+    }
+
+    /// A set sharing this one's caches plus empty ones for the issuers the
+    /// changes name that this set lacks; `None` when it lacks none.
+    pub fn with_issuers_of(&self, changes: &[Change]) -> Option<RevocationSet> {
+        fn issuer(c: &Change) -> &str {
+            match c {
+                Change::Put(r) | Change::Del(r) => r.issuer.as_str(),
+            }
+        }
+        if changes.iter().all(|c| self.by_iss.contains_key(issuer(c))) {
+            return None;
+        }
+        // moka caches are handles: cloning shares the entries.
+        let mut by_iss = self.by_iss.clone();
+        for c in changes {
+            if !by_iss.contains_key(issuer(c)) {
+                by_iss.insert(Arc::from(issuer(c)), PerIssuer::new());
+            }
+        }
+        Some(RevocationSet { by_iss })
+    }
+
+    /// Applies a change to the live set. Returns false when the change
+    /// names an issuer this set has no caches for: the caller then takes a
+    /// fresh snapshot (which builds them).
+    pub fn apply(&self, change: &Change) -> bool {
         match change {
             Change::Put(r) => self.insert(r),
             Change::Del(r) => {
                 if let Some(p) = self.by_iss.get(r.issuer.as_str()) {
                     p.for_kind(r.kind).invalidate(r.value.as_str());
                 }
+                true
             }
         }
     }
 
-    pub fn insert(&self, r: &Revocation) {
+    pub fn insert(&self, r: &Revocation) -> bool {
         let Some(p) = self.by_iss.get(r.issuer.as_str()) else {
-            return;
+            return false;
         };
         if r.expires_at <= now_unix() {
-            return;
+            return true;
         }
         let hit = Hit {
             kind: r.kind,
@@ -184,11 +220,12 @@ impl RevocationSet {
         if r.kind.has_before() {
             if let Some(old) = cache.get(r.value.as_str()) {
                 if old.before >= hit.before && old.expires_at >= hit.expires_at {
-                    return;
+                    return true;
                 }
             }
         }
         cache.insert(r.value.clone(), hit);
+        true
     }
 
     /// The first revocation that matches the token, if any.

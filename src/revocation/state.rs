@@ -38,7 +38,7 @@ impl StateFile {
 
     /// Replays the file into `set`; returns the cursor it ends at, or
     /// `None` when there is no file.
-    pub fn load(&mut self, set: &RevocationSet) -> anyhow::Result<Option<String>> {
+    pub fn load(&mut self, set: &mut RevocationSet) -> anyhow::Result<Option<String>> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -61,7 +61,7 @@ impl StateFile {
                     }
                     FeedMarker::End { cursor: c } => {
                         for ch in group.drain(..) {
-                            set.apply(&ch);
+                            set.apply_building(&ch);
                             lines += 1;
                         }
                         cursor = Some(c);
@@ -131,17 +131,14 @@ impl StateFile {
         Ok(())
     }
 
-    /// Appends applied changes as one group; compacts when appends outgrow
-    /// the snapshot.
-    pub fn append(
-        &mut self,
-        set: &RevocationSet,
-        changes: &[Change],
-        cursor: &str,
-    ) -> anyhow::Result<()> {
-        if self.appended + changes.len() as u64 > self.snapshot_len.max(10_000) {
-            return self.write_snapshot(set, cursor);
-        }
+    /// Whether appending `n` more changes should rather rewrite the file
+    /// (appends have outgrown the snapshot they follow).
+    pub fn would_compact(&self, n: usize) -> bool {
+        self.appended + n as u64 > self.snapshot_len.max(10_000)
+    }
+
+    /// Appends changes as one group, fsync'd.
+    pub fn append(&mut self, changes: &[Change], cursor: &str) -> anyhow::Result<()> {
         if self.append.is_none() {
             let f = OpenOptions::new()
                 .create(true)
