@@ -122,6 +122,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let result = rt.block_on(async {
         crate::auth::jwt::install_crypto_and_self_test()?;
         let gw = crate::server::start(&loaded).await?;
+        crate::server::spawn_reloader(&gw);
         crate::server::shutdown_signal().await;
         tracing::info!(grace = ?loaded.config.shutdown_grace, "shutting down");
         gw.shutdown(loaded.config.shutdown_grace).await;

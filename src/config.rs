@@ -39,6 +39,9 @@ pub struct Config {
     /// are checked for signature and claims only.
     #[serde(default)]
     pub revocation: Option<Spanned<RevocationConfig>>,
+    /// Health, readiness and metrics, on their own address.
+    #[serde(default)]
+    pub admin: Option<Spanned<AdminConfig>>,
     /// The revocation authority served by `gatehouse authority`.
     #[serde(default)]
     pub authority: Option<Spanned<AuthorityConfig>>,
@@ -174,6 +177,15 @@ impl IssuerConfig {
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.issuer)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keep it on loopback or a management network: it tells anyone who
+    /// asks how the gateway is doing.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -549,6 +561,9 @@ fn default_jwks_min_refresh() -> Duration {
 }
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 fn default_max_token_lifetime() -> Duration {
     Duration::from_secs(24 * 3600)

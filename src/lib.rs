@@ -5,6 +5,7 @@
 //! top to bottom (route, strip spoofed headers, token, claims, scopes,
 //! forward); token checks live in [`auth::jwt`].
 
+pub mod admin;
 pub mod auth;
 pub mod authority;
 pub mod cli;

@@ -20,14 +20,62 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use std::path::PathBuf;
+
+use arc_swap::ArcSwap;
+
+use crate::admin::metrics::{metrics, ResultLabel};
 use crate::config::{Limits, LoadedConfig};
 use crate::proxy::{ConnInfo, Proxy};
+use crate::revocation::Revocations;
 
-/// A running gateway: its bound addresses and the handle to stop it.
+/// Everything a new connection or request uses, built from one config and
+/// swapped whole on reload. A request holds its generation to its end, so
+/// in-flight requests finish on the config they started with.
+pub struct Generation {
+    pub proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    /// Per listener, in config order.
+    tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    pub loaded: LoadedConfig,
+}
+
+impl Generation {
+    async fn build(
+        loaded: LoadedConfig,
+        revocations: Option<Arc<Revocations>>,
+    ) -> anyhow::Result<Generation> {
+        let cfg = &loaded.config;
+        let mut tls = Vec::new();
+        for l in &cfg.listeners {
+            tls.push(match &l.value.tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                    crate::tls::server_config(t, &loaded)?,
+                ))),
+                None => None,
+            });
+        }
+        Ok(Generation {
+            proxy: Arc::new(Proxy::from_config(&loaded, revocations).await?),
+            builder: http_builder(&cfg.limits),
+            limits: cfg.limits.clone(),
+            tls,
+            loaded,
+        })
+    }
+}
+
+/// A running gateway: its bound addresses, its current generation, and the
+/// handles to reload and stop it.
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
+    current: Arc<ArcSwap<Generation>>,
+    revocations: Option<Arc<Revocations>>,
+    admin_addr: Option<SocketAddr>,
+    reload_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
-    accept_loops: JoinSet<()>,
+    accept_loops: tokio::sync::Mutex<JoinSet<()>>,
     conn_slots: Arc<Semaphore>,
     max_connections: u32,
 }
@@ -39,11 +87,71 @@ impl Gateway {
         &self.addrs
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file, validates it, builds everything it needs
+    /// (keys, certificates, routes) and only then swaps it in. On any
+    /// error the running config keeps serving and the error says why
+    /// (`file:line: reason` for config problems).
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        metrics()
+            .reloads
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config keeps serving")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let old = self.current.load_full();
+        let loaded = crate::config::load(&old.loaded.path).map_err(|e| e.to_string())?;
+        let (o, n) = (&old.loaded.config, &loaded.config);
+        let listeners = |c: &crate::config::Config| -> Vec<(SocketAddr, bool)> {
+            c.listeners
+                .iter()
+                .map(|l| (l.value.address, l.value.tls.is_some()))
+                .collect()
+        };
+        if listeners(o) != listeners(n) {
+            return Err("listener addresses or TLS on/off changed; restart to apply".into());
+        }
+        let fingerprint = |c: &crate::config::Config| {
+            (
+                c.revocation.as_ref().map(|r| format!("{:?}", r.value)),
+                c.admin.as_ref().map(|a| a.value.listen),
+                c.limits.max_connections,
+            )
+        };
+        if fingerprint(o) != fingerprint(n) {
+            return Err("the revocation or admin section, or limits.max_connections, changed; restart to apply".into());
+        }
+        let generation = Generation::build(loaded, self.revocations.clone())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.current.store(Arc::new(generation));
+        Ok(())
+    }
+
     /// Stops accepting, asks every connection to finish its in-flight
     /// requests, and waits for them up to `grace`.
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         let _ = self.shutdown.send(true);
-        while self.accept_loops.join_next().await.is_some() {}
+        let mut loops = self.accept_loops.lock().await;
+        while loops.join_next().await.is_some() {}
         let all = self.conn_slots.acquire_many(self.max_connections);
         match tokio::time::timeout(grace, all).await {
             Ok(_) => tracing::info!("all connections closed"),
@@ -53,49 +161,72 @@ impl Gateway {
             ),
         }
     }
+
+    /// Files whose change should trigger a reload: the config, and the
+    /// certificates, keys and JWKS files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let g = self.current.load();
+        let l = &g.loaded;
+        let mut files = vec![l.path.clone()];
+        for li in &l.config.listeners {
+            for c in li.value.tls.iter().flat_map(|t| t.certificates.iter()) {
+                files.push(l.resolve(&c.value.cert));
+                files.push(l.resolve(&c.value.key));
+            }
+        }
+        for i in &l.config.issuers {
+            if let Some(f) = i.value.jwks.as_ref().and_then(|j| j.file.as_ref()) {
+                files.push(l.resolve(f));
+            }
+        }
+        files
+    }
 }
 
-pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Gateway> {
+pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Arc<Gateway>> {
     let cfg = &loaded.config;
-    let proxy = Arc::new(Proxy::from_config(loaded).await?);
-    let limits = Arc::new(cfg.limits.clone());
+    let revocations = match &cfg.revocation {
+        Some(r) => Some(Revocations::start(&r.value, loaded).await?),
+        None => None,
+    };
+    let generation = Generation::build(loaded.clone(), revocations.clone()).await?;
+    let current = Arc::new(ArcSwap::from_pointee(generation));
     let max_connections = u32::try_from(cfg.limits.max_connections).unwrap_or(u32::MAX >> 3);
     let conn_slots = Arc::new(Semaphore::new(max_connections as usize));
     let (tx, rx) = watch::channel(false);
-    let builder = Arc::new(http_builder(&cfg.limits));
     let mut accept_loops = JoinSet::new();
     let mut addrs = Vec::new();
-    for l in &cfg.listeners {
+    for (index, l) in cfg.listeners.iter().enumerate() {
         let lc = &l.value;
-        let tls = match &lc.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                crate::tls::server_config(t, loaded)?,
-            ))),
-            None => None,
-        };
         let listener = TcpListener::bind(lc.address)
             .await
             .with_context(|| format!("cannot listen on {}", lc.address))?;
         let addr = listener.local_addr()?;
-        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = tls.is_some(), "listening");
+        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = lc.tls.is_some(), "listening");
         addrs.push(addr);
         accept_loops.spawn(accept_loop(
             listener,
-            tls,
-            proxy.clone(),
-            builder.clone(),
-            limits.clone(),
+            index,
+            current.clone(),
             conn_slots.clone(),
             rx.clone(),
         ));
     }
-    Ok(Gateway {
+    let admin_addr = match &cfg.admin {
+        Some(a) => Some(crate::admin::start(a.value.listen, current.clone(), rx.clone()).await?),
+        None => None,
+    };
+    Ok(Arc::new(Gateway {
         addrs,
+        current,
+        revocations,
+        admin_addr,
+        reload_lock: tokio::sync::Mutex::new(()),
         shutdown: tx,
-        accept_loops,
+        accept_loops: tokio::sync::Mutex::new(accept_loops),
         conn_slots,
         max_connections,
-    })
+    }))
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -116,10 +247,8 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<Limits>,
+    index: usize,
+    current: Arc<ArcSwap<Generation>>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -143,16 +272,13 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, limits, tls, shutdown) = (
-            proxy.clone(),
-            builder.clone(),
-            limits.clone(),
-            tls.clone(),
-            shutdown.clone(),
-        );
+        let (current, shutdown) = (current.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            handle_connection(stream, peer, tls, proxy, builder, limits, shutdown).await;
+            let open = metrics().open_connections.clone();
+            open.inc();
+            handle_connection(stream, peer, index, current, shutdown).await;
+            open.dec();
         });
     }
 }
@@ -160,10 +286,8 @@ async fn accept_loop(
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<Limits>,
+    index: usize,
+    current: Arc<ArcSwap<Generation>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
@@ -171,32 +295,37 @@ async fn handle_connection(
         inner: stream,
         activity: activity.clone(),
     };
+    // TLS settings and limits come from the generation current at accept
+    // time: a renewed certificate is served from the next handshake on.
+    let generation = current.load_full();
+    let tls = generation.tls.get(index).cloned().flatten();
     match tls {
         None => {
             let info = ConnInfo { peer, tls: false };
             serve(
                 TokioIo::new(tracked),
                 info,
-                proxy,
-                builder,
-                limits,
+                generation,
+                current,
                 activity,
                 shutdown,
             )
             .await
         }
         Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await;
+            let handshake = tokio::time::timeout(
+                generation.limits.header_read_timeout,
+                acceptor.accept(tracked),
+            )
+            .await;
             match handshake {
                 Ok(Ok(s)) => {
                     let info = ConnInfo { peer, tls: true };
                     serve(
                         TokioIo::new(s),
                         info,
-                        proxy,
-                        builder,
-                        limits,
+                        generation,
+                        current,
                         activity,
                         shutdown,
                     )
@@ -212,9 +341,8 @@ async fn handle_connection(
 async fn serve<I>(
     io: TokioIo<I>,
     info: ConnInfo,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<Limits>,
+    generation: Arc<Generation>,
+    current: Arc<ArcSwap<Generation>>,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -222,7 +350,8 @@ async fn serve<I>(
 {
     let act = activity.clone();
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        // Each request takes the generation current when it arrives.
+        let proxy = current.load().proxy.clone();
         let guard = InFlight::enter(act.clone());
         async move {
             let resp = proxy.handle(req, info).await;
@@ -230,9 +359,9 @@ async fn serve<I>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let conn = generation.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let idle = limits.idle_timeout;
+    let idle = generation.limits.idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
     let mut closing = false;
     loop {
@@ -256,6 +385,90 @@ async fn serve<I>(
             }
         }
     }
+}
+
+/// Reloads on SIGHUP and when a watched file changes (debounced), for as
+/// long as the gateway lives.
+pub fn spawn_reloader(gw: &Arc<Gateway>) {
+    let weak = Arc::downgrade(gw);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    #[cfg(unix)]
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if tx.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let watched = gw.watched_files();
+    let watcher = watch_files(&watched, tx);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while let Some(why) = rx.recv().await {
+            // Editors and certbot write several events per change.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            let Some(gw) = weak.upgrade() else { return };
+            tracing::info!(trigger = why, "reloading config");
+            let _ = gw.reload().await;
+        }
+    });
+}
+
+/// Watches the directories of `files` (so atomic renames and symlink
+/// swaps are seen) and reports changes to any of them.
+fn watch_files(
+    files: &[PathBuf],
+    tx: tokio::sync::mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let wanted: Vec<PathBuf> = files.to_vec();
+    let names: std::collections::HashSet<std::ffi::OsString> = wanted
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+            {
+                let _ = tx.try_send("file change");
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch config files; SIGHUP still reloads"))
+    .ok()?;
+    let dirs: std::collections::HashSet<PathBuf> = wanted
+        .iter()
+        .filter_map(|p| {
+            p.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_owned()
+                }
+            })
+        })
+        .collect();
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(watcher)
 }
 
 /// Milliseconds since process start: a clock cheap enough to stamp every

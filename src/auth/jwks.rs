@@ -306,6 +306,14 @@ impl KeySource {
     async fn refresh_locked(&self, last: &mut Option<Instant>) -> Result<usize, String> {
         *last = Some(Instant::now());
         let result = self.origin.fetch().await.and_then(|b| parse_jwks(&b));
+        let ok = matches!(&result, Ok((set, _)) if !set.is_empty());
+        crate::admin::metrics::metrics()
+            .jwks_refreshes
+            .get_or_create(&crate::admin::metrics::IssuerResult {
+                issuer: self.issuer.to_string(),
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
         match result {
             Ok((set, skipped)) if !set.is_empty() => {
                 for s in &skipped {

@@ -319,9 +319,13 @@ impl Verifier {
             .ok_or(AuthError::UnknownIssuer)
     }
 
-    /// The configured name of each issuer, in config order.
-    pub fn issuer_names(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.issuers.iter().map(|i| &i.name)
+    /// Each issuer's name and the size of its current key set (`None`
+    /// for an HMAC-only issuer, which has no key set).
+    pub fn key_counts(&self) -> Vec<(Arc<str>, Option<usize>)> {
+        self.issuers
+            .iter()
+            .map(|i| (i.name.clone(), i.keys.as_ref().map(|k| k.keys().len())))
+            .collect()
     }
 }
 

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::admin::metrics::{metrics, RequestLabels, RouteLabel};
 use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
 use crate::config::{AuthMode, LoadedConfig};
 use crate::revocation::feed::Refusal;
@@ -53,12 +54,13 @@ struct Outcome {
 }
 
 impl Proxy {
-    pub async fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
+    /// Builds the request policy from a config; `revocations` is shared
+    /// across reloads (the feed and its state outlive any one config).
+    pub async fn from_config(
+        loaded: &LoadedConfig,
+        revocations: Option<Arc<Revocations>>,
+    ) -> anyhow::Result<Self> {
         let cfg = &loaded.config;
-        let revocations = match &cfg.revocation {
-            Some(r) => Some(Revocations::start(&r.value, loaded).await?),
-            None => None,
-        };
         Ok(Proxy {
             routes: RouteTable::from_config(cfg)?,
             verifier: Verifier::from_config(loaded).await?,
@@ -87,13 +89,28 @@ impl Proxy {
                 reject.into_response(&self.realm)
             }
         };
+        let elapsed = start.elapsed();
+        let route = out.route.as_deref().unwrap_or("-");
+        let m = metrics();
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status: resp.status().as_u16(),
+                outcome: out.label,
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "gatehouse::access",
             method = %method,
             path = %path,
-            route = out.route.as_deref().unwrap_or("-"),
+            route,
             status = resp.status().as_u16(),
-            latency_us = start.elapsed().as_micros() as u64,
+            latency_us = elapsed.as_micros() as u64,
             subject = out.subject.as_deref().unwrap_or("-"),
             outcome = out.label,
             reason = out.reason.unwrap_or("-"),
@@ -153,11 +170,12 @@ impl Proxy {
             }
             Bearer::Token(t) => t,
         };
-        let identity = self
-            .verifier
-            .verify(token)
-            .await
-            .map_err(Reject::InvalidToken)?;
+        let started = Instant::now();
+        let verified = self.verifier.verify(token).await;
+        metrics()
+            .validation_duration
+            .observe(started.elapsed().as_secs_f64());
+        let identity = verified.map_err(Reject::InvalidToken)?;
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
         }
@@ -264,6 +282,10 @@ impl Proxy {
             Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
             Refusal::Unavailable => Reject::RevocationUnavailable,
         })
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// The revocation feed's state, when revocation is configured.

@@ -90,7 +90,7 @@ impl RouteTable {
                 forward_authorization: rc.forward_authorization,
                 preserve_host: rc.preserve_host,
                 max_body_bytes: rc.max_body_bytes.unwrap_or(cfg.limits.max_body_bytes),
-                upstream: Upstream::new(rc),
+                upstream: Upstream::new(rc, rc.display_name()),
             });
         }
         Ok(RouteTable {

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::reject::Reject;
 use super::ProxyBody;
+use crate::admin::metrics::{metrics, BackendErrorLabels};
 use crate::config::RouteConfig;
 
 struct Backend {
@@ -23,6 +24,7 @@ struct Backend {
 }
 
 pub struct Upstream {
+    route: String,
     backends: Vec<Backend>,
     next: AtomicUsize,
     client: Client<HttpConnector, ProxyBody>,
@@ -38,7 +40,7 @@ fn now_ms() -> u64 {
 }
 
 impl Upstream {
-    pub fn new(rc: &RouteConfig) -> Self {
+    pub fn new(rc: &RouteConfig, route: String) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(rc.connect_timeout));
         http.set_nodelay(true);
@@ -50,6 +52,7 @@ impl Upstream {
             .set_host(false)
             .build(http);
         Upstream {
+            route,
             backends: rc
                 .backends
                 .iter()
@@ -87,7 +90,10 @@ impl Upstream {
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, Reject> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(Reject::GatewayTimeout),
+            Err(_) => {
+                self.count_error("timeout");
+                Err(Reject::GatewayTimeout)
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let timed_out = chain_has(&e, |io| io.kind() == std::io::ErrorKind::TimedOut);
@@ -103,15 +109,31 @@ impl Upstream {
                 } else {
                     tracing::warn!(error = %e, "backend request failed");
                 }
-                if is_body_limit(&e) {
-                    Err(Reject::BodyTooLarge)
+                let (reject, kind) = if is_body_limit(&e) {
+                    (Reject::BodyTooLarge, "body_too_large")
                 } else if timed_out {
-                    Err(Reject::GatewayTimeout)
+                    (Reject::GatewayTimeout, "timeout")
+                } else if e.is_connect() {
+                    (Reject::BadGateway, "connect")
                 } else {
-                    Err(Reject::BadGateway)
-                }
+                    (Reject::BadGateway, "other")
+                };
+                self.count_error(kind);
+                Err(reject)
             }
         }
+    }
+}
+
+impl Upstream {
+    fn count_error(&self, kind: &'static str) {
+        metrics()
+            .backend_errors
+            .get_or_create(&BackendErrorLabels {
+                route: self.route.clone(),
+                kind,
+            })
+            .inc();
     }
 }
 

@@ -3,7 +3,7 @@
 //! set built aside, persist what was applied, and answer "is this token
 //! revoked?" for every authenticated request without ever waiting.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct Revocations {
     set: ArcSwap<RevocationSet>,
     /// Unix milliseconds of the last successful feed response; 0 = never.
     last_contact_ms: AtomicI64,
+    /// Sequence part of the last applied cursor (for metrics).
+    cursor_seq: AtomicU64,
     ready: AtomicBool,
     max_staleness: Duration,
     on_stale: StalePolicy,
@@ -46,6 +48,7 @@ pub struct Status {
     pub ready: bool,
     pub stale: bool,
     pub seconds_since_contact: Option<f64>,
+    pub cursor_seq: u64,
     pub entries: Counts,
 }
 
@@ -83,6 +86,7 @@ impl Revocations {
             ready: self.ready.load(Ordering::Acquire),
             stale: self.is_stale(),
             seconds_since_contact: (last > 0).then(|| (now_ms() - last) as f64 / 1000.0),
+            cursor_seq: self.cursor_seq.load(Ordering::Relaxed),
             entries: self.set.load().counts(),
         }
     }
@@ -132,6 +136,7 @@ impl Revocations {
         let me = Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
             last_contact_ms: AtomicI64::new(0),
+            cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(cursor.is_some()),
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
@@ -307,6 +312,9 @@ impl Feed {
                 tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
             }
             Parsed::Changes(_) => {}
+        }
+        if let Some(seq) = cursor.rsplit_once('-').and_then(|(_, s)| s.parse().ok()) {
+            me.cursor_seq.store(seq, Ordering::Relaxed);
         }
         self.cursor = Some(cursor);
         me.last_contact_ms.store(now_ms(), Ordering::Relaxed);

@@ -251,7 +251,12 @@ impl JwksServer {
 
 /// Writes `yaml` to a temp dir, loads it like `gatehouse run` would, and
 /// starts the gateway in this process.
-pub async fn start_gateway(yaml: &str) -> (gatehouse::server::Gateway, tempfile::TempDir) {
+pub async fn start_gateway(
+    yaml: &str,
+) -> (
+    std::sync::Arc<gatehouse::server::Gateway>,
+    tempfile::TempDir,
+) {
     crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gatehouse.yaml");
