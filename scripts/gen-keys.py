@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates signing keys, their JWKS and self-signed TLS material.
 
-Used once to make config/dev/ (the example config's keys) and
+Used once to make config/dev/ (the example config's and `gatehouse demo`'s keys) and
 tests/fixtures/ (the integration tests' keys); both are committed so a fresh
 checkout runs without this script. Needs python3 with `cryptography`.
 
@@ -64,8 +64,7 @@ def main():
         json.dump({"keys": jwks}, f, indent=2)
     with open(f"{out}/hs256.secret", "w") as f:
         f.write(b64u(os.urandom(48)) + "\n")
-    if prefix == "test":
-        tls(out)
+    tls(out)
 
 
 def tls(out):

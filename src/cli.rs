@@ -38,6 +38,53 @@ enum Command {
     },
     /// Mint a token with a local private key (development and demos).
     Token(Box<TokenArgs>),
+    /// Revoke at an authority (a client of its admin API).
+    Revoke(Box<RevokeArgs>),
+    /// Start a backend, a TLS gateway and its authority, and show a token
+    /// working, being revoked, and being refused.
+    Demo {
+        #[arg(long, default_value_t = 8443)]
+        gateway_port: u16,
+        #[arg(long, default_value_t = 7400)]
+        authority_port: u16,
+        #[arg(long, default_value_t = 9000)]
+        backend_port: u16,
+        /// Directory with the dev keys, certificate and admin token.
+        #[arg(long, default_value = "config/dev")]
+        dev_dir: PathBuf,
+        /// Run the sequence, report, and exit (non-zero if it misbehaved).
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RevokeArgs {
+    /// The authority's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
+    authority: String,
+    /// File holding the admin token (or set GATEHOUSE_ADMIN_TOKEN).
+    #[arg(long, default_value = "config/dev/admin.token")]
+    admin_token_file: PathBuf,
+    /// The `iss` the revocation is for (optional when the authority has one issuer).
+    #[arg(long)]
+    issuer: Option<String>,
+    #[arg(long, group = "target")]
+    jti: Option<String>,
+    #[arg(long, group = "target")]
+    sid: Option<String>,
+    #[arg(long, group = "target")]
+    sub: Option<String>,
+    #[arg(long, group = "target")]
+    client_id: Option<String>,
+    /// Unix seconds; with --sub or --client-id (default: now).
+    #[arg(long)]
+    before: Option<i64>,
+    #[arg(long, default_value = "forced_logout")]
+    reason: String,
+    /// CA bundle for an https authority.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +131,29 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Authority { config } => authority(&config),
         Command::Token(args) => token(*args),
+        Command::Revoke(args) => revoke(*args),
+        Command::Demo {
+            gateway_port,
+            authority_port,
+            backend_port,
+            dev_dir,
+            check,
+        } => block_on(async move {
+            crate::auth::jwt::install_crypto_and_self_test()?;
+            let ok = crate::demo::run(crate::demo::DemoArgs {
+                gateway_port,
+                authority_port,
+                backend_port,
+                dev_dir,
+                check_only: check,
+            })
+            .await?;
+            if ok {
+                Ok(())
+            } else {
+                anyhow::bail!("the demo did not behave as printed")
+            }
+        }),
     }
 }
 
@@ -178,6 +248,82 @@ fn authority(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command's async body on a fresh runtime; errors go to stderr.
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn revoke(a: RevokeArgs) -> ExitCode {
+    block_on(async move {
+        use http_body_util::BodyExt;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let token = match std::env::var("GATEHOUSE_ADMIN_TOKEN") {
+            Ok(t) => t,
+            Err(_) => std::fs::read_to_string(&a.admin_token_file).map_err(|e| {
+                anyhow::anyhow!("admin token file {}: {e}", a.admin_token_file.display())
+            })?,
+        };
+        let mut body = serde_json::Map::new();
+        let target = [
+            ("jti", &a.jti),
+            ("sid", &a.sid),
+            ("sub", &a.sub),
+            ("client_id", &a.client_id),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.as_ref().map(|v| (k, v.clone())));
+        let Some((k, v)) = target else {
+            anyhow::bail!("give one of --jti, --sid, --sub, --client-id");
+        };
+        body.insert(k.into(), v.into());
+        body.insert("reason".into(), a.reason.clone().into());
+        if let Some(i) = &a.issuer {
+            body.insert("issuer".into(), i.clone().into());
+        }
+        if let Some(b) = a.before {
+            body.insert("before".into(), b.into());
+        }
+        let client = crate::httpclient::build_for::<http_body_util::Full<bytes::Bytes>>(
+            a.ca_file.as_deref(),
+            std::time::Duration::from_secs(5),
+        )?;
+        let req = http::Request::post(format!(
+            "{}/v1/revocations",
+            a.authority.trim_end_matches('/')
+        ))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::Value::Object(body).to_string(),
+        )))?;
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let text = resp.into_body().collect().await?.to_bytes();
+        println!("{}", String::from_utf8_lossy(&text));
+        if status.is_success() {
+            Ok(())
+        } else {
+            anyhow::bail!("the authority answered {status}")
+        }
+    })
 }
 
 fn token(a: TokenArgs) -> ExitCode {

@@ -17,6 +17,19 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub fn build(ca_file: Option<&Path>, connect_timeout: Duration) -> anyhow::Result<HttpClient> {
+    build_for(ca_file, connect_timeout)
+}
+
+/// The same client for any request body type.
+pub fn build_for<B>(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> anyhow::Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {

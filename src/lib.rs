@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authority;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod httpclient;
 pub mod logging;
 pub mod proxy;
