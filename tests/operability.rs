@@ -1,0 +1,458 @@
+//! What operators rely on: reload without a failed request, certificates
+//! renewed on disk, readiness that tells the truth, metrics that count what
+//! happened, and a demo that does what it prints.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use jsonwebtoken::Algorithm;
+
+fn reload_config(backend: SocketAddr, header: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - path_prefix: /
+    backends: [http://{backend}]
+    identity_headers:
+      - {{ claim: sub, header: {header} }}
+logging: {{ level: warn }}
+"#,
+        jwks = fixture("jwks.json").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_no_request_and_applies_the_new_config() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, reload_config(backend.addr, "X-Auth-Subject")).expect("write");
+    crypto();
+    let loaded = gatehouse::config::load(&path).expect("config");
+    let gw = gatehouse::server::start(&loaded).await.expect("start");
+    let addr = gw.addrs()[0];
+    let token = mint(Algorithm::RS256, "steady");
+
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..200 {
+        let (client, ok, failed, stop, token) = (
+            client.clone(),
+            ok.clone(),
+            failed.clone(),
+            stop.clone(),
+            token.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get(format!("http://{addr}/load"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(http_body_util::Empty::new())
+                    .expect("request");
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A broken file first: refused, the old config keeps serving.
+    std::fs::write(&path, "listeners: [\n").expect("write");
+    let err = gw.reload().await.expect_err("broken config refused");
+    assert!(err.contains("gatehouse.yaml:"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Then a good one, under the same load.
+    std::fs::write(&path, reload_config(backend.addr, "X-User")).expect("write");
+    gw.reload().await.expect("reload");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("requests across two reloads: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 200, "load was applied ({ok})");
+    let h = backend.last().headers;
+    assert_eq!(h["x-user"], "steady", "new config in force");
+    assert!(h.get("x-auth-subject").is_none());
+}
+
+/// Whether a TLS handshake with this SNI name verifies against the test CA.
+async fn handshake_ok(addr: SocketAddr, sni: &str) -> bool {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(fixture("ca.crt.pem")).expect("ca") {
+        roots.add(c.expect("cert")).expect("add");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let name = ServerName::try_from(sni.to_owned()).expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn certificate_replaced_on_disk_is_served_by_the_next_handshake() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(fixture("server.crt.pem"), &cert).expect("copy");
+    std::fs::copy(fixture("server.key.pem"), &key).expect("copy");
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+    tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}
+routes:
+  - backends: [http://{backend}]
+    auth: off
+logging: {{ level: warn }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        backend = backend.addr
+    );
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    crypto();
+    let gw = gatehouse::server::start(&gatehouse::config::load(&path).expect("config"))
+        .await
+        .expect("start");
+    gatehouse::server::spawn_reloader(&gw);
+    let addr = gw.addrs()[0];
+    assert!(handshake_ok(addr, "localhost").await);
+    assert!(
+        !handshake_ok(addr, "other.test").await,
+        "the first certificate does not cover other.test"
+    );
+
+    // Renewal as certbot does it: new files written next to the old ones,
+    // then moved into place.
+    std::fs::copy(fixture("other.key.pem"), dir.path().join("tls.key.new")).expect("copy");
+    std::fs::copy(fixture("other.crt.pem"), dir.path().join("tls.crt.new")).expect("copy");
+    std::fs::rename(dir.path().join("tls.key.new"), &key).expect("rename");
+    std::fs::rename(dir.path().join("tls.crt.new"), &cert).expect("rename");
+    let renewed = within(Duration::from_secs(5), || handshake_ok(addr, "other.test")).await;
+    assert!(
+        renewed.is_some(),
+        "the renewed certificate is served without a restart"
+    );
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
+    send(
+        addr,
+        Proto::Plain,
+        "admin",
+        get(Proto::Plain, "admin", path, None, &[]),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn readyz_flips_when_the_authority_is_gone_past_max_staleness_and_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    std::fs::write(dir.path().join("admin.token"), "ops-admin-token-0123456789").expect("token");
+    let port = free_port();
+    let authority_yaml = format!(
+        r#"
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+authority:
+  listen: 127.0.0.1:{port}
+  path: {store}
+  admin_token: {{ file: admin.token }}
+logging: {{ format: json }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        store = dir.path().join("a.redb").display()
+    );
+    let cfg = dir.path().join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml).expect("write");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let gw_yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+revocation:
+  authority: {{ url: "http://127.0.0.1:{port}", token: {{ file: {token} }} }}
+  poll_wait: 1s
+  max_staleness: 3s
+logging: {{ level: warn }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr,
+        token = dir.path().join("admin.token").display()
+    );
+    let (gw, _gdir) = start_gateway(&gw_yaml).await;
+    let admin = gw.admin_addr().expect("admin listener");
+    assert_eq!(admin_get(admin, "/healthz").await.status, StatusCode::OK);
+    let a = admin_get(admin, "/readyz").await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+
+    auth.kill();
+    let down = within(Duration::from_secs(10), || async {
+        admin_get(admin, "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(down.is_some(), "not ready once the set is stale");
+    let a = admin_get(admin, "/readyz").await;
+    assert!(
+        a.json()["reasons"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("stale"),
+        "{:?}",
+        a.json()
+    );
+    // Still alive, and (fail_static) still serving with the last known set.
+    assert_eq!(admin_get(admin, "/healthz").await.status, StatusCode::OK);
+
+    let _auth = Proc::start_with("authority", &cfg, "authority listening");
+    let up = within(Duration::from_secs(10), || async {
+        admin_get(admin, "/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(up.is_some(), "ready again when the authority is back");
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_the_requests_made() {
+    let backend = Backend::start().await;
+    let admin_port = free_port();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:{admin_port}
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - name: app
+    backends: [http://{backend}]
+    public_paths: [/health]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let token = mint(Algorithm::RS256, "counted");
+    let go = |t: Option<String>, path: &'static str| {
+        let addr = gw.addr;
+        async move {
+            send(
+                addr,
+                Proto::Plain,
+                "localhost",
+                get(Proto::Plain, "localhost", path, t.as_deref(), &[]),
+            )
+            .await
+            .status
+        }
+    };
+    for _ in 0..7 {
+        assert_eq!(go(Some(token.clone()), "/x").await, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        assert_eq!(go(None, "/x").await, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            go(Some("bad.token.here".into()), "/x").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(go(None, "/health").await, StatusCode::OK);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_requests_total{route="app",status="200",outcome="allowed"}"#
+        ),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_requests_total{route="app",status="401",outcome="missing_token"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_requests_total{route="app",status="401",outcome="invalid_token"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_requests_total{route="app",status="200",outcome="public"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_request_duration_seconds_count{route="app"}"#
+        ),
+        13.0
+    );
+    assert_eq!(
+        metric(&text, "gatehouse_token_validation_duration_seconds_count"),
+        9.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gatehouse_jwks_keys{issuer="https://issuer.test"}"#
+        ),
+        3.0
+    );
+    assert!(text.contains("gatehouse_open_connections"), "{text}");
+}
+
+#[test]
+fn demo_runs_to_the_end_and_its_printed_commands_behave_as_printed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (g, a, b) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(root)
+        .args([
+            "demo",
+            "--gateway-port",
+            &g.to_string(),
+            "--authority-port",
+            &a.to_string(),
+            "--backend-port",
+            &b.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let done = line.contains("Ctrl-C stops the demo");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("self-check (its own token): request -> 200, revoke -> 201, same request -> 401: as expected"), "{all}");
+    let export = lines
+        .iter()
+        .find(|l| l.starts_with("export TOKEN="))
+        .expect("token line")
+        .clone();
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(curls.len(), 3, "{all}");
+    let run = |cmd: &str| -> String {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{export}\n{cmd}"))
+            .output()
+            .expect("bash");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = |out: &str| {
+        out.lines()
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let first = run(curls[0]);
+    assert_eq!(status(&first), "200", "{first}");
+    assert!(
+        first.contains("\"x-auth-subject\":\"demo-user\""),
+        "{first}"
+    );
+    let revoke = run(curls[1]);
+    assert_eq!(status(&revoke), "201", "{revoke}");
+    let refused = within_blocking(Duration::from_secs(2), || status(&run(curls[2])) == "401");
+    assert!(refused, "step 3 is refused");
+    assert!(run(curls[2]).contains("token revoked"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn within_blocking(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
