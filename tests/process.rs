@@ -234,6 +234,7 @@ async fn shipped_example_config_runs_with_its_embedded_authority() {
     let yaml = std::fs::read_to_string(root.join("config/gatehouse.yaml"))
         .expect("example config")
         .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
         .replace("127.0.0.1:7400", &format!("127.0.0.1:{authority_port}"))
         .replace("http://127.0.0.1:9000", &format!("http://{}", backend.addr))
         .replace("../data/", &format!("{}/", data.path().display()))
