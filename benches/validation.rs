@@ -95,6 +95,35 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The verified-token cache: a repeated token (hit) against a new one
+    // each time (miss = full verification + insert), both through the
+    // async entry point the gateway uses, next to the cost of that entry
+    // point itself.
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("test-rs256".to_owned());
+    let rs_key = EncodingKey::from_rsa_pem(&read("rs256.key.pem")).expect("k");
+    let repeated = jsonwebtoken::encode(&h, &claims, &rs_key).expect("mint");
+    rt.block_on(verifier.verify(&repeated)).expect("valid");
+    g.bench_function("cache/empty-block_on", |b| b.iter(|| rt.block_on(async {})));
+    g.bench_function("cache/hit/RS256", |b| {
+        b.iter(|| rt.block_on(verifier.verify(std::hint::black_box(&repeated))))
+    });
+    // A miss is a full verification (gatehouse/RS256 above) plus hashing
+    // the token, a failed lookup and an insert: measured here with a new
+    // key every time.
+    let cache = gatehouse::auth::jwt::TokenCache::new(100_000, std::time::Duration::from_secs(300));
+    let id = std::sync::Arc::new(verifier.verify_with_known_keys(&repeated).expect("valid"));
+    let mut n: u64 = 0;
+    g.bench_function("cache/miss-overhead/RS256", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut k = gatehouse::auth::jwt::TokenCache::key(std::hint::black_box(&repeated));
+            k[..8].copy_from_slice(&n.to_le_bytes());
+            if cache.get(&k).is_none() {
+                cache.insert(k, id.clone());
+            }
+        })
+    });
     let none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none"}"#),

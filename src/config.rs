@@ -134,6 +134,13 @@ pub struct AuthConfig {
     pub realm: String,
     /// Tokens longer than this are refused before any decoding.
     pub max_token_bytes: usize,
+    /// Verified tokens remembered (by SHA-256 of the whole token) so a
+    /// repeated token skips signature verification; 0 disables. Revocation
+    /// is still checked on every request.
+    pub token_cache_size: u64,
+    /// Longest a verified token is remembered (never past its `exp`).
+    #[serde(with = "duration")]
+    pub token_cache_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -141,6 +148,8 @@ impl Default for AuthConfig {
         AuthConfig {
             realm: "gatehouse".to_owned(),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            token_cache_size: 100_000,
+            token_cache_ttl: Duration::from_secs(300),
         }
     }
 }

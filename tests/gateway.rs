@@ -666,3 +666,29 @@ async fn oversized_body_is_refused_with_413() {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(backend.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_it_expires() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
+    let token = mint_with(Algorithm::RS256, &{
+        let mut c = claims("short-lived");
+        c.insert("exp".into(), json!(now() + 2));
+        c
+    });
+    let go = || {
+        send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+    };
+    // Twice: the second is served from the verified-token cache.
+    assert_eq!(go().await.status, StatusCode::OK);
+    assert_eq!(go().await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let a = go().await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["error_description"], "token has expired");
+}

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -20,6 +21,7 @@ use crate::config::{self, IssuerConfig, LoadedConfig, UnknownKidPolicy};
 
 pub struct Verifier {
     issuers: Vec<IssuerVerifier>,
+    cache: Option<TokenCache>,
     by_iss: HashMap<String, usize>,
     max_token_bytes: usize,
 }
@@ -178,8 +180,11 @@ impl Verifier {
                 unknown_kid: ic.unknown_kid_when_keys_unavailable,
             });
         }
+        let a = &cfg.auth;
         Ok(Verifier {
             issuers,
+            cache: (a.token_cache_size > 0)
+                .then(|| TokenCache::new(a.token_cache_size, a.token_cache_ttl)),
             by_iss,
             max_token_bytes: cfg.auth.max_token_bytes,
         })
@@ -187,8 +192,22 @@ impl Verifier {
 
     /// Verifies signature and claims. Never touches the network except to
     /// refresh a key set for an unknown `kid` (rate-limited per issuer).
-    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify_as(token, Age::Current).await
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        // The size limit comes before hashing too: nothing about an
+        // oversized token is worth computing.
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let Some(cache) = &self.cache else {
+            return self.verify_as(token, Age::Current).await.map(Arc::new);
+        };
+        let key = TokenCache::key(token);
+        if let Some(id) = cache.get(&key) {
+            return Ok(id);
+        }
+        let id = Arc::new(self.verify_as(token, Age::Current).await?);
+        cache.insert(key, id.clone());
+        Ok(id)
     }
 
     /// Signature, issuer and audience checked, but not `exp`/`nbf`: for
@@ -327,6 +346,65 @@ impl Verifier {
             .map(|i| (i.name.clone(), i.keys.as_ref().map(|k| k.keys().len())))
             .collect()
     }
+}
+
+/// Tokens that passed full verification, by SHA-256 of the whole token
+/// text (a different token, even one with the same claims and an altered
+/// but still valid ECDSA signature, is a different key and gets verified).
+/// An entry lives until the token's `exp` or the TTL, whichever is first,
+/// and is checked against `exp` again on every hit.
+pub struct TokenCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+}
+
+struct UntilExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<Identity>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = v.expires_at.map_or(0, |e| e - now_unix()).max(0) as u64;
+        Some(self.ttl.min(Duration::from_secs(left)))
+    }
+}
+
+impl TokenCache {
+    pub fn new(size: u64, ttl: Duration) -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(size)
+                .expire_after(UntilExpiry { ttl })
+                .build(),
+        }
+    }
+
+    pub fn key(token: &str) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(d.as_ref());
+        k
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Identity>> {
+        self.cache
+            .get(key)
+            .filter(|id| id.expires_at.is_some_and(|e| e > now_unix()))
+    }
+
+    pub fn insert(&self, key: [u8; 32], id: Arc<Identity>) {
+        if id.expires_at.is_some_and(|e| e > now_unix()) {
+            self.cache.insert(key, id);
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    crate::revocation::model::now_unix()
 }
 
 #[derive(Clone, Copy)]

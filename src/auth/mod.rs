@@ -67,6 +67,8 @@ pub struct Identity {
     pub issued_at: Option<i64>,
     /// `azp`, or else `client_id`.
     pub client: Option<String>,
+    /// `exp` in Unix seconds, when present and numeric.
+    pub expires_at: Option<i64>,
     pub claims: Map<String, Value>,
 }
 
@@ -84,15 +86,17 @@ impl Identity {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(AuthError::Claim("token has a malformed claim")),
         };
-        let issued_at = match claims.get("iat") {
-            None => None,
-            Some(Value::Number(n)) => Some(
-                n.as_i64()
-                    .or_else(|| n.as_f64().map(|f| f as i64))
-                    .ok_or(AuthError::Claim("token has a malformed claim"))?,
-            ),
-            Some(_) => return Err(AuthError::Claim("token has a malformed claim")),
+        let time = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .map(Some)
+                .ok_or(AuthError::Claim("token has a malformed claim")),
+            Some(_) => Err(AuthError::Claim("token has a malformed claim")),
         };
+        let issued_at = time("iat")?;
+        let expires_at = time("exp")?;
         Ok(Identity {
             issuer,
             iss,
@@ -101,6 +105,7 @@ impl Identity {
             sid: text("sid")?,
             issued_at,
             client: text("azp")?.or(text("client_id")?),
+            expires_at,
             claims,
         })
     }

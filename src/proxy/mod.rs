@@ -145,7 +145,7 @@ impl Proxy {
         } else if route.auth != AuthMode::Off {
             out.label = "public";
         }
-        self.forward(route, req, &path, &host, identity.as_ref(), conn)
+        self.forward(route, req, &path, &host, identity.as_deref(), conn)
             .await
     }
 
@@ -156,7 +156,7 @@ impl Proxy {
         route: &Route,
         path: &str,
         headers: &http::HeaderMap,
-    ) -> Result<Option<Identity>, Reject> {
+    ) -> Result<Option<Arc<Identity>>, Reject> {
         if route.auth == AuthMode::Off || route.is_public(path) {
             return Ok(None);
         }
