@@ -114,6 +114,10 @@ struct TokenArgs {
     /// Extra claim as name=value (JSON values allowed); repeatable.
     #[arg(long = "claim")]
     claims: Vec<String>,
+    /// Mint this many tokens (one a line, each with its own jti), e.g. for
+    /// a load test that rotates tokens.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -348,14 +352,19 @@ fn token(a: TokenArgs) -> ExitCode {
         scope: a.scope.as_deref(),
         claims: &a.claims,
     };
-    match crate::token::mint(&req) {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gatehouse token: {e:#}");
-            ExitCode::FAILURE
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..a.count.max(1) {
+        match crate::token::mint(&req) {
+            Ok(t) => {
+                if std::io::Write::write_all(&mut out, format!("{t}\n").as_bytes()).is_err() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("gatehouse token: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    ExitCode::SUCCESS
 }
