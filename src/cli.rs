@@ -183,7 +183,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log = crate::logging::init(&loaded.config.logging);
+    // The control plane (feed, key refresh, admin, reload, signals) runs
+    // here; requests run on one single-threaded runtime per worker.
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gatehouse-control")
         .enable_all()
         .build()
     {
@@ -193,9 +197,16 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let workers = match start_workers(loaded.config.workers) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start the worker runtimes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = rt.block_on(async {
         crate::auth::jwt::install_crypto_and_self_test()?;
-        let gw = crate::server::start(&loaded).await?;
+        let gw = crate::server::start_on(&loaded, &workers).await?;
         crate::server::spawn_reloader(&gw);
         crate::server::shutdown_signal().await;
         tracing::info!(grace = ?loaded.config.shutdown_grace, "shutting down");
@@ -210,6 +221,29 @@ fn run(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `n` threads (0: one per CPU), each running a single-threaded runtime
+/// until the process ends; returns their handles.
+fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
+    let n = if n == 0 {
+        std::thread::available_parallelism()
+            .map_or(1, |p| p.get())
+            .min(16)
+    } else {
+        n
+    };
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(rt.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("gatehouse-worker-{i}"))
+            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    }
+    Ok(handles)
 }
 
 fn authority(path: &std::path::Path) -> ExitCode {

@@ -53,6 +53,10 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Request-serving threads, each with its own runtime and listening
+    /// socket; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -896,6 +900,9 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
     }
     if cfg.limits.max_header_bytes < 8192 {
         push(0, "limits.max_header_bytes must be at least 8192".into());
+    }
+    if cfg.workers > 16 {
+        push(0, "workers must be at most 16".into());
     }
     if cfg.limits.max_connections == 0 {
         push(0, "limits.max_connections must be at least 1".into());

@@ -183,7 +183,22 @@ impl Gateway {
     }
 }
 
+/// Starts the gateway with its accept loops on the current runtime (tests,
+/// tools). `gatehouse run` uses [`start_on`] with one runtime per core.
 pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Arc<Gateway>> {
+    start_on(loaded, &[tokio::runtime::Handle::current()]).await
+}
+
+/// One single-threaded runtime per core, each with its own listening
+/// socket (SO_REUSEPORT, the kernel spreads connections) and its own
+/// backend connection pools: a request is accepted, checked, forwarded and
+/// answered on one thread, with no cross-thread wake-ups on the way. The
+/// control plane (feed, key refresh, admin, reload) stays on the caller's
+/// runtime.
+pub async fn start_on(
+    loaded: &LoadedConfig,
+    workers: &[tokio::runtime::Handle],
+) -> anyhow::Result<Arc<Gateway>> {
     let cfg = &loaded.config;
     let revocations = match &cfg.revocation {
         Some(r) => Some(Revocations::start(&r.value, loaded).await?),
@@ -198,19 +213,27 @@ pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Arc<Gateway>> {
     let mut addrs = Vec::new();
     for (index, l) in cfg.listeners.iter().enumerate() {
         let lc = &l.value;
-        let listener = TcpListener::bind(lc.address)
-            .await
+        let sockets = bind_reuseport(lc.address, workers.len().max(1))
             .with_context(|| format!("cannot listen on {}", lc.address))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = lc.tls.is_some(), "listening");
+        let addr = sockets[0].local_addr()?;
+        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = lc.tls.is_some(), workers = sockets.len(), "listening");
         addrs.push(addr);
-        accept_loops.spawn(accept_loop(
-            listener,
-            index,
-            current.clone(),
-            conn_slots.clone(),
-            rx.clone(),
-        ));
+        for (socket, (worker, handle)) in sockets.into_iter().zip(workers.iter().enumerate()) {
+            let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
+            accept_loops.spawn_on(
+                async move {
+                    // Registered with this worker's reactor, on its thread.
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => {
+                            crate::proxy::upstream::set_worker(worker);
+                            accept_loop(listener, index, current, slots, rx).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot use the listening socket"),
+                    }
+                },
+                handle,
+            );
+        }
     }
     let admin_addr = match &cfg.admin {
         Some(a) => Some(crate::admin::start(a.value.listen, current.clone(), rx.clone()).await?),
@@ -227,6 +250,33 @@ pub async fn start(loaded: &LoadedConfig) -> anyhow::Result<Arc<Gateway>> {
         conn_slots,
         max_connections,
     }))
+}
+
+/// `n` listening sockets on one address (the first one resolves port 0),
+/// with SO_REUSEPORT so each worker accepts on its own.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut bind_to = addr;
+    for _ in 0..n {
+        let s = Socket::new(
+            Domain::for_address(bind_to),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        #[cfg(unix)]
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bind_to.into())?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        if out.is_empty() {
+            bind_to = l.local_addr()?;
+        }
+        out.push(l);
+    }
+    Ok(out)
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

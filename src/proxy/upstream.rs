@@ -23,11 +23,25 @@ struct Backend {
     down_until: AtomicU64,
 }
 
+thread_local! {
+    /// Which worker runtime this thread serves; picks its connection pool.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Called once on each worker thread, before it serves.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// Pools kept per route: one per worker, so a pooled backend connection
+/// is always driven by the thread that uses it.
+const POOLS: usize = 16;
+
 pub struct Upstream {
     route: String,
     backends: Vec<Backend>,
     next: AtomicUsize,
-    client: Client<HttpConnector, ProxyBody>,
+    clients: Vec<Client<HttpConnector, ProxyBody>>,
     timeout: Duration,
     cooldown: Duration,
 }
@@ -45,12 +59,16 @@ impl Upstream {
         http.set_connect_timeout(Some(rc.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .set_host(false)
-            .build(http);
+        let clients = (0..POOLS)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .set_host(false)
+                    .build(http.clone())
+            })
+            .collect();
         Upstream {
             route,
             backends: rc
@@ -62,7 +80,7 @@ impl Upstream {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
+            clients,
             timeout: rc.timeout,
             cooldown: rc.backend_cooldown,
         }
@@ -89,7 +107,8 @@ impl Upstream {
         idx: usize,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, Reject> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let client = &self.clients[WORKER.with(|w| w.get()) % POOLS];
+        match tokio::time::timeout(self.timeout, client.request(req)).await {
             Err(_) => {
                 self.count_error("timeout");
                 Err(Reject::GatewayTimeout)
