@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::admin::metrics::{metrics, RequestLabels, RouteLabel};
+use crate::admin::metrics::{metrics, RequestLabels, RouteLabel, RouteName};
 use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
 use crate::config::{AuthMode, LoadedConfig};
 use crate::revocation::feed::Refusal;
@@ -90,20 +90,21 @@ impl Proxy {
             }
         };
         let elapsed = start.elapsed();
-        let route = out.route.as_deref().unwrap_or("-");
+        let route_name = RouteName(out.route.clone().unwrap_or_else(|| Arc::from("-")));
         let m = metrics();
+        m.request_duration
+            .get_or_create(&RouteLabel {
+                route: route_name.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
         m.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route: route_name,
                 status: resp.status().as_u16(),
                 outcome: out.label,
             })
             .inc();
-        m.request_duration
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let route = out.route.as_deref().unwrap_or("-");
         tracing::info!(
             target: "gatehouse::access",
             method = %method,

@@ -3,6 +3,7 @@
 //! Lookups borrow the claim strings (no allocation) and are O(1).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,11 @@ struct PerIssuer {
     sid: Cache<String, Hit>,
     sub: Cache<String, Hit>,
     client: Cache<String, Hit>,
+    /// Per kind, whether anything was ever inserted: a kind with nothing
+    /// in it (the common case for `client`, often `sub`) costs no lookup.
+    /// Never reset, so a just-inserted entry is never skipped (moka's own
+    /// count lags behind inserts).
+    used: Arc<[AtomicBool; 4]>,
 }
 
 fn cache() -> Cache<String, Hit> {
@@ -112,7 +118,20 @@ impl PerIssuer {
             sid: cache(),
             sub: cache(),
             client: cache(),
+            used: Arc::new(Default::default()),
         }
+    }
+
+    fn mark_used(&self, k: Kind) {
+        self.used[k as usize].store(true, Ordering::Release);
+    }
+
+    /// The cache of a kind, or `None` while nothing was ever put in it.
+    fn lookup(&self, k: Kind, value: &str) -> Option<Hit> {
+        if !self.used[k as usize].load(Ordering::Acquire) {
+            return None;
+        }
+        self.for_kind(k).get(value)
     }
 
     fn for_kind(&self, k: Kind) -> &Cache<String, Hit> {
@@ -224,6 +243,7 @@ impl RevocationSet {
                 }
             }
         }
+        p.mark_used(r.kind);
         cache.insert(r.value.clone(), hit);
         true
     }
@@ -231,10 +251,10 @@ impl RevocationSet {
     /// The first revocation that matches the token, if any.
     pub fn check(&self, id: &Identity) -> Option<Hit> {
         let p = self.by_iss.get(&*id.iss)?;
-        if let Some(h) = id.jti.as_deref().and_then(|j| p.jti.get(j)) {
+        if let Some(h) = id.jti.as_deref().and_then(|j| p.lookup(Kind::Jti, j)) {
             return Some(h);
         }
-        if let Some(h) = id.sid.as_deref().and_then(|s| p.sid.get(s)) {
+        if let Some(h) = id.sid.as_deref().and_then(|s| p.lookup(Kind::Sid, s)) {
             return Some(h);
         }
         // A token without `iat` cannot show it was issued after the cut-off.
@@ -242,14 +262,14 @@ impl RevocationSet {
         if let Some(h) = id
             .subject
             .as_deref()
-            .and_then(|s| p.sub.get(s))
+            .and_then(|s| p.lookup(Kind::Sub, s))
             .filter(issued_before)
         {
             return Some(h);
         }
         id.client
             .as_deref()
-            .and_then(|c| p.client.get(c))
+            .and_then(|c| p.lookup(Kind::Client, c))
             .filter(issued_before)
     }
 
