@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -532,27 +532,37 @@ fn now_ms() -> u64 {
 /// flight: idle means both "quiet" and "nothing being worked on", so a slow
 /// backend does not get its client cut off.
 struct Activity {
-    last_ms: AtomicU64,
+    /// Set whenever bytes move; cleared by the idle check. No clock is
+    /// read on the I/O path: the check (every idle_timeout/4) keeps time.
+    moved: AtomicBool,
+    /// When the idle check last saw `moved` set or work in flight.
+    last_seen_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
-            last_ms: AtomicU64::new(now_ms()),
+            moved: AtomicBool::new(false),
+            last_seen_ms: AtomicU64::new(now_ms()),
             in_flight: AtomicUsize::new(0),
         }
     }
 
     fn touch(&self) {
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
+        if !self.moved.load(Ordering::Relaxed) {
+            self.moved.store(true, Ordering::Relaxed);
+        }
     }
 
+    /// Called from the connection's idle tick.
     fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
+        let now = now_ms();
+        if self.moved.swap(false, Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) > 0 {
+            self.last_seen_ms.store(now, Ordering::Relaxed);
             return Duration::ZERO;
         }
-        Duration::from_millis(now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(now.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
     }
 }
 
