@@ -3,7 +3,7 @@
 # connections held open; the gateway's RSS per connection.
 . "$(dirname "$0")/common.sh"
 N=${N:-10000}
-ulimit -n 65536
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
 NG=$!
 CFG=$(gw_config 0 8443)

@@ -1,0 +1,193 @@
+//! Hostile HTTP on the wire (raw sockets): smuggling shapes, oversized and
+//! slow headers. What must hold: nothing unauthenticated reaches the
+//! backend, and the gateway answers or closes instead of hanging.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(backend: SocketAddr) -> String {
+    standard_config(backend, &jwks_file()).replace(
+        "logging:\n  level: warn\n",
+        "limits:\n  header_read_timeout: 1s\n  max_header_bytes: 16384\nlogging:\n  level: warn\n",
+    )
+}
+
+/// Writes raw bytes, then reads until the peer closes or 3 s pass.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn statuses(resp: &str) -> Vec<&str> {
+    resp.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &resp[i + 9..i + 12])
+        .collect()
+}
+
+#[tokio::test]
+async fn smuggled_requests_never_reach_the_backend_without_a_token() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let addr = gw.addrs()[1];
+    let token = mint(Algorithm::RS256, "smuggler");
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let cases = [
+        // CL.TE: a front end using Content-Length would pass the smuggled
+        // request along as body; we must not run it as a request.
+        format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+            5 + smuggled.len()
+        ),
+        // TE.CL
+        format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+            smuggled.len()
+        ),
+        // Two different Content-Length values.
+        format!("POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\n{smuggled}"),
+        // Obsolete line folding hiding a second header.
+        format!("GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nX-Foo: a\r\n Transfer-Encoding: chunked\r\n\r\n"),
+        // Bare LF line endings with a smuggled request behind.
+        format!("GET / HTTP/1.1\nHost: localhost\nAuthorization: Bearer {token}\n\n{smuggled}"),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let resp = raw(addr, case.as_bytes()).await;
+        // Every request that does reach the backend carries our identity:
+        // none is the token-less smuggled one.
+        if let Some(seen) = backend.last.lock().expect("lock").clone() {
+            assert_ne!(
+                seen.path, "/smuggled",
+                "case {i} smuggled a request: {resp}"
+            );
+        }
+        let st = statuses(&resp);
+        assert!(
+            st.iter().filter(|s| **s == "200").count() <= 1,
+            "case {i}: at most the one authenticated request may succeed: {resp}"
+        );
+        assert!(
+            !st.iter().any(|s| s.starts_with('5')),
+            "case {i}: no server error: {resp}"
+        );
+    }
+    // The smuggled request on its own, without a token, is refused.
+    let resp = raw(addr, smuggled.as_bytes()).await;
+    assert_eq!(statuses(&resp), vec!["401"]);
+}
+
+#[tokio::test]
+async fn oversized_and_too_many_headers_are_refused() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let addr = gw.addrs()[1];
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let resp = raw(addr, big.as_bytes()).await;
+    assert!(
+        statuses(&resp)
+            .first()
+            .is_none_or(|s| *s == "431" || *s == "400"),
+        "{resp}"
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let resp = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        statuses(&resp)
+            .first()
+            .is_none_or(|s| *s == "431" || *s == "400"),
+        "{resp}"
+    );
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off_by_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let start = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    let mut closed = false;
+    for b in head.iter().chain(std::iter::repeat(&b'a')) {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // A 408 is an acceptable way to say goodbye.
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    assert!(closed, "a client sending one byte at a time is cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "cut off near the 1 s header timeout, not later"
+    );
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn absolute_form_and_connect_requests_are_judged_like_any_other() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let addr = gw.addrs()[1];
+    // Absolute-form naming a public path on the public route.
+    let resp = raw(
+        addr,
+        b"GET http://localhost/health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&resp), vec!["200"], "{resp}");
+    // Absolute-form to a protected path without a token.
+    let resp = raw(
+        addr,
+        b"GET http://localhost/admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&resp), vec!["401"], "{resp}");
+    // CONNECT is never a tunnel through the gateway.
+    let resp = raw(
+        addr,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+    )
+    .await;
+    let st = statuses(&resp);
+    assert!(
+        st.first()
+            .is_some_and(|s| *s == "400" || *s == "401" || *s == "404"),
+        "{resp}"
+    );
+    assert_eq!(
+        backend.hits(),
+        1,
+        "only the public request reached the backend"
+    );
+}
