@@ -255,17 +255,7 @@ fn authority(path: &std::path::Path) -> ExitCode {
         }
     };
     let _log = crate::logging::init(&loaded.config.logging);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
+    block_on(async {
         crate::auth::jwt::install_crypto_and_self_test()?;
         let section = loaded
             .config
@@ -276,16 +266,8 @@ fn authority(path: &std::path::Path) -> ExitCode {
         crate::server::shutdown_signal().await;
         tracing::info!("authority shutting down");
         drop(handle);
-        anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("gatehouse authority: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(())
+    })
 }
 
 /// Runs a command's async body on a fresh runtime; errors go to stderr.
@@ -303,6 +285,7 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     match rt.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("gatehouse: {e:#}");
             ExitCode::FAILURE
         }

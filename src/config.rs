@@ -1082,3 +1082,53 @@ impl SecretSource {
         Ok(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SECRET" => Some("s3cr3t".into()),
+            "EVIL" => Some("a\nroutes: []".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn env_interpolation() {
+        assert_eq!(
+            interpolate_env("a: ${SECRET}\n", env).unwrap(),
+            "a: s3cr3t\n"
+        );
+        assert_eq!(
+            interpolate_env("a: x${SECRET}y ${SECRET}\n", env).unwrap(),
+            "a: xs3cr3ty s3cr3t\n"
+        );
+        assert_eq!(
+            interpolate_env("a: $${SECRET}\n", env).unwrap(),
+            "a: ${SECRET}\n"
+        );
+        assert_eq!(
+            interpolate_env("# ${UNSET} in a comment\n", env).unwrap(),
+            "# ${UNSET} in a comment\n"
+        );
+        assert_eq!(
+            interpolate_env("x: 1\nb: ${UNSET}\n", env).unwrap_err().0,
+            2
+        );
+        assert!(interpolate_env("b: ${EVIL}\n", env)
+            .unwrap_err()
+            .1
+            .contains("newline"));
+        assert!(interpolate_env("b: ${BAD-NAME}\n", env).is_err());
+        assert!(interpolate_env("b: ${SECRET\n", env).is_err());
+    }
+
+    #[test]
+    fn parse_errors_carry_the_line() {
+        let (line, reason) = parse("listeners:\n  - address: 127.0.0.1:1\nroutes:\n  - backends: [http://x:1]\n    timeout: soon\n").unwrap_err();
+        assert_eq!(line, 5);
+        assert!(reason.contains("duration"), "{reason}");
+    }
+}

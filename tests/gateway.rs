@@ -692,3 +692,75 @@ async fn a_cached_token_is_refused_once_it_expires() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.json()["error_description"], "token has expired");
 }
+
+#[tokio::test]
+async fn several_issuers_are_told_apart_by_iss_and_routes_can_restrict_them() {
+    let backend = Backend::start().await;
+    let hs = fixture("hs256.secret").display().to_string();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - name: main
+    issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+  - name: batch
+    issuer: https://batch.test
+    audiences: [{AUD}]
+    algorithms: [HS256]
+    hmac_secret: {{ file: {hs} }}
+routes:
+  - name: any
+    path_prefix: /
+    backends: [http://{backend}]
+  - name: main-only
+    path_prefix: /main
+    backends: [http://{backend}]
+    issuers: [main]
+logging: {{ level: warn }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let (gw, _dir) = start_gateway(&yaml).await;
+    let go = |path: &'static str, token: String| {
+        let addr = gw.addrs()[0];
+        async move {
+            send(
+                addr,
+                Proto::Plain,
+                "localhost",
+                get(Proto::Plain, "localhost", path, Some(&token), &[]),
+            )
+            .await
+            .status
+        }
+    };
+    let main_token = mint(Algorithm::RS256, "person");
+    let batch_token = mint_with(Algorithm::HS256, &{
+        let mut c = claims("job");
+        c.insert("iss".into(), json!("https://batch.test"));
+        c
+    });
+    // An RS256 token claiming the batch issuer: that issuer allows HS256 only.
+    let cross = mint_with(Algorithm::RS256, &{
+        let mut c = claims("job");
+        c.insert("iss".into(), json!("https://batch.test"));
+        c
+    });
+    let unknown_iss = mint_with(Algorithm::RS256, &{
+        let mut c = claims("x");
+        c.insert("iss".into(), json!("https://nobody.test"));
+        c
+    });
+    assert_eq!(go("/x", main_token.clone()).await, StatusCode::OK);
+    assert_eq!(go("/x", batch_token.clone()).await, StatusCode::OK);
+    assert_eq!(backend.last().headers["x-auth-subject"], "job");
+    assert_eq!(go("/x", cross).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(go("/x", unknown_iss).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(go("/main/y", main_token).await, StatusCode::OK);
+    assert_eq!(go("/main/y", batch_token).await, StatusCode::UNAUTHORIZED);
+}

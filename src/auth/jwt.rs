@@ -225,10 +225,11 @@ impl Verifier {
                 };
                 src.refresh_for_unknown_kid().await;
                 match self.verify_known(token, age) {
-                    Err(AuthError::UnknownKey { .. })
-                        if !src.is_healthy() && iv.unknown_kid == UnknownKidPolicy::Unavailable =>
-                    {
-                        Err(AuthError::KeysUnavailable)
+                    Err(AuthError::UnknownKey { .. }) if !src.is_healthy() => {
+                        match iv.unknown_kid {
+                            UnknownKidPolicy::Unavailable => Err(AuthError::KeysUnavailable),
+                            UnknownKidPolicy::Reject => Err(AuthError::UnknownKeyWhileKeysDown),
+                        }
                     }
                     other => other,
                 }

@@ -27,6 +27,9 @@ pub enum AuthError {
     /// `kid` unknown while the key source is failing, and the issuer says
     /// to answer 503 so clients retry.
     KeysUnavailable,
+    /// `kid` unknown while the key source is failing, answered 401 (the
+    /// default policy) but counted apart from plain invalid tokens.
+    UnknownKeyWhileKeysDown,
     KeyMismatch,
     BadSignature,
     Expired,
@@ -43,6 +46,7 @@ impl AuthError {
             AuthError::UnknownIssuer => "token issuer is not accepted",
             AuthError::UnknownKey { .. } => "token signing key is unknown",
             AuthError::KeysUnavailable => "signing keys are temporarily unavailable",
+            AuthError::UnknownKeyWhileKeysDown => "token signing key is unknown",
             AuthError::KeyMismatch => "token algorithm does not match its key",
             AuthError::BadSignature => "token signature is invalid",
             AuthError::Expired => "token has expired",

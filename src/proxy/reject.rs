@@ -52,7 +52,9 @@ impl Reject {
             Reject::BadRequest(_) => "bad_request",
             Reject::MissingToken => "missing_token",
             Reject::InvalidToken(AuthError::Expired) => "expired",
-            Reject::InvalidToken(AuthError::KeysUnavailable) => "keys_unavailable",
+            Reject::InvalidToken(
+                AuthError::KeysUnavailable | AuthError::UnknownKeyWhileKeysDown,
+            ) => "keys_unavailable",
             Reject::InvalidToken(_) => "invalid_token",
             Reject::Revoked(_) => "revoked",
             Reject::RevocationUnavailable => "revocation_unavailable",
