@@ -312,7 +312,17 @@ impl Verifier {
             token, key, validation,
         )
         .map_err(map_jwt_error)?;
-        Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims)
+        let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims)?;
+        // RFC 7519 §4.1.4: not accepted *on or after* `exp`. jsonwebtoken
+        // still accepts during the `exp` second itself; we do not.
+        if matches!(age, Age::Current)
+            && id
+                .expires_at
+                .is_some_and(|e| e + validation.leeway as i64 <= now_unix())
+        {
+            return Err(AuthError::Expired);
+        }
+        Ok(id)
     }
 
     /// With one issuer there is nothing to choose (its `iss` is still
