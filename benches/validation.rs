@@ -120,7 +120,13 @@ fn bench(c: &mut Criterion) {
             let mut k = gatehouse::auth::jwt::TokenCache::key(std::hint::black_box(&repeated));
             k[..8].copy_from_slice(&n.to_le_bytes());
             if cache.get(&k).is_none() {
-                cache.insert(k, id.clone());
+                cache.insert(
+                    k,
+                    gatehouse::auth::jwt::Cached {
+                        identity: id.clone(),
+                        key_generation: 0,
+                    },
+                );
             }
         })
     });

@@ -765,3 +765,45 @@ logging: {{ level: warn }}
     assert_eq!(go("/main/y", main_token).await, StatusCode::OK);
     assert_eq!(go("/main/y", batch_token).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_key_withdrawn_from_the_jwks_is_not_honoured_from_the_token_cache() {
+    let backend = Backend::start().await;
+    let full = std::fs::read(fixture("jwks.json")).expect("jwks");
+    let jwks = JwksServer::start(full.clone()).await;
+    let src = format!(
+        "{{ url: \"http://{}/jwks\", min_refresh_interval: 100ms, refresh_interval: 300ms }}",
+        jwks.addr
+    );
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &src)).await;
+    let token = mint(Algorithm::RS256, "cached");
+    let go = || {
+        send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+    };
+    assert_eq!(go().await.status, StatusCode::OK);
+    assert_eq!(
+        go().await.status,
+        StatusCode::OK,
+        "served from the verified-token cache"
+    );
+    // The identity provider withdraws the RSA key (say, it leaked).
+    let mut doc: serde_json::Value = serde_json::from_slice(&full).expect("json");
+    doc["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .retain(|k| k["kid"] != "test-rs256");
+    jwks.publish(doc.to_string().into_bytes());
+    let refused = within(Duration::from_secs(3), || async {
+        go().await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "withdrawn key no longer honoured, cache or not"
+    );
+}

@@ -70,6 +70,17 @@ logging: {{ format: json, level: info }}
     )
 }
 
+/// `gatehouse authority` as a process on a fixed free port (so a restart
+/// comes back on the same address); returns it and its config path.
+fn authority_process(dir: &Path) -> (Proc, std::path::PathBuf) {
+    let cfg = dir.join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir, free_port(), "")).expect("write");
+    (
+        Proc::start_with("authority", &cfg, "authority listening"),
+        cfg,
+    )
+}
+
 /// An authority running in this process.
 async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::AuthorityHandle {
     crypto();
@@ -532,10 +543,7 @@ async fn three_gateways_on_one_authority_all_enforce_a_revocation() {
 async fn authority_killed_and_restarted_loses_nothing_and_gateways_catch_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let port = free_port();
-    let cfg = dir.path().join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
-    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let (mut auth, cfg) = authority_process(dir.path());
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr,
@@ -622,10 +630,7 @@ async fn restarted_gateway_with_the_authority_down_still_refuses_revoked_tokens(
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let state = dir.path().join("gw.state");
-    let port = free_port();
-    let cfg = dir.path().join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
-    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let (mut auth, _cfg) = authority_process(dir.path());
     let gw_yaml = gateway_yaml(backend.addr, auth.addr, &state, "");
     let revoked = token_with(|c| {
         c.insert("sid".into(), json!("persist-me"));
@@ -687,10 +692,7 @@ async fn no_state_and_no_authority_fails_closed() {
 async fn stale_set_under_fail_closed_refuses_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let port = free_port();
-    let cfg = dir.path().join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(dir.path(), port, "")).expect("write");
-    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    let (mut auth, cfg) = authority_process(dir.path());
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr,

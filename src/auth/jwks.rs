@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,11 @@ pub struct KeySource {
     /// key we could not learn about, which the issuer's policy can answer
     /// with 503 instead of 401.
     healthy: AtomicBool,
+    /// Bumped whenever a refresh drops or replaces a `kid`: tokens the
+    /// verified-token cache remembers from an older generation are checked
+    /// again, so a key withdrawn from the JWKS stops being honoured at the
+    /// next refresh, not at the cache's TTL.
+    generation: AtomicU64,
     refresh_interval: Duration,
     min_refresh_interval: Duration,
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
@@ -271,6 +276,7 @@ impl KeySource {
             origin,
             current: ArcSwap::from_pointee(KeySet::default()),
             healthy: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             refresh_interval: cfg.refresh_interval,
             min_refresh_interval: cfg.min_refresh_interval,
             last_attempt: tokio::sync::Mutex::new(None),
@@ -288,6 +294,10 @@ impl KeySource {
 
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.current.load()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -320,6 +330,12 @@ impl KeySource {
                     tracing::warn!(issuer = %self.issuer, "JWKS {s}");
                 }
                 let n = set.len();
+                let old = self.current.load();
+                let withdrawn = old.by_kid.keys().any(|k| !set.by_kid.contains_key(k))
+                    || old.unnamed.len() > set.unnamed.len();
+                if withdrawn {
+                    self.generation.fetch_add(1, Ordering::Release);
+                }
                 self.current.store(Arc::new(set));
                 self.healthy.store(true, Ordering::Relaxed);
                 tracing::debug!(issuer = %self.issuer, keys = n, "JWKS loaded");

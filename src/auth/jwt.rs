@@ -202,11 +202,20 @@ impl Verifier {
             return self.verify_as(token, Age::Current).await.map(Arc::new);
         };
         let key = TokenCache::key(token);
-        if let Some(id) = cache.get(&key) {
-            return Ok(id);
+        if let Some(hit) = cache.get(&key) {
+            if hit.key_generation == self.key_generation(&hit.identity.issuer) {
+                return Ok(hit.identity);
+            }
         }
         let id = Arc::new(self.verify_as(token, Age::Current).await?);
-        cache.insert(key, id.clone());
+        let key_generation = self.key_generation(&id.issuer);
+        cache.insert(
+            key,
+            Cached {
+                identity: id.clone(),
+                key_generation,
+            },
+        );
         Ok(id)
     }
 
@@ -349,6 +358,15 @@ impl Verifier {
             .ok_or(AuthError::UnknownIssuer)
     }
 
+    /// The key-set generation of the issuer (by configured name).
+    fn key_generation(&self, issuer: &str) -> u64 {
+        self.issuers
+            .iter()
+            .find(|i| &*i.name == issuer)
+            .and_then(|i| i.keys.as_ref())
+            .map_or(0, |k| k.generation())
+    }
+
     /// Each issuer's name and the size of its current key set (`None`
     /// for an HMAC-only issuer, which has no key set).
     pub fn key_counts(&self) -> Vec<(Arc<str>, Option<usize>)> {
@@ -365,21 +383,28 @@ impl Verifier {
 /// An entry lives until the token's `exp` or the TTL, whichever is first,
 /// and is checked against `exp` again on every hit.
 pub struct TokenCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    cache: moka::sync::Cache<[u8; 32], Cached>,
+}
+
+/// A verified token and the key-set generation it was verified under.
+#[derive(Clone)]
+pub struct Cached {
+    pub identity: Arc<Identity>,
+    pub key_generation: u64,
 }
 
 struct UntilExpiry {
     ttl: Duration,
 }
 
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+impl moka::Expiry<[u8; 32], Cached> for UntilExpiry {
     fn expire_after_create(
         &self,
         _k: &[u8; 32],
-        v: &Arc<Identity>,
+        v: &Cached,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        let left = v.expires_at.map_or(0, |e| e - now_unix()).max(0) as u64;
+        let left = v.identity.expires_at.map_or(0, |e| e - now_unix()).max(0) as u64;
         Some(self.ttl.min(Duration::from_secs(left)))
     }
 }
@@ -401,15 +426,15 @@ impl TokenCache {
         k
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Identity>> {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Cached> {
         self.cache
             .get(key)
-            .filter(|id| id.expires_at.is_some_and(|e| e > now_unix()))
+            .filter(|c| c.identity.expires_at.is_some_and(|e| e > now_unix()))
     }
 
-    pub fn insert(&self, key: [u8; 32], id: Arc<Identity>) {
-        if id.expires_at.is_some_and(|e| e > now_unix()) {
-            self.cache.insert(key, id);
+    pub fn insert(&self, key: [u8; 32], c: Cached) {
+        if c.identity.expires_at.is_some_and(|e| e > now_unix()) {
+            self.cache.insert(key, c);
         }
     }
 }
