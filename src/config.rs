@@ -233,7 +233,13 @@ pub struct RevocationConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthorityClientConfig {
     /// Base URL, e.g. `https://authority.internal:7400`.
-    pub url: HttpUrl,
+    #[serde(default)]
+    pub url: Option<HttpUrl>,
+    /// Several replicas of one authority (sharing a Redis store): the feed
+    /// moves to the next on failure, keeping its cursor. Give `url` or
+    /// `urls`, not both.
+    #[serde(default)]
+    pub urls: Vec<HttpUrl>,
     /// Bearer token for the feed (the authority's feed or admin token).
     #[serde(default)]
     pub token: Option<SecretSource>,
@@ -266,8 +272,13 @@ pub struct AuthorityConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The store file (redb); created if missing.
-    pub path: PathBuf,
+    /// The embedded store file (redb); created if missing. Give `path` or
+    /// `store.redis`, not both.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Where the state lives when it is not the embedded file.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
     /// Bearer token for the admin API (compared in constant time).
     pub admin_token: SecretSource,
     /// Bearer token for the feed only; defaults to the admin token.
@@ -283,6 +294,56 @@ pub struct AuthorityConfig {
     /// behind gets a snapshot.
     #[serde(default = "default_change_retention")]
     pub change_retention: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Keep the authority's state in Redis, so that several stateless
+    /// authority replicas serve the same revocations and cursors.
+    pub redis: RedisStoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// `redis://host:port/db` or `rediss://...` for TLS. No credentials
+    /// here: use `username`/`password`.
+    pub url: String,
+    /// Every key the authority writes starts with this, so several
+    /// deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Extra CA (PEM) for `rediss://` to a server with a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<SecretSource>,
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    /// Acknowledge a write only once this many Redis replicas have it
+    /// (`WAIT`); 0 relies on the primary's own AOF fsync.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    #[serde(default = "default_redis_timeout", with = "duration")]
+    pub wait_timeout: Duration,
+    /// Refuse to start unless Redis runs with `appendonly yes` and
+    /// `appendfsync always` (checked with `CONFIG GET`), so an
+    /// acknowledged revocation is on the primary's disk. Turn off only
+    /// with `wait_replicas` or when CONFIG is not available to you.
+    #[serde(default = "default_true")]
+    pub require_appendfsync_always: bool,
+    /// Connect and command timeout: past it a write answers 503.
+    #[serde(default = "default_redis_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_key_prefix() -> String {
+    "gatehouse:".into()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -822,6 +883,35 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                 }
             }
         }
+        match (&a.path, &a.store) {
+            (Some(_), None) => {}
+            (None, Some(st)) => {
+                let r = &st.redis;
+                if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                    push(
+                        line,
+                        format!(
+                            "store.redis.url `{}`: expected redis:// or rediss://",
+                            r.url
+                        ),
+                    );
+                } else if r.url.contains('@') {
+                    push(line, "store.redis.url must not carry credentials; use username/password (env or file)".into());
+                }
+                for s in r.username.iter().chain(r.password.iter()) {
+                    if let Some(p) = secret_problem(s, loaded) {
+                        push(line, p);
+                    }
+                }
+                if let Some(p) = r.ca_file.as_ref().and_then(|p| file_must_exist(p, "CA")) {
+                    push(line, p);
+                }
+            }
+            _ => push(
+                line,
+                "the authority takes exactly one of path (embedded store) or store.redis".into(),
+            ),
+        }
         if a.max_sessions_per_subject == Some(0) {
             push(line, "max_sessions_per_subject must be at least 1".into());
         }
@@ -841,6 +931,12 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
         let line = r.referenced.line();
         match (&r.value.authority, &r.value.embedded) {
             (Some(a), None) => {
+                if a.url.is_some() != a.urls.is_empty() {
+                    push(
+                        line,
+                        "revocation.authority takes exactly one of url or urls".into(),
+                    );
+                }
                 if let Some(s) = &a.token {
                     if let Some(p) = secret_problem(s, loaded) {
                         push(line, p);

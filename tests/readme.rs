@@ -45,6 +45,8 @@ fn readme_documents_every_config_key() {
         ("revocation", keys_of::<RevocationConfig>()),
         ("revocation.authority", keys_of::<AuthorityClientConfig>()),
         ("authority", keys_of::<AuthorityConfig>()),
+        ("authority.store", keys_of::<StoreConfig>()),
+        ("authority.store.redis", keys_of::<RedisStoreConfig>()),
     ];
     let mut missing = Vec::new();
     for (section, keys) in &sections {

@@ -12,8 +12,6 @@ use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "test-admin-token-0123456789";
-
 /// Issuers and an `authority` section; the store lives in `dir`.
 fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
     std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
@@ -38,40 +36,12 @@ logging: {{ format: json, level: info }}
     )
 }
 
-fn gateway_yaml(backend: SocketAddr, authority: SocketAddr, state: &Path, extra: &str) -> String {
-    let token = state.with_file_name("feed.token");
-    std::fs::write(&token, ADMIN).expect("token");
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256, ES256]
-    jwks: {{ file: {jwks} }}
-    leeway: 0s
-routes:
-  - path_prefix: /
-    backends: [http://{backend}]
-revocation:
-  authority:
-    url: http://{authority}
-    token: {{ file: {token} }}
-  state_file: {state}
-  poll_wait: 2s
-  max_staleness: 4s
-{extra}
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        token = token.display(),
-        state = state.display(),
-    )
-}
-
 /// `gatehouse authority` as a process on a fixed free port (so a restart
 /// comes back on the same address); returns it and its config path.
+fn gateway_yaml(backend: SocketAddr, authority: SocketAddr, state: &Path, extra: &str) -> String {
+    revocation_gateway_yaml(backend, &[format!("http://{authority}")], state, extra)
+}
+
 fn authority_process(dir: &Path) -> (Proc, std::path::PathBuf) {
     let cfg = dir.join("authority.yaml");
     std::fs::write(&cfg, authority_yaml(dir, free_port(), "")).expect("write");
@@ -92,56 +62,6 @@ async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::Author
     gatehouse::authority::start(&section.value, &loaded)
         .await
         .expect("authority starts")
-}
-
-async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {
-    let a = send(
-        gw,
-        Proto::Plain,
-        "localhost",
-        get(Proto::Plain, "localhost", "/", Some(token), &[]),
-    )
-    .await;
-    (
-        a.status,
-        a.json()["error_description"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-    )
-}
-
-async fn admin(authority: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Answer {
-    send(
-        authority,
-        Proto::Plain,
-        "authority",
-        json_req(method, path, Some(ADMIN), body.as_ref()),
-    )
-    .await
-}
-
-fn token_with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
-    let mut c = claims("someone");
-    f(&mut c);
-    mint_with(Algorithm::RS256, &c)
-}
-
-/// Asserts the token gets 401 at the gateway within a second, and returns
-/// the description the client saw.
-async fn refused_within_a_second(gw: SocketAddr, token: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (s, d) = status_of(gw, token).await;
-        if s == StatusCode::UNAUTHORIZED {
-            return d;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "revoked token still accepted after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -29,7 +29,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 
-use super::store::{NewRevocation, PutOutcome, SnapshotItem, Store};
+use super::backend::{Backend, Pos};
+use super::store::{NewRevocation, PutOutcome};
 use crate::auth::{Bearer, Identity, Verifier};
 use crate::config::{AuthorityConfig, LoadedConfig};
 use crate::proxy::{BoxError, ProxyBody};
@@ -49,13 +50,14 @@ struct IssuerInfo {
 }
 
 pub struct Api {
-    store: Arc<Store>,
+    store: Backend,
     verifier: Verifier,
     issuers: HashMap<String, IssuerInfo>,
     admin_token: Vec<u8>,
     feed_token: Option<Vec<u8>>,
     max_sessions: Option<usize>,
-    seq: watch::Sender<u64>,
+    /// The newest change-log position known; long-polls wait on it.
+    seq: Arc<watch::Sender<Pos>>,
 }
 
 type Resp = Response<ProxyBody>;
@@ -154,10 +156,9 @@ struct SessionRequest {
 
 impl Api {
     pub async fn new(cfg: &AuthorityConfig, loaded: &LoadedConfig) -> anyhow::Result<Api> {
-        let path = loaded.resolve(&cfg.path);
-        let retention = cfg.change_retention;
-        let store = tokio::task::spawn_blocking(move || Store::open(&path, retention)).await??;
-        let seq = store.current_seq()?;
+        let store = Backend::open(cfg, loaded).await?;
+        let seq = Arc::new(watch::channel(Pos::default()).0);
+        store.follow(&seq).await?;
         let issuers = loaded
             .config
             .issuers
@@ -172,7 +173,7 @@ impl Api {
             })
             .collect();
         Ok(Api {
-            store: Arc::new(store),
+            store,
             verifier: Verifier::from_config(loaded).await?,
             issuers,
             admin_token: cfg.admin_token.read(loaded)?,
@@ -182,8 +183,12 @@ impl Api {
                 .map(|t| t.read(loaded))
                 .transpose()?,
             max_sessions: cfg.max_sessions_per_subject,
-            seq: watch::channel(seq).0,
+            seq,
         })
+    }
+
+    pub fn store_name(&self, cfg: &AuthorityConfig, loaded: &LoadedConfig) -> String {
+        self.store.describe(cfg, loaded)
     }
 
     pub fn spawn_purger(self: Arc<Self>, every: Duration) {
@@ -193,14 +198,12 @@ impl Api {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(api) = weak.upgrade() else { return };
-                let store = api.store.clone();
-                match tokio::task::spawn_blocking(move || store.purge(now_unix())).await {
-                    Ok(Ok(n)) if n > 0 => {
+                match api.store.purge(now_unix()).await {
+                    Ok(n) if n > 0 => {
                         tracing::info!(purged = n, "expired revocations forgotten")
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "purge failed"),
-                    Err(e) => tracing::error!(error = %e, "purge task failed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "purge failed"),
                 }
             }
         });
@@ -282,14 +285,6 @@ impl Api {
         }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await?
-    }
-
     fn issuer_for(&self, requested: Option<String>) -> Result<(String, i64), ApiError> {
         let iss = match requested {
             Some(i) => i,
@@ -351,13 +346,17 @@ impl Api {
     }
 
     async fn put(&self, news: Vec<NewRevocation>) -> anyhow::Result<Vec<(Revocation, PutOutcome)>> {
-        let (results, seq) = self.blocking(move |s| s.put(news)).await?;
+        let (results, seq) = self.store.put(news).await?;
+        self.advance(seq);
+        Ok(results)
+    }
+
+    fn advance(&self, seq: Pos) {
         self.seq.send_if_modified(|cur| {
             let newer = seq > *cur;
             *cur = (*cur).max(seq);
             newer
         });
-        Ok(results)
     }
 
     async fn create(&self, req: Request<Incoming>) -> Resp {
@@ -413,7 +412,7 @@ impl Api {
         let Ok(id) = id.parse::<u64>() else {
             return error(StatusCode::NOT_FOUND, "not_found", "no such revocation");
         };
-        match self.blocking(move |s| s.get(id)).await {
+        match self.store.get(id).await {
             Ok(Some(r)) => json_resp(StatusCode::OK, &json!(r)),
             Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such revocation"),
             Err(e) => internal(e),
@@ -425,15 +424,10 @@ impl Api {
             return error(StatusCode::NOT_FOUND, "not_found", "no such revocation");
         };
         let actor = format!("admin@{}", peer.ip());
-        let a = actor.clone();
-        match self.blocking(move |s| s.delete(id, &a)).await {
+        match self.store.delete(id, actor.clone()).await {
             Ok(Some((r, seq))) => {
                 tracing::warn!(target: "gatehouse::audit", id, actor = %actor, kind = r.kind.as_str(), issuer = %r.issuer, "revocation removed");
-                self.seq.send_if_modified(|cur| {
-                    let newer = seq > *cur;
-                    *cur = (*cur).max(seq);
-                    newer
-                });
+                self.advance(seq);
                 json_resp(StatusCode::OK, &json!({ "deleted": r }))
             }
             Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such revocation"),
@@ -449,10 +443,7 @@ impl Api {
             .and_then(|l| l.parse().ok())
             .unwrap_or(1000usize)
             .min(10_000);
-        match self
-            .blocking(move |s| s.list(subject.as_deref(), limit))
-            .await
-        {
+        match self.store.list(subject, limit).await {
             Ok(list) => json_resp(StatusCode::OK, &json!({ "revocations": list })),
             Err(e) => internal(e),
         }
@@ -483,17 +474,12 @@ impl Api {
         let started = s.started_at.unwrap_or_else(now_unix);
         let (sub, sid) = (s.sub, s.sid);
         match self
-            .blocking(move |st| {
-                st.report_session(&issuer, &sub, &sid, started, limit, max_lifetime)
-            })
+            .store
+            .report_session(issuer, sub, sid, started, limit, max_lifetime, now_unix())
             .await
         {
             Ok((revoked, seq)) => {
-                self.seq.send_if_modified(|cur| {
-                    let newer = seq > *cur;
-                    *cur = (*cur).max(seq);
-                    newer
-                });
+                self.advance(seq);
                 let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
                 json_resp(StatusCode::OK, &json!({ "replaced": sids }))
             }
@@ -543,12 +529,9 @@ impl Api {
             .issuers
             .get(&*id.iss)
             .map_or(86_400, |i| i.max_lifetime);
-        let already = {
-            let id = id.clone();
-            match self.blocking(move |s| already_revoked(s, &id)).await {
-                Ok(a) => a,
-                Err(e) => return internal(e),
-            }
+        let already = match already_revoked(&self.store, &id).await {
+            Ok(a) => a,
+            Err(e) => return internal(e),
         };
         let mut news = Vec::new();
         let entry = |kind, value: &str, expires_at| NewRevocation {
@@ -681,7 +664,10 @@ impl Api {
     }
 
     async fn healthz(&self) -> Resp {
-        match self.blocking(|s| Ok((s.len()?, s.current_seq()?))).await {
+        let state = async {
+            Ok::<_, anyhow::Error>((self.store.len().await?, self.store.current().await?))
+        };
+        match state.await {
             Ok((n, seq)) => json_resp(
                 StatusCode::OK,
                 &json!({"status": "ok", "entries": n, "cursor": self.store.cursor(seq)}),
@@ -706,10 +692,7 @@ impl Api {
             if *rx.borrow() <= since && !wait.is_zero() {
                 let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s > since)).await;
             }
-            match self
-                .blocking(move |s| s.changes_since(since, MAX_CHANGES))
-                .await
-            {
+            match self.store.changes_since(since, MAX_CHANGES).await {
                 Ok(Some((changes, upto))) => {
                     let cursor = self.store.cursor(upto);
                     let mut out = Vec::with_capacity(64 + changes.len() * 200);
@@ -732,53 +715,11 @@ impl Api {
         self.snapshot_stream()
     }
 
-    /// Streams the snapshot from a blocking reader through a bounded
-    /// channel in ~64 KiB chunks: a million entries never sit in one buffer.
+    /// Streams the snapshot through a bounded channel in ~64 KiB chunks:
+    /// a million entries never sit in one buffer.
     fn snapshot_stream(&self) -> Resp {
         let (tx, rx) = mpsc::channel::<Bytes>(16);
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::with_capacity(80 * 1024);
-            let send = |chunk: &mut Vec<u8>| -> bool {
-                let full = std::mem::replace(chunk, Vec::with_capacity(80 * 1024));
-                tx.blocking_send(Bytes::from(full)).is_ok()
-            };
-            let mut header_seq = None;
-            let result = store.snapshot_with(|item| match item {
-                SnapshotItem::Start(seq) => {
-                    header_seq = Some(seq);
-                    push_line(
-                        &mut chunk,
-                        &FeedMarker::Snapshot {
-                            cursor: store.cursor(seq),
-                        },
-                    );
-                    true
-                }
-                SnapshotItem::Entry(stored) => {
-                    // Stored entries are `Revocation` JSON objects; a feed
-                    // line is the same object tagged `"op":"put"`.
-                    chunk.extend_from_slice(br#"{"op":"put","#);
-                    chunk.extend_from_slice(stored.get(1..).unwrap_or_default());
-                    chunk.push(b'\n');
-                    chunk.len() < 64 * 1024 || send(&mut chunk)
-                }
-            });
-            match (result, header_seq) {
-                (Ok(()), Some(seq)) => {
-                    push_line(
-                        &mut chunk,
-                        &FeedMarker::End {
-                            cursor: store.cursor(seq),
-                        },
-                    );
-                    send(&mut chunk);
-                }
-                // Without the end line the gateway applies nothing.
-                (Err(e), _) => tracing::error!(error = %format!("{e:#}"), "snapshot failed"),
-                (Ok(()), None) => {}
-            }
-        });
+        self.store.snapshot(tx);
         ndjson(ChannelBody(rx).boxed())
     }
 }
@@ -794,22 +735,22 @@ fn ndjson(body: ProxyBody) -> Resp {
     r
 }
 
-fn push_line(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+pub(crate) fn push_line(out: &mut Vec<u8>, v: &impl serde::Serialize) {
     if serde_json::to_writer(&mut *out, v).is_ok() {
         out.push(b'\n');
     }
 }
 
 /// Whether the token is already dead by an existing entry.
-fn already_revoked(s: &Store, id: &Identity) -> anyhow::Result<bool> {
+async fn already_revoked(s: &Backend, id: &Identity) -> anyhow::Result<bool> {
     let iss = &*id.iss;
     if let Some(j) = &id.jti {
-        if s.get_by_key(iss, Kind::Jti, j)?.is_some() {
+        if s.get_by_key(iss, Kind::Jti, j).await?.is_some() {
             return Ok(true);
         }
     }
     if let Some(sid) = &id.sid {
-        if s.get_by_key(iss, Kind::Sid, sid)?.is_some() {
+        if s.get_by_key(iss, Kind::Sid, sid).await?.is_some() {
             return Ok(true);
         }
     }
@@ -818,12 +759,12 @@ fn already_revoked(s: &Store, id: &Identity) -> anyhow::Result<bool> {
             .is_some_and(|b| id.issued_at.is_none_or(|iat| iat < b))
     };
     if let Some(sub) = &id.subject {
-        if covers(s.get_by_key(iss, Kind::Sub, sub)?) {
+        if covers(s.get_by_key(iss, Kind::Sub, sub).await?) {
             return Ok(true);
         }
     }
     if let Some(c) = &id.client {
-        if covers(s.get_by_key(iss, Kind::Client, c)?) {
+        if covers(s.get_by_key(iss, Kind::Client, c).await?) {
             return Ok(true);
         }
     }

@@ -3,6 +3,8 @@
 //! logout), and feeds every gateway.
 
 pub mod api;
+pub mod backend;
+pub mod redis_store;
 pub mod store;
 
 use std::convert::Infallible;
@@ -35,6 +37,7 @@ pub async fn start(
     loaded: &LoadedConfig,
 ) -> anyhow::Result<AuthorityHandle> {
     let api = Arc::new(api::Api::new(cfg, loaded).await?);
+    let store_name = api.store_name(cfg, loaded);
     api.clone().spawn_purger(cfg.purge_interval);
     let tls = match &cfg.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
@@ -46,7 +49,7 @@ pub async fn start(
         .await
         .with_context(|| format!("authority cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(address = %addr, tls = tls.is_some(), store = %loaded.resolve(&cfg.path).display(), "authority listening");
+    tracing::info!(address = %addr, tls = tls.is_some(), store = %store_name, "authority listening");
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));

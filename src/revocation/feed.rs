@@ -98,9 +98,13 @@ impl Revocations {
         cfg: &RevocationConfig,
         loaded: &LoadedConfig,
     ) -> anyhow::Result<Arc<Revocations>> {
-        let (base, token, ca, embedded) = match (&cfg.authority, &cfg.embedded) {
+        let (bases, token, ca, embedded) = match (&cfg.authority, &cfg.embedded) {
             (Some(a), _) => (
-                a.url.0.to_string(),
+                a.url
+                    .iter()
+                    .chain(a.urls.iter())
+                    .map(|u| u.0.to_string())
+                    .collect::<Vec<_>>(),
                 a.token.as_ref().map(|t| t.read(loaded)).transpose()?,
                 a.ca_file.as_ref().map(|p| loaded.resolve(p)),
                 None,
@@ -116,7 +120,7 @@ impl Revocations {
                     .read(loaded)?;
                 let scheme = if e.tls.is_some() { "https" } else { "http" };
                 let base = format!("{scheme}://{}", handle.addr());
-                (base, Some(token), None, Some(handle))
+                (vec![base], Some(token), None, Some(handle))
             }
             (None, None) => anyhow::bail!("revocation needs authority or embedded"),
         };
@@ -145,7 +149,11 @@ impl Revocations {
         let mut feed = Feed {
             owner: Arc::downgrade(&me),
             client: crate::httpclient::build(ca.as_deref(), Duration::from_secs(5))?,
-            url: base.trim_end_matches('/').to_owned(),
+            urls: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
+            current: 0,
             token,
             cursor,
             state,
@@ -153,14 +161,20 @@ impl Revocations {
         };
         // One quick sync before serving, so a fresh gateway with a
         // reachable authority starts with the full set.
-        match tokio::time::timeout(Duration::from_secs(10), feed.poll_once(&me, Duration::ZERO))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "revocation authority not reachable at start")
+        for _ in 0..feed.urls.len() {
+            let r =
+                tokio::time::timeout(Duration::from_secs(10), feed.poll_once(&me, Duration::ZERO))
+                    .await;
+            match r {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), authority = %feed.urls[feed.current], "revocation authority not reachable at start")
+                }
+                Err(_) => {
+                    tracing::warn!(authority = %feed.urls[feed.current], "revocation authority did not answer at start")
+                }
             }
-            Err(_) => tracing::warn!("revocation authority did not answer at start"),
+            feed.current = (feed.current + 1) % feed.urls.len();
         }
         if !me.ready.load(Ordering::Acquire) {
             match cfg.on_no_state {
@@ -181,7 +195,9 @@ impl Revocations {
 struct Feed {
     owner: std::sync::Weak<Revocations>,
     client: HttpClient,
-    url: String,
+    /// Replicas of one authority; the feed stays on one until it fails.
+    urls: Vec<String>,
+    current: usize,
     token: Option<Vec<u8>>,
     cursor: Option<String>,
     state: Option<StateFile>,
@@ -210,9 +226,20 @@ impl Feed {
             match result {
                 Ok(()) => backoff = Duration::from_millis(250),
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "revocation feed failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let failed = self.current;
+                    self.current = (self.current + 1) % self.urls.len().max(1);
+                    // Straight to the next replica; back off once every
+                    // replica has failed in a row.
+                    let wait = if self.current == 0 {
+                        backoff
+                    } else {
+                        Duration::from_millis(50)
+                    };
+                    tracing::warn!(error = %format!("{e:#}"), authority = %self.urls.get(failed).map_or("", String::as_str), retry_in = ?wait, "revocation feed failed");
+                    tokio::time::sleep(wait).await;
+                    if self.current == 0 {
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         }
@@ -222,7 +249,8 @@ impl Feed {
     /// in one buffer), then apply it. Nothing is applied from a response
     /// that does not end with its `end` line.
     async fn poll_once(&mut self, me: &Arc<Revocations>, wait: Duration) -> anyhow::Result<()> {
-        let mut url = format!("{}/v1/feed?wait={}s", self.url, wait.as_secs());
+        let base = self.urls.get(self.current).context("no authority url")?;
+        let mut url = format!("{base}/v1/feed?wait={}s", wait.as_secs());
         if let Some(c) = &self.cursor {
             url.push_str("&since=");
             url.push_str(c);

@@ -370,6 +370,9 @@ impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
     pub fn challenge(&self) -> String {
         self.headers
             .get("www-authenticate")
@@ -652,4 +655,201 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// A real `redis-server` on 127.0.0.1 with AOF fsync'd on every write (the
+/// durability the authority requires). `.ci/run` installs the binary.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// A new server whose data lives in `dir` (a restart reuses it).
+    pub fn start(dir: &Path) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// The server `.ci/run` started (`GATEHOUSE_TEST_REDIS_PORT`), or a
+    /// new one. Tests on a shared server use their own key prefix.
+    pub fn shared(dir: &Path) -> RedisServer {
+        match std::env::var("GATEHOUSE_TEST_REDIS_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            Some(port) => RedisServer {
+                port,
+                dir: dir.to_owned(),
+                child: None,
+            },
+            None => RedisServer::start(dir),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and data directory, and waits
+    /// until it answers PING with its AOF loaded.
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by .ci/run: apt-get install redis-server)");
+        self.child = Some(child);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("redis-server exited: {status}");
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 64];
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    if let Ok(n) = s.read(&mut buf) {
+                        if buf[..n].starts_with(b"+PONG") {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: whatever Redis acknowledged must already be on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A gateway on a plain ephemeral port following the authority replicas
+/// at `urls`, with a state file.
+pub fn revocation_gateway_yaml(
+    backend: SocketAddr,
+    urls: &[String],
+    state: &Path,
+    extra: &str,
+) -> String {
+    let token = state.with_file_name("feed.token");
+    std::fs::write(&token, ADMIN).expect("token");
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256, ES256]
+    jwks: {{ file: {jwks} }}
+    leeway: 0s
+routes:
+  - path_prefix: /
+    backends: [http://{backend}]
+revocation:
+  authority:
+    urls: [{urls}]
+    token: {{ file: {token} }}
+  state_file: {state}
+  poll_wait: 2s
+  max_staleness: 4s
+{extra}
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        token = token.display(),
+        state = state.display(),
+        urls = urls.join(", "),
+    )
+}
+
+pub async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {
+    let a = send(
+        gw,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(token), &[]),
+    )
+    .await;
+    (
+        a.status,
+        a.json()["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
+pub async fn admin(authority: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Answer {
+    send(
+        authority,
+        Proto::Plain,
+        "authority",
+        json_req(method, path, Some(ADMIN), body.as_ref()),
+    )
+    .await
+}
+
+pub fn token_with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+    let mut c = claims("someone");
+    f(&mut c);
+    mint_with(Algorithm::RS256, &c)
+}
+
+/// Asserts the token gets 401 at the gateway within a second, and returns
+/// the description the client saw.
+pub async fn refused_within_a_second(gw: SocketAddr, token: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (s, d) = status_of(gw, token).await;
+        if s == StatusCode::UNAUTHORIZED {
+            return d;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoked token still accepted after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,312 @@
+//! The authority on Redis: a real `redis-server`, two authority replica
+//! processes sharing it, three gateways following both replicas.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+/// An authority replica's config on Redis, with a fixed port (so a
+/// restarted replica comes back on the same address).
+fn replica_yaml(dir: &Path, port: u16, redis: &str, prefix: &str, extra: &str) -> String {
+    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    format!(
+        r#"
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256, ES256]
+    jwks: {{ file: {jwks} }}
+    max_token_lifetime: 1h
+authority:
+  listen: 127.0.0.1:{port}
+  store:
+    redis:
+      url: {redis}
+      key_prefix: "{prefix}"
+      timeout: 1s
+  admin_token: {{ file: admin.token }}
+  purge_interval: 1s
+{extra}
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+    )
+}
+
+fn replica(dir: &Path, name: &str, redis: &str, prefix: &str, extra: &str) -> Proc {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("dir");
+    let cfg = d.join("authority.yaml");
+    std::fs::write(&cfg, replica_yaml(&d, free_port(), redis, prefix, extra)).expect("write");
+    Proc::start_with("authority", &cfg, "authority listening")
+}
+
+fn prefix(test: &str) -> String {
+    format!("t{}:{test}:", std::process::id())
+}
+
+async fn revoke(auth: SocketAddr, body: Value) -> Answer {
+    admin(auth, "POST", "/v1/revocations", Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_three_gateways_failover_and_a_redis_restart_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut redis = RedisServer::start(&dir.path().join("redis"));
+    let backend = Backend::start().await;
+    let p = prefix("failover");
+    let mut a = replica(dir.path(), "a", &redis.url(), &p, "");
+    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    // Gateways poll replica A first; revocations go through both.
+    let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        let state = dir.path().join(format!("gw{i}.state"));
+        gws.push(start_gateway(&revocation_gateway_yaml(backend.addr, &urls, &state, "")).await);
+    }
+    let gw_addrs: Vec<SocketAddr> = gws.iter().map(|(g, _)| g.addrs()[0]).collect();
+
+    // Revocations through alternating replicas reach every gateway in 1 s.
+    let mut revoked = Vec::new();
+    for i in 0..6 {
+        let sid = format!("session-{i}");
+        let token = token_with(|c| {
+            c.insert("sid".into(), json!(sid));
+        });
+        for gw in &gw_addrs {
+            assert_eq!(status_of(*gw, &token).await.0, StatusCode::OK);
+        }
+        let via = if i % 2 == 0 { a.addr } else { b.addr };
+        let r = revoke(via, json!({"sid": sid})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        for gw in &gw_addrs {
+            assert_eq!(refused_within_a_second(*gw, &token).await, "session ended");
+        }
+        revoked.push(token);
+    }
+    // The same revocation through the other replica is a duplicate.
+    let again = revoke(b.addr, json!({"sid": "session-0"})).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["revocations"][0]["outcome"], "unchanged");
+
+    // Replica A dies mid-run: the gateways move to B keeping their cursor.
+    a.kill();
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("after-failover"));
+    });
+    for gw in &gw_addrs {
+        assert_eq!(status_of(*gw, &token).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        revoke(b.addr, json!({"jti": "after-failover"}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    for gw in &gw_addrs {
+        let took = within(Duration::from_secs(3), || async {
+            status_of(*gw, &token).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(took.is_some(), "gateway did not fail over to replica B");
+    }
+    revoked.push(token);
+
+    // Redis killed (SIGKILL) right after acknowledging: writes get 503
+    // while it is down, nothing acknowledged is lost after the restart.
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("just-before-the-crash"));
+    });
+    let ack = revoke(b.addr, json!({"jti": "just-before-the-crash"})).await;
+    assert_eq!(ack.status, StatusCode::CREATED);
+    let id = ack.json()["revocations"][0]["id"].as_u64().expect("id");
+    redis.kill();
+    let down = revoke(b.addr, json!({"jti": "while-redis-is-down"})).await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
+    // Gateways keep enforcing everything they know meanwhile.
+    for gw in &gw_addrs {
+        for t in &revoked {
+            assert_eq!(status_of(*gw, t).await.0, StatusCode::UNAUTHORIZED);
+        }
+    }
+    redis.restart();
+    let got = within(Duration::from_secs(5), || async {
+        admin(b.addr, "GET", &format!("/v1/revocations/{id}"), None)
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    assert!(
+        got.is_some(),
+        "acknowledged revocation lost in the Redis restart"
+    );
+    revoked.push(token);
+    let token = token_with(|c| {
+        c.insert("sid".into(), json!("after-redis-restart"));
+    });
+    assert_eq!(
+        revoke(b.addr, json!({"sid": "after-redis-restart"}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    revoked.push(token);
+    for gw in &gw_addrs {
+        for t in &revoked {
+            let took = within(Duration::from_secs(3), || async {
+                status_of(*gw, t).await.0 == StatusCode::UNAUTHORIZED
+            })
+            .await;
+            assert!(
+                took.is_some(),
+                "a revoked token got through after the restarts"
+            );
+        }
+    }
+    // A gateway started now (no state) gets the whole set from replica B
+    // as one snapshot streamed out of Redis.
+    let state = dir.path().join("late.state");
+    let (late, _d) = start_gateway(&revocation_gateway_yaml(backend.addr, &urls, &state, "")).await;
+    for t in &revoked {
+        assert_eq!(
+            status_of(late.addrs()[0], t).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_logins_through_both_replicas_leave_exactly_three_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let backend = Backend::start().await;
+    let p = prefix("sessions");
+    let extra = "  max_sessions_per_subject: 3";
+    let a = replica(dir.path(), "a", &redis.url(), &p, extra);
+    let b = replica(dir.path(), "b", &redis.url(), &p, extra);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let via = if i % 2 == 0 { a.addr } else { b.addr };
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"sub": "popular", "sid": format!("login-{i:04}")});
+            admin(via, "POST", "/v1/sessions", Some(body)).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    // Every login but three was replaced, each exactly once.
+    let list = admin(a.addr, "GET", "/v1/revocations?limit=10000", None).await;
+    let replaced: Vec<String> = list.json()["revocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|r| r["kind"] == "sid" && r["reason"] == "replaced")
+        .map(|r| r["value"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(replaced.len(), 997);
+    // And at a gateway exactly three of the thousand sessions still work.
+    let state = dir.path().join("gw.state");
+    let urls = [format!("http://{}", b.addr)];
+    let (gw, _d) = start_gateway(&revocation_gateway_yaml(backend.addr, &urls, &state, "")).await;
+    let mut alive = 0;
+    for i in 0..1000 {
+        let token = token_with(|c| {
+            c.insert("sub".into(), json!("popular"));
+            c.insert("sid".into(), json!(format!("login-{i:04}")));
+        });
+        if status_of(gw.addrs()[0], &token).await.0 == StatusCode::OK {
+            alive += 1;
+        }
+    }
+    assert_eq!(alive, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subject_revocations_through_both_replicas_keep_the_latest_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("before");
+    let a = replica(dir.path(), "a", &redis.url(), &p, "");
+    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let now = now() as i64;
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let via = if i % 2 == 0 { a.addr } else { b.addr };
+        tasks.push(tokio::spawn(async move {
+            revoke(
+                via,
+                json!({"sub": "alice", "before": now - 200 + i, "reason": "password_change"}),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("task").is_success());
+    }
+    let list = admin(b.addr, "GET", "/v1/revocations?subject=alice", None).await;
+    let entries = list.json()["revocations"]
+        .as_array()
+        .cloned()
+        .expect("list");
+    assert_eq!(entries.len(), 1, "one entry per subject");
+    // Whatever order the replicas ran in, `before` never moved back.
+    assert_eq!(entries[0]["before"], json!(now - 1));
+    // The feed replays the same story: its last word on alice is the max.
+    let feed = admin(a.addr, "GET", "/v1/feed", None).await;
+    let last_before = feed
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["value"] == "alice")
+        .last()
+        .map(|v| v["before"].clone());
+    assert_eq!(last_before, Some(json!(now - 1)));
+}
+
+#[tokio::test]
+async fn an_authority_refuses_to_start_on_redis_without_fsync_on_every_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir).expect("dir");
+    let port = free_port();
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(&redis_dir)
+        .args(["--appendonly", "no", "--save", ""])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    std::thread::sleep(Duration::from_millis(300));
+    let d = dir.path().join("a");
+    std::fs::create_dir_all(&d).expect("dir");
+    let cfg = d.join("authority.yaml");
+    let url = format!("redis://127.0.0.1:{port}");
+    std::fs::write(&cfg, replica_yaml(&d, free_port(), &url, "x:", "")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["authority", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("appendfsync"), "{text}");
+}
