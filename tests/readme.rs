@@ -68,3 +68,21 @@ fn readme_documents_every_config_key() {
         "README lacks these config keys: {missing:?}"
     );
 }
+
+/// The shipped example configs use only keys and shapes the code accepts
+/// (their secrets and files exist only on a real deployment, so this is
+/// the parse, not the full `check`).
+#[test]
+fn shipped_example_configs_parse() {
+    for name in [
+        "gatehouse.yaml",
+        "production.example.yaml",
+        "authority-redis.example.yaml",
+    ] {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/").to_owned() + name;
+        let text = std::fs::read_to_string(&path).expect("example config");
+        if let Err(e) = serde_saphyr::from_str::<Config>(&text) {
+            panic!("{name}: {e}");
+        }
+    }
+}

@@ -270,9 +270,9 @@ async fn concurrent_subject_revocations_through_both_replicas_keep_the_latest_be
     let last_before = feed
         .text()
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["value"] == "alice")
-        .last()
+        .find(|v| v["value"] == "alice")
         .map(|v| v["before"].clone());
     assert_eq!(last_before, Some(json!(now - 1)));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Issuers and an `authority` section; the store lives in `dir`.
 fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {

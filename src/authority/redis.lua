@@ -172,10 +172,16 @@ elseif op == 'purge' then
   end
   return { removed, #due }
 elseif op == 'changes' then
-  -- ARGV[3]: since (a log id); ARGV[4]: most records to return.
+  -- ARGV[3]: since (a log id); ARGV[4]: most records to return; ARGV[5]:
+  -- a new epoch, taken if the store has none (Redis was wiped).
   -- Returns epoch, last, floor, then id and change of each record.
+  local epoch = redis.call('GET', P .. 'epoch')
+  if not epoch then
+    epoch = ARGV[5]
+    redis.call('SET', P .. 'epoch', epoch)
+  end
   local out = {
-    redis.call('GET', P .. 'epoch') or '',
+    epoch,
     last(),
     redis.call('GET', P .. 'floor') or '0-0',
   }

@@ -412,7 +412,14 @@ impl RedisStore {
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, Pos)>> {
         let out = self
-            .run("changes", &[id_arg(since), max.to_string()])
+            .run(
+                "changes",
+                &[
+                    id_arg(since),
+                    max.to_string(),
+                    crate::token::random_id()[..12].to_owned(),
+                ],
+            )
             .await?;
         let mut it = out.into_iter();
         let (Some(epoch), Some(last), Some(floor)) = (it.next(), it.next(), it.next()) else {
