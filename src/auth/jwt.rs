@@ -36,6 +36,9 @@ struct IssuerVerifier {
     keys: Option<Arc<KeySource>>,
     hmac: Option<DecodingKey>,
     unknown_kid: UnknownKidPolicy,
+    /// `issuers[].max_token_lifetime` in seconds: revocation entries live
+    /// this long, so a token living longer would outlive its revocation.
+    max_lifetime: i64,
 }
 
 /// The header as we read it ourselves, strictly: unknown members are fine,
@@ -158,6 +161,7 @@ impl Verifier {
             };
             by_iss.insert(ic.issuer.clone(), issuers.len());
             issuers.push(IssuerVerifier {
+                max_lifetime: ic.max_token_lifetime.as_secs() as i64,
                 iss: Arc::from(ic.issuer.as_str()),
                 validations_any_age: ic
                     .algorithms
@@ -317,11 +321,28 @@ impl Verifier {
             &k.decoding
         };
 
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token, key, validation,
-        )
-        .map_err(map_jwt_error)?;
-        let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims)?;
+        let data = jsonwebtoken::decode::<crate::auth::StrictClaims>(token, key, validation)
+            .map_err(map_jwt_error)?;
+        let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims.0)?;
+        if matches!(age, Age::Current) {
+            let now = now_unix();
+            let leeway = validation.leeway as i64;
+            // Issued in the future: it would dodge every `sub`/`client`
+            // revocation (`iat < before`) made until then.
+            if id.issued_at.is_some_and(|iat| iat > now + leeway) {
+                return Err(AuthError::Claim("token is issued in the future"));
+            }
+            // Longer-lived than the issuer's maximum: it would outlive the
+            // revocation entries made for it, which expire by that maximum.
+            if id
+                .expires_at
+                .is_some_and(|e| e > now + iv.max_lifetime + leeway)
+            {
+                return Err(AuthError::Claim(
+                    "token lifetime exceeds the issuer's maximum",
+                ));
+            }
+        }
         // RFC 7519 §4.1.4: not accepted *on or after* `exp`. jsonwebtoken
         // still accepts during the `exp` second itself; we do not.
         if matches!(age, Age::Current)

@@ -56,6 +56,37 @@ impl AuthError {
     }
 }
 
+/// A token's claims as a JSON object whose top-level names are unique: a
+/// payload naming `exp` or `sub` twice means different things to
+/// different parsers (RFC 8259 §4, RFC 8725 §3.1), so it is refused.
+pub struct StrictClaims(pub Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for StrictClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictClaims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StrictClaims, A::Error> {
+                let mut m = Map::new();
+                while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate claim"));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(StrictClaims(m))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// A verified token's claims, with the ones the gateway itself needs
 /// already pulled out.
 #[derive(Debug, Clone)]
@@ -90,15 +121,23 @@ impl Identity {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(AuthError::Claim("token has a malformed claim")),
         };
+        // NumericDates as whole, non-negative seconds only: a float or a
+        // value past i64 would otherwise be rounded or saturated into
+        // something the token's signer never meant (RFC 8725 §3.10).
         let time = |name: &str| match claims.get(name) {
             None => Ok(None),
             Some(Value::Number(n)) => n
                 .as_i64()
-                .or_else(|| n.as_f64().map(|f| f as i64))
+                .filter(|t| *t >= 0)
                 .map(Some)
-                .ok_or(AuthError::Claim("token has a malformed claim")),
-            Some(_) => Err(AuthError::Claim("token has a malformed claim")),
+                .ok_or(AuthError::Claim("token has a malformed time claim")),
+            Some(_) => Err(AuthError::Claim("token has a malformed time claim")),
         };
+        if let Some(n) = claims.get("nbf") {
+            if n.as_i64().is_none_or(|t| t < 0) {
+                return Err(AuthError::Claim("token has a malformed time claim"));
+            }
+        }
         let issued_at = time("iat")?;
         let expires_at = time("exp")?;
         Ok(Identity {

@@ -514,6 +514,8 @@ pub struct Proc {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub config: PathBuf,
+    /// Every line it has written to stdout so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -540,11 +542,16 @@ impl Proc {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let message = message.to_owned();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line.clone());
+                }
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["message"] == message.as_str() {
                         if let Some(a) = v["address"]
@@ -564,6 +571,7 @@ impl Proc {
             child,
             addr,
             config: path.to_owned(),
+            lines,
             _dir: None,
         }
     }

@@ -1,0 +1,320 @@
+//! The RFC 8725 (JWT Best Current Practices) attack suite against a real
+//! gateway process: every hostile token gets 401, never reaches the
+//! backend, never makes the gateway fetch anything, and leaves exactly one
+//! access-log line that does not contain it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use http::StatusCode;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+
+fn config(backend: SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256, ES256]
+    jwks: {{ file: {jwks} }}
+    leeway: 0s
+    max_token_lifetime: 1h
+routes:
+  - path_prefix: /
+    backends: [http://{backend}]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+    )
+}
+
+/// `b64(header).b64(payload).signature` over exactly these bytes, so only
+/// the property under test is wrong.
+fn signed(header: &[u8], payload: &[u8], alg: Algorithm) -> String {
+    let head = format!("{}.{}", b64(header), b64(payload));
+    let sig = jsonwebtoken::crypto::sign(head.as_bytes(), &key_for(alg), alg).expect("sign");
+    format!("{head}.{sig}")
+}
+
+/// The segments as given (any text), signed over exactly that text.
+fn signed_segments(h64: &str, p64: &str, alg: Algorithm) -> String {
+    let head = format!("{h64}.{p64}");
+    let sig = jsonwebtoken::crypto::sign(head.as_bytes(), &key_for(alg), alg).expect("sign");
+    format!("{head}.{sig}")
+}
+
+fn rs_header() -> Value {
+    json!({"alg": "RS256", "typ": "JWT", "kid": "test-rs256"})
+}
+
+fn with_header(extra: Value) -> Vec<u8> {
+    let mut h = rs_header();
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        h[k] = v;
+    }
+    h.to_string().into_bytes()
+}
+
+fn payload_with(k: &str, v: Value) -> Vec<u8> {
+    let mut c = claims("victim");
+    c.insert(k.into(), v);
+    Value::Object(c).to_string().into_bytes()
+}
+
+fn rs(header: &[u8], payload: &[u8]) -> String {
+    signed(header, payload, Algorithm::RS256)
+}
+
+/// A listener standing in for any URL a token might point the gateway
+/// at: it only counts connections.
+async fn trap() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, n)
+}
+
+#[tokio::test]
+async fn rfc8725_attack_suite() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = Proc::start("run", &config(backend.addr), "listening");
+    let (trap_addr, fetched) = trap().await;
+    let n = now() as i64;
+    let good_payload = Value::Object(claims("victim")).to_string().into_bytes();
+    let valid = mint(Algorithm::RS256, "victim");
+    let parts: Vec<&str> = valid.split('.').collect();
+    let other = mint(Algorithm::RS256, "mallory");
+    let other_parts: Vec<&str> = other.split('.').collect();
+    let rsa_pub = std::fs::read(fixture("rs256.pub.pem")).expect("pub key");
+    let url = format!("http://{trap_addr}/keys");
+    let hs_confused = |secret: &[u8]| {
+        let head = format!(
+            "{}.{}",
+            b64(json!({"alg": "HS256", "kid": "test-rs256"})
+                .to_string()
+                .as_bytes()),
+            b64(&good_payload)
+        );
+        let sig = jsonwebtoken::crypto::sign(
+            head.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        format!("{head}.{sig}")
+    };
+    let dup_payload = |name: &str, first: &str, second: &str| {
+        let mut c = claims("victim");
+        c.remove(name);
+        let body = Value::Object(c).to_string();
+        format!(
+            "{{\"{name}\":{first},{rest},\"{name}\":{second}}}",
+            rest = &body[1..body.len() - 1]
+        )
+        .into_bytes()
+    };
+    let max_bytes = 8 * 1024;
+    let sized = |len: usize| {
+        // Pad a claim until the whole token is exactly `len` bytes.
+        let mut pad = 0;
+        loop {
+            let t = rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("pad", json!("x".repeat(pad))),
+            );
+            if t.len() >= len {
+                return t;
+            }
+            pad += (len - t.len()) * 3 / 4;
+            pad = pad.max(1);
+            if t.len() + 4 > len {
+                pad += 1;
+            }
+        }
+    };
+    let mut at_limit = sized(max_bytes);
+    while at_limit.len() > max_bytes {
+        // Base64 rounds in steps of 4 characters; trim back one step.
+        let p = at_limit.len() - max_bytes;
+        at_limit = sized(max_bytes - p);
+    }
+    let over_limit = sized(max_bytes + 1);
+    assert!(over_limit.len() > max_bytes);
+
+    // A payload whose base64url has `-`/`_`, in the standard alphabet.
+    let std_alphabet = (0..3)
+        .map(|i| {
+            b64(&payload_with(
+                "note",
+                json!(format!("{}~~~???>>>", "x".repeat(i))),
+            ))
+        })
+        .find(|p| p.contains('-') || p.contains('_'))
+        .expect("a payload with - or _")
+        .replace('-', "+")
+        .replace('_', "/");
+    let cases: Vec<(&str, String)> = vec![
+        // `alg: none`, every casing, with and without a signature.
+        ("alg none", raw_token(&json!({"alg": "none"}), &Value::Object(claims("victim")), "")),
+        ("alg None", raw_token(&json!({"alg": "None"}), &Value::Object(claims("victim")), "")),
+        ("alg NONE", raw_token(&json!({"alg": "NONE"}), &Value::Object(claims("victim")), "")),
+        ("alg nOnE + sig", raw_token(&json!({"alg": "nOnE"}), &Value::Object(claims("victim")), parts[2])),
+        ("alg missing", raw_token(&json!({"typ": "JWT"}), &Value::Object(claims("victim")), parts[2])),
+        // Key confusion.
+        ("RS256->HS256 with the PEM public key", hs_confused(&rsa_pub)),
+        ("RS256->HS256 with the PEM trimmed", hs_confused(String::from_utf8_lossy(&rsa_pub).trim().as_bytes())),
+        ("ES256 token against the RSA key", signed(
+            json!({"alg": "ES256", "kid": "test-rs256"}).to_string().as_bytes(), &good_payload, Algorithm::ES256)),
+        ("RS256 token against the EC key", rs(
+            json!({"alg": "RS256", "kid": "test-es256"}).to_string().as_bytes(), &good_payload)),
+        // Hostile `kid` values.
+        ("kid path traversal", rs(&with_header(json!({"kid": "../../../../../../etc/passwd"})), &good_payload)),
+        ("kid SQL", rs(&with_header(json!({"kid": "' OR '1'='1' --"})), &good_payload)),
+        ("kid NUL", rs(&with_header(json!({"kid": "test-rs256\u{0000}"})), &good_payload)),
+        ("kid 10 KB", rs(&with_header(json!({"kid": "k".repeat(10 * 1024)})), &good_payload)),
+        ("kid as number", rs(&with_header(json!({"kid": 7})), &good_payload)),
+        // Keys named by the token itself: never fetched, never trusted.
+        ("jku", rs(&with_header(json!({"jku": url})), &good_payload)),
+        ("x5u", rs(&with_header(json!({"x5u": url})), &good_payload)),
+        ("jwk", rs(&with_header(json!({"jwk": {"kty": "oct", "k": "c2VjcmV0"}})), &good_payload)),
+        ("x5c", rs(&with_header(json!({"x5c": ["MIIB"]})), &good_payload)),
+        ("crit exp", rs(&with_header(json!({"crit": ["exp"]})), &good_payload)),
+        ("crit unknown extension", rs(&with_header(json!({"crit": ["urn:x"], "urn:x": true})), &good_payload)),
+        ("nested JWT", rs(&with_header(json!({"cty": "JWT"})), valid.as_bytes())),
+        ("nested jwt lowercase", rs(&with_header(json!({"cty": "jwt"})), &good_payload)),
+        ("JWE (5 parts)", format!("{}.{}.{}.{}.{}", b64(br#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), "a", "b", "c", "d")),
+        // Duplicate names.
+        ("duplicate exp (expired, then valid)", rs(&rs_header().to_string().into_bytes(), &dup_payload("exp", &(n - 100).to_string(), &(n + 600).to_string()))),
+        ("duplicate sub", rs(&rs_header().to_string().into_bytes(), &dup_payload("sub", "\"admin\"", "\"victim\""))),
+        ("duplicate alg in header", rs(br#"{"alg":"RS256","kid":"test-rs256","alg":"none"}"#, &good_payload)),
+        // Time claims of every wrong shape.
+        ("exp string", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!((n + 600).to_string())))),
+        ("exp float", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n as f64 + 600.5)))),
+        ("exp negative", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(-1)))),
+        ("exp huge", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(1e20)))),
+        ("exp past u64", rs(&rs_header().to_string().into_bytes(), br#"{"iss":"https://issuer.test","aud":"app","sub":"victim","exp":184467440737095516160}"#)),
+        ("exp beyond max_token_lifetime", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n + 30 * 86_400)))),
+        ("exp null", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", Value::Null))),
+        ("nbf string", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n.to_string())))),
+        ("nbf float", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n as f64 - 0.5)))),
+        ("nbf negative", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(-5)))),
+        ("nbf huge", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(1e20)))),
+        ("nbf future", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n + 600)))),
+        ("iat string", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n.to_string())))),
+        ("iat float", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n as f64 - 0.5)))),
+        ("iat negative", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(-1)))),
+        ("iat huge", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(1e20)))),
+        ("iat in the future (dodges sub revocations)", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n + 3600)))),
+        // Audience of every wrong shape.
+        ("aud other string", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!("other")))),
+        ("aud array without us", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!(["other", "more"])))),
+        ("aud empty array", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!([])))),
+        ("aud number", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!(7)))),
+        ("aud object", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!({"app": true})))),
+        ("sub as array (dodges sub revocations)", rs(&rs_header().to_string().into_bytes(), &payload_with("sub", json!(["victim"])))),
+        ("sid as object", rs(&rs_header().to_string().into_bytes(), &payload_with("sid", json!({"v": 1})))),
+        // Encodings.
+        ("payload not UTF-8", rs(&rs_header().to_string().into_bytes(), b"{\"iss\":\"https://issuer.test\",\"sub\":\"\xff\xfe\"}")),
+        ("payload not an object", rs(&rs_header().to_string().into_bytes(), b"[1,2,3]")),
+        ("payload with padding", signed_segments(&b64(&rs_header().to_string().into_bytes()), &format!("{}==", b64(&good_payload)), Algorithm::RS256)),
+        ("header with padding", signed_segments(&format!("{}=", b64(&rs_header().to_string().into_bytes())), &b64(&good_payload), Algorithm::RS256)),
+        ("whitespace in a segment", signed_segments(&b64(&rs_header().to_string().into_bytes()), &format!("{} {}", &b64(&good_payload)[..10], &b64(&good_payload)[10..]), Algorithm::RS256)),
+        ("standard base64 alphabet", signed_segments(&b64(&rs_header().to_string().into_bytes()), &std_alphabet, Algorithm::RS256)),
+        ("overlong segment (bytes after the JSON)", rs(&rs_header().to_string().into_bytes(), &[good_payload.as_slice(), b"\x00\x00garbage"].concat())),
+        ("signature with padding", format!("{}.{}.{}==", parts[0], parts[1], parts[2])),
+        ("empty segments", "..".into()),
+        ("two segments", format!("{}.{}", parts[0], parts[1])),
+        ("four segments", format!("{valid}.{}", parts[2])),
+        // Signatures moved between tokens, and size.
+        ("another token's signature", format!("{}.{}.{}", parts[0], parts[1], other_parts[2])),
+        ("another token's payload", format!("{}.{}.{}", parts[0], other_parts[1], parts[2])),
+        ("one byte over the size limit", over_limit),
+    ];
+
+    let hits_before = backend.hits();
+    for (name, token) in &cases {
+        let (status, _) = status_of(gw.addr, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+    }
+    assert_eq!(
+        backend.hits(),
+        hits_before,
+        "a hostile token reached the backend"
+    );
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        0,
+        "a token made the gateway fetch a URL"
+    );
+
+    // Positive controls: the suite fails for the right reasons only.
+    let controls: Vec<(&str, String)> = vec![
+        (
+            "aud array with us",
+            rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("aud", json!(["other", AUD])),
+            ),
+        ),
+        (
+            "aud string",
+            rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("aud", json!(AUD)),
+            ),
+        ),
+        ("exactly at the size limit", at_limit.clone()),
+        ("plain valid", valid.clone()),
+    ];
+    assert_eq!(at_limit.len(), max_bytes, "control token not at the limit");
+    for (name, token) in &controls {
+        let (status, d) = status_of(gw.addr, token).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {d}");
+    }
+    assert_eq!(backend.hits(), hits_before + controls.len());
+
+    // One access-log line per refused request, none containing its token.
+    let lines = within(std::time::Duration::from_secs(3), || async {
+        let l = gw.lines.lock().map(|l| l.len()).unwrap_or(0);
+        l > cases.len()
+    })
+    .await;
+    assert!(lines.is_some());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = gw.lines.lock().expect("lines").clone();
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("gatehouse::access") && l.contains("\"status\":401"))
+        .collect();
+    assert_eq!(
+        refused.len(),
+        cases.len(),
+        "one access line per refused request"
+    );
+    for (name, token) in &cases {
+        for l in &log {
+            let secretish = token.rsplit('.').next().filter(|s| s.len() >= 16);
+            assert!(
+                !(token.len() >= 16 && l.contains(token.as_str()))
+                    && secretish.is_none_or(|s| !l.contains(s)),
+                "{name}: token written to the log: {l}"
+            );
+        }
+    }
+}
