@@ -204,6 +204,9 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut all = workers.clone();
+    all.push(rt.handle().clone());
+    let _ = crate::admin::metrics::RUNTIMES.set(all);
     let result = rt.block_on(async {
         crate::auth::jwt::install_crypto_and_self_test()?;
         let gw = crate::server::start_on(&loaded, &workers).await?;

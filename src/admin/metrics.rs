@@ -77,6 +77,7 @@ pub struct Metrics {
     pub revocation_stale: Gauge,
     pub reloads: Family<ResultLabel, Counter>,
     pub open_connections: Gauge,
+    pub tasks_alive: Gauge,
     registry: Registry,
 }
 
@@ -162,7 +163,14 @@ impl Metrics {
             "Client connections currently open",
             open_connections.clone(),
         );
+        let tasks_alive = Gauge::default();
+        r.register(
+            "tasks_alive",
+            "Tokio tasks alive on the gateway's runtimes (a leak shows as growth)",
+            tasks_alive.clone(),
+        );
         Metrics {
+            tasks_alive,
             requests,
             request_duration,
             validation_duration,
@@ -181,6 +189,10 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        if let Some(rts) = RUNTIMES.get() {
+            let n: usize = rts.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+            self.tasks_alive.set(n as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -188,6 +200,9 @@ impl Metrics {
         out
     }
 }
+
+/// The runtimes whose tasks `tasks_alive` counts (set once at start).
+pub static RUNTIMES: OnceLock<Vec<tokio::runtime::Handle>> = OnceLock::new();
 
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
