@@ -636,3 +636,305 @@ async fn stale_set_under_fail_closed_refuses_and_recovers() {
     .await;
     assert!(back.is_some(), "serving again once the feed is back");
 }
+
+/// The authority partitioned away twice over: first refusing connections
+/// (killed), then accepting them and never answering (a black hole on
+/// its address). Revoked tokens stay refused the whole time, the
+/// staleness policy applies, and the gateways catch up once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_authority_never_lets_a_revoked_token_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let (mut auth, cfg) = authority_process(dir.path());
+    let auth_addr = auth.addr;
+    let (static_gw, _d1) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth_addr,
+        &dir.path().join("static.state"),
+        "",
+    ))
+    .await;
+    let (closed_gw, _d2) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth_addr,
+        &dir.path().join("closed.state"),
+        "  on_stale: fail_closed",
+    ))
+    .await;
+    let (static_gw, closed_gw) = (static_gw.addrs()[0], closed_gw.addrs()[0]);
+    let revoked = token_with(|c| {
+        c.insert("jti".into(), json!("partition-1"));
+    });
+    let good = mint(Algorithm::RS256, "bystander");
+    admin(
+        auth_addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "partition-1"})),
+    )
+    .await;
+    refused_within_a_second(static_gw, &revoked).await;
+    refused_within_a_second(closed_gw, &revoked).await;
+
+    // From here to the end, the revoked token is tried non-stop at both.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (stop, revoked) = (stop.clone(), revoked.clone());
+        tokio::spawn(async move {
+            let mut tries = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for gw in [static_gw, closed_gw] {
+                    let s = status_of(gw, &revoked).await.0;
+                    assert!(
+                        !s.is_success(),
+                        "revoked token got {s} during the partition"
+                    );
+                    tries += 1;
+                }
+            }
+            tries
+        })
+    };
+
+    // Refusing connections.
+    auth.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Accepting and never answering.
+    let hole = tokio::net::TcpListener::bind(auth_addr)
+        .await
+        .expect("black hole on the authority's address");
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    // Past max_staleness (4 s): fail_static keeps serving good tokens,
+    // fail_closed refuses them with 503; both still refuse the revoked one.
+    let closed = within(Duration::from_secs(10), || async {
+        status_of(closed_gw, &good).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "fail_closed did not close on a silent authority"
+    );
+    assert_eq!(status_of(static_gw, &good).await.0, StatusCode::OK);
+
+    // The partition heals; a revocation made meanwhile... arrives.
+    hole.abort();
+    let _ = hole.await;
+    let _auth = Proc::start_with("authority", &cfg, "authority listening");
+    let later = token_with(|c| {
+        c.insert("jti".into(), json!("partition-2"));
+    });
+    assert_eq!(
+        admin(
+            auth_addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"jti": "partition-2"})),
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    for gw in [static_gw, closed_gw] {
+        let caught_up = within(Duration::from_secs(20), || async {
+            status_of(gw, &later).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(
+            caught_up.is_some(),
+            "gateway did not catch up after the partition"
+        );
+    }
+    let reopened = within(Duration::from_secs(10), || async {
+        status_of(closed_gw, &good).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(reopened.is_some(), "fail_closed gateway did not reopen");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tries = hammer.await.expect("no revoked token got through");
+    assert!(tries > 10);
+}
+
+/// A small tmpfs of our own (this runs as root on CI), unmounted on drop.
+struct Disk(std::path::PathBuf);
+
+impl Disk {
+    fn mount(at: &Path, size: &str) -> Disk {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(
+            ok.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Disk(at.to_owned())
+    }
+
+    fn run(args: &[&str], at: &Path) {
+        let ok = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "{args:?}");
+    }
+
+    /// Lays a read-only view over it: files opened from now on cannot be
+    /// written (EROFS), as after an `errors=remount-ro`.
+    fn read_only(&self) {
+        Disk::run(&["mount", "--bind", &self.0.to_string_lossy()], &self.0);
+        Disk::run(&["mount", "-o", "remount,bind,ro"], &self.0);
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.0.join("filler"));
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        // The read-only view (if any), then the tmpfs itself.
+        for _ in 0..2 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Disk full and read-only under the authority's store and the gateways'
+/// state files: the authority answers 503 and acknowledges nothing it
+/// could not keep; a gateway says so in its log and keeps enforcing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_disk = Disk::mount(&dir.path().join("store"), "16m");
+    let ro_disk = Disk::mount(&dir.path().join("ro"), "4m");
+    let full_disk = Disk::mount(&dir.path().join("full"), "4m");
+    let backend = Backend::start().await;
+    let cfg = store_disk.0.join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(&store_disk.0, free_port(), "")).expect("write");
+    let auth = Proc::start_with("authority", &cfg, "authority listening");
+    let revoke = |jti: &str| {
+        let jti = jti.to_owned();
+        async move {
+            admin(
+                auth.addr,
+                "POST",
+                "/v1/revocations",
+                Some(json!({"jti": jti})),
+            )
+            .await
+        }
+    };
+    assert_eq!(revoke("disk-ok").await.status, StatusCode::CREATED);
+    // One gateway's state directory is read-only from the start, the
+    // other's fills up once it is running.
+    let ro_yaml = gateway_yaml(backend.addr, auth.addr, &ro_disk.0.join("gw.state"), "");
+    ro_disk.read_only();
+    let gw_ro = Proc::start("run", &ro_yaml, "listening");
+    let gw_full = Proc::start(
+        "run",
+        &gateway_yaml(backend.addr, auth.addr, &full_disk.0.join("gw.state"), ""),
+        "listening",
+    );
+    let ok = token_with(|c| {
+        c.insert("jti".into(), json!("disk-ok"));
+    });
+    refused_within_a_second(gw_ro.addr, &ok).await;
+    refused_within_a_second(gw_full.addr, &ok).await;
+    full_disk.fill();
+    let t = token_with(|c| {
+        c.insert("jti".into(), json!("while-state-cannot-be-written"));
+    });
+    // A batch big enough to need new pages in the state file.
+    let batch: Vec<serde_json::Value> = std::iter::once("while-state-cannot-be-written".to_owned())
+        .chain((0..300).map(|i| format!("filler-{i}")))
+        .map(|j| json!({"jti": j}))
+        .collect();
+    let r = admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(serde_json::Value::Array(batch)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for (name, gw) in [("read-only", &gw_ro), ("full", &gw_full)] {
+        refused_within_a_second(gw.addr, &t).await;
+        let logged = within(Duration::from_secs(3), || async {
+            gw.lines
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .any(|l| l.contains("cannot persist revocation state"))
+                })
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(
+            logged.is_some(),
+            "no error logged for the {name} state file"
+        );
+        // Still serving.
+        let good = mint(Algorithm::RS256, "bystander");
+        assert_eq!(status_of(gw.addr, &good).await.0, StatusCode::OK);
+    }
+
+    // The store's disk fills up: a batch that needs space is refused with
+    // 503, and none of it is there afterwards.
+    store_disk.fill();
+    let batch: Vec<serde_json::Value> = (0..5000)
+        .map(|i| json!({"jti": format!("full-{i}"), "reason": "compromised"}))
+        .collect();
+    let full = admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(serde_json::Value::Array(batch.clone())),
+    )
+    .await;
+    assert_eq!(
+        full.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full.text()
+    );
+    let listed = admin(auth.addr, "GET", "/v1/revocations?limit=10000", None).await;
+    assert!(
+        !listed.text().contains("full-0"),
+        "a refused batch was partly kept"
+    );
+    // Every revocation acknowledged before is still enforced.
+    assert_eq!(
+        status_of(gw_full.addr, &ok).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Space again: the authority takes writes again, without a restart.
+    store_disk.free();
+    let again = admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(serde_json::Value::Array(batch)),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+}

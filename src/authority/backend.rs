@@ -61,7 +61,14 @@ impl Backend {
         f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let s = s.clone();
-        tokio::task::spawn_blocking(move || f(&s)).await?
+        tokio::task::spawn_blocking(move || {
+            let r = f(&s);
+            if r.is_err() {
+                s.recover();
+            }
+            r
+        })
+        .await?
     }
 
     /// Starts whatever keeps `pos` current beyond this process's own

@@ -59,7 +59,9 @@ struct Session {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` only between a failed reopen and the next attempt.
+    db: std::sync::RwLock<Option<Database>>,
+    path: std::path::PathBuf,
     epoch: String,
     change_retention: u64,
 }
@@ -100,10 +102,41 @@ impl Store {
         };
         tx.commit()?;
         Ok(Store {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
+            path: path.to_owned(),
             epoch,
             change_retention: change_retention.max(1),
         })
+    }
+
+    /// The open database, read-locked for the call.
+    fn db(&self) -> anyhow::Result<DbGuard<'_>> {
+        let g = self
+            .db
+            .read()
+            .map_err(|_| anyhow::anyhow!("store lock poisoned"))?;
+        if g.is_none() {
+            anyhow::bail!("store {} is closed after an I/O error", self.path.display());
+        }
+        Ok(DbGuard(g))
+    }
+
+    /// After a failed write redb refuses everything until it is reopened
+    /// (`PreviousIo`): a full disk would otherwise need a restart once
+    /// space is back. Reopening runs redb's repair; until it succeeds the
+    /// API keeps answering 503.
+    pub fn recover(&self) {
+        let Ok(mut g) = self.db.write() else { return };
+        drop(g.take());
+        match Database::create(&self.path) {
+            Ok(db) => {
+                tracing::warn!(store = %self.path.display(), "store reopened after an I/O error");
+                *g = Some(db);
+            }
+            Err(e) => {
+                tracing::error!(store = %self.path.display(), error = %e, "store cannot be reopened yet")
+            }
+        }
     }
 
     pub fn epoch(&self) -> &str {
@@ -121,7 +154,7 @@ impl Store {
     }
 
     pub fn current_seq(&self) -> anyhow::Result<u64> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         get_u64(&tx.open_table(META)?, "seq")
     }
 
@@ -131,7 +164,7 @@ impl Store {
         &self,
         news: Vec<NewRevocation>,
     ) -> anyhow::Result<(Vec<(Revocation, PutOutcome)>, u64)> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let out = put_tx(&tx, news)?;
         tx.commit()?;
         Ok(out)
@@ -139,7 +172,7 @@ impl Store {
 
     /// Un-revokes, durably, with an audit record. Returns the removed entry.
     pub fn delete(&self, id: u64, actor: &str) -> anyhow::Result<Option<(Revocation, u64)>> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let out;
         {
             let mut by_id = tx.open_table(BY_ID)?;
@@ -174,7 +207,7 @@ impl Store {
     }
 
     pub fn get(&self, id: u64) -> anyhow::Result<Option<Revocation>> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let Some(key) = tx.open_table(BY_ID)?.get(id)?.map(|k| k.value().to_owned()) else {
             return Ok(None);
         };
@@ -192,7 +225,7 @@ impl Store {
         kind: Kind,
         value: &str,
     ) -> anyhow::Result<Option<Revocation>> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let entries = tx.open_table(ENTRIES)?;
         let found = entries.get(natural_key(issuer, kind, value).as_str())?;
         Ok(match found {
@@ -206,7 +239,7 @@ impl Store {
     /// subject in the model, so this lists `sub` entries by value and any
     /// entry whose value equals the subject. A full scan, for the admin API.
     pub fn list(&self, subject: Option<&str>, limit: usize) -> anyhow::Result<Vec<Revocation>> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let entries = tx.open_table(ENTRIES)?;
         let mut out = Vec::new();
         for item in entries.iter()? {
@@ -223,7 +256,7 @@ impl Store {
     }
 
     pub fn len(&self) -> anyhow::Result<u64> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         Ok(tx.open_table(ENTRIES)?.len()?)
     }
 
@@ -238,7 +271,7 @@ impl Store {
         since: u64,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, u64)>> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = get_u64(&meta, "seq")?;
         let min_seq = get_u64(&meta, "min_seq")?;
@@ -269,7 +302,7 @@ impl Store {
         &self,
         mut emit: impl FnMut(SnapshotItem<'_>) -> bool,
     ) -> anyhow::Result<()> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         emit(SnapshotItem::Start(get_u64(&tx.open_table(META)?, "seq")?));
         let entries = tx.open_table(ENTRIES)?;
         for item in entries.iter()? {
@@ -285,7 +318,7 @@ impl Store {
     /// retention. Expired entries need no change record: every gateway
     /// expires them by itself at the same time.
     pub fn purge(&self, now: i64) -> anyhow::Result<usize> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let mut removed = 0;
         {
             let mut expiry = tx.open_table(EXPIRY)?;
@@ -329,7 +362,7 @@ impl Store {
         limit: usize,
         max_lifetime: i64,
     ) -> anyhow::Result<(Vec<Revocation>, u64)> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let evicted;
         {
             let mut sessions = tx.open_table(SESSIONS)?;
@@ -367,6 +400,19 @@ impl Store {
         let (results, seq) = put_tx(&tx, news)?;
         tx.commit()?;
         Ok((results.into_iter().map(|(r, _)| r).collect(), seq))
+    }
+}
+
+struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // `Store::db` hands out a guard only over an open database.
+        match self.0.as_ref() {
+            Some(db) => db,
+            None => unreachable!("checked in Store::db"),
+        }
     }
 }
 
