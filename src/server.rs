@@ -37,7 +37,7 @@ pub struct Generation {
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     /// Per listener, in config order.
-    tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    tls: Vec<Option<(tokio_rustls::TlsAcceptor, Arc<crate::tls::CertNames>)>>,
     pub loaded: LoadedConfig,
 }
 
@@ -50,9 +50,13 @@ impl Generation {
         let mut tls = Vec::new();
         for l in &cfg.listeners {
             tls.push(match &l.value.tls {
-                Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    crate::tls::server_config(t, &loaded)?,
-                ))),
+                Some(t) => {
+                    let (config, names) = crate::tls::server_config_with_names(t, &loaded)?;
+                    Some((
+                        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                        Arc::new(names),
+                    ))
+                }
                 None => None,
             });
         }
@@ -351,7 +355,11 @@ async fn handle_connection(
     let tls = generation.tls.get(index).cloned().flatten();
     match tls {
         None => {
-            let info = ConnInfo { peer, tls: false };
+            let info = ConnInfo {
+                peer,
+                tls: false,
+                cert_names: None,
+            };
             serve(
                 TokioIo::new(tracked),
                 info,
@@ -362,7 +370,7 @@ async fn handle_connection(
             )
             .await
         }
-        Some(acceptor) => {
+        Some((acceptor, names)) => {
             let handshake = tokio::time::timeout(
                 generation.limits.header_read_timeout,
                 acceptor.accept(tracked),
@@ -370,7 +378,12 @@ async fn handle_connection(
             .await;
             match handshake {
                 Ok(Ok(s)) => {
-                    let info = ConnInfo { peer, tls: true };
+                    let cert_names = s.get_ref().1.server_name().and_then(|n| names.for_sni(n));
+                    let info = ConnInfo {
+                        peer,
+                        tls: true,
+                        cert_names,
+                    };
                     serve(
                         TokioIo::new(s),
                         info,
@@ -399,12 +412,15 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let act = activity.clone();
+    let peer = info.peer;
+    let info = Arc::new(info);
     let svc = service_fn(move |req| {
         // Each request takes the generation current when it arrives.
         let proxy = current.load().proxy.clone();
         let guard = InFlight::enter(act.clone());
+        let info = info.clone();
         async move {
-            let resp = proxy.handle(req, info).await;
+            let resp = proxy.handle(req, &info).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }
@@ -418,7 +434,7 @@ async fn serve<I>(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }

@@ -47,21 +47,80 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The names each configured certificate serves, by the SNI names that
+/// select it: a request on a connection whose SNI picked a certificate
+/// must name (in `Host`) a host that certificate serves (RFC 9110 §7.4:
+/// otherwise 421 Misdirected Request). Connections without SNI, or with an
+/// SNI no certificate names, are not checked.
+#[derive(Debug, Default)]
+pub struct CertNames {
+    by_sni: HashMap<String, Arc<[String]>>,
+}
+
+impl CertNames {
+    /// The names served alongside `sni` (exact, then `*.` wildcard).
+    pub fn for_sni(&self, sni: &str) -> Option<Arc<[String]>> {
+        let sni = sni.to_ascii_lowercase();
+        if let Some(n) = self.by_sni.get(&sni) {
+            return Some(n.clone());
+        }
+        let (_, parent) = sni.split_once('.')?;
+        self.by_sni.get(&format!("*.{parent}")).cloned()
+    }
+}
+
+/// Whether `host` (a Host header, maybe with a port) is one of `names`.
+pub fn host_served(names: &[String], host: &str) -> bool {
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || port.chars().all(|c| c.is_ascii_digit()) => {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }
+        _ => host,
+    };
+    let host = host.trim_end_matches('.');
+    names.iter().any(|n| {
+        n.eq_ignore_ascii_case(host)
+            || n.strip_prefix("*.").is_some_and(|parent| {
+                host.split_once('.')
+                    .is_some_and(|(_, p)| p.eq_ignore_ascii_case(parent))
+            })
+    })
+}
+
 pub fn server_config(
     tls: &TlsConfig,
     loaded: &LoadedConfig,
 ) -> anyhow::Result<rustls::ServerConfig> {
+    Ok(server_config_with_names(tls, loaded)?.0)
+}
+
+pub fn server_config_with_names(
+    tls: &TlsConfig,
+    loaded: &LoadedConfig,
+) -> anyhow::Result<(rustls::ServerConfig, CertNames)> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut default = None;
     let mut by_name = HashMap::new();
+    let mut names = CertNames::default();
     for c in &tls.certificates {
         let key = load_certified_key(
             &loaded.resolve(&c.value.cert),
             &loaded.resolve(&c.value.key),
             &provider,
         )?;
+        let served: Arc<[String]> = c
+            .value
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
         for n in &c.value.server_names {
             by_name.insert(n.to_ascii_lowercase(), key.clone());
+            names.by_sni.insert(n.to_ascii_lowercase(), served.clone());
         }
         default.get_or_insert(key);
     }
@@ -76,7 +135,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { default, by_name }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, names))
 }
 
 fn load_certified_key(
@@ -107,4 +166,33 @@ fn load_certified_key(
         )
     })?;
     Ok(Arc::new(ck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_served;
+
+    #[test]
+    fn hosts_match_certificate_names_with_ports_case_and_wildcards() {
+        let names = ["app.test".to_owned(), "*.apps.test".to_owned()];
+        for ok in [
+            "app.test",
+            "APP.test",
+            "app.test:8443",
+            "app.test.",
+            "a.apps.test",
+        ] {
+            assert!(host_served(&names, ok), "{ok}");
+        }
+        for bad in [
+            "other.test",
+            "apps.test",
+            "a.b.apps.test",
+            "app.test.evil",
+            "",
+            "app.test:x",
+        ] {
+            assert!(!host_served(&names, bad), "{bad}");
+        }
+    }
 }

@@ -75,6 +75,66 @@ async fn sni_picks_the_certificate_for_each_name() {
     }
 }
 
+/// SNI picks the certificate, `Host` picks the route: when they disagree
+/// (a host the connection's certificate does not serve) the request is
+/// judged by neither and gets 421, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn host_not_served_by_the_sni_certificate_is_misdirected() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
+    let token = mint(Algorithm::RS256, "sni");
+    for proto in [Proto::TlsH1, Proto::TlsH2] {
+        let before = backend.hits();
+        for (sni, host, token, want) in [
+            // One certificate serves both names: connection reuse is fine.
+            (
+                "localhost",
+                "app.test",
+                Some(token.as_str()),
+                StatusCode::OK,
+            ),
+            (
+                "localhost",
+                "localhost:443",
+                Some(token.as_str()),
+                StatusCode::OK,
+            ),
+            (
+                "other.test",
+                "localhost",
+                Some(token.as_str()),
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
+            (
+                "other.test",
+                "localhost",
+                None,
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
+            (
+                "app.test",
+                "other.test",
+                Some(token.as_str()),
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
+            (
+                "app.test",
+                "unknown.test",
+                None,
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
+        ] {
+            let a = send(gw.addrs()[0], proto, sni, get(proto, host, "/", token, &[])).await;
+            assert_eq!(a.status, want, "SNI {sni}, Host {host} over {proto:?}");
+        }
+        assert_eq!(
+            backend.hits(),
+            before + 2,
+            "a misdirected request was forwarded"
+        );
+    }
+}
+
 #[tokio::test]
 async fn client_cannot_spoof_identity_or_forwarding_headers_on_any_route() {
     let backend = Backend::start().await;

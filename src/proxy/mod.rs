@@ -30,10 +30,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What the listener knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The names the certificate chosen by this connection's SNI serves;
+    /// `None` without SNI or when no certificate names it.
+    pub cert_names: Option<Arc<[String]>>,
 }
 
 pub struct Proxy {
@@ -72,7 +75,7 @@ impl Proxy {
 
     /// Entry point from the server: runs the policy, turns a refusal into
     /// its answer, writes the access log line.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         let method = req.method().clone();
         // Only the path is logged: query strings carry tokens in some apps.
@@ -123,13 +126,20 @@ impl Proxy {
     async fn handle_inner(
         &self,
         mut req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
         let path = routes::normalize_path(req.uri().path())
             .map_err(Reject::BadRequest)?
             .into_owned();
         let host = request_host(&req).to_owned();
+        // A request for a host the connection's certificate does not serve
+        // (SNI says one site, Host another) is not judged by either.
+        if let Some(names) = &conn.cert_names {
+            if !crate::tls::host_served(names, &host) {
+                return Err(Reject::Misdirected);
+            }
+        }
         let route = self.routes.find(&host, &path).ok_or(Reject::NoRoute)?;
         out.route = Some(route.name.clone());
 
@@ -190,7 +200,7 @@ impl Proxy {
         path: &str,
         host: &str,
         identity: Option<&Identity>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Reject> {
         let declared_len = req
             .headers()

@@ -12,6 +12,9 @@ use crate::auth::AuthError;
 #[derive(Debug)]
 pub enum Reject {
     NoRoute,
+    /// `Host` names a site the connection's certificate (by SNI) does not
+    /// serve: 421, so the client retries on a connection of its own.
+    Misdirected,
     BadRequest(&'static str),
     /// No bearer token where one is required (RFC 6750 §3.1: no error code).
     MissingToken,
@@ -33,6 +36,7 @@ impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
             Reject::MissingToken => StatusCode::UNAUTHORIZED,
             Reject::InvalidToken(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +53,7 @@ impl Reject {
     pub fn outcome(&self) -> &'static str {
         match self {
             Reject::NoRoute => "no_route",
+            Reject::Misdirected => "misdirected",
             Reject::BadRequest(_) => "bad_request",
             Reject::MissingToken => "missing_token",
             Reject::InvalidToken(AuthError::Expired) => "expired",
@@ -68,6 +73,10 @@ impl Reject {
     fn error_and_description(&self) -> (&'static str, &'static str) {
         match self {
             Reject::NoRoute => ("not_found", "no route for this host and path"),
+            Reject::Misdirected => (
+                "misdirected_request",
+                "this connection's certificate does not serve that host",
+            ),
             Reject::BadRequest(d) => ("invalid_request", d),
             Reject::MissingToken => ("invalid_request", "a bearer token is required"),
             Reject::InvalidToken(AuthError::KeysUnavailable) => (
