@@ -63,11 +63,14 @@ fn rss_kib(field: &str) -> u64 {
 fn lookups(c: &mut Criterion) {
     let mut g = c.benchmark_group("revocation-check");
     for n in [0u64, 10_000, 1_000_000] {
+        // As after a snapshot: the entries in the compact base, then a
+        // change (a deletion) in the change layer.
         let mut set = RevocationSet::new();
         set.apply_building(&Change::Put(entry(0, Kind::Client)));
         for i in 0..n {
-            set.insert(&entry(i, kind_of(i)));
+            set.apply_building(&Change::Put(entry(i, kind_of(i))));
         }
+        set.finish_building();
         set.apply(&Change::Del(entry(0, Kind::Client)));
         let live = identity("not-revoked-jti");
         assert!(set.check(&live).is_none());
@@ -79,6 +82,20 @@ fn lookups(c: &mut Criterion) {
             assert!(set.check(&revoked).is_some());
             g.bench_function(format!("hit/{n}"), |b| {
                 b.iter(|| set.check(std::hint::black_box(&revoked)))
+            });
+        }
+        if n == 1_000_000 {
+            // 10k later revocations sit in the change layer until folded.
+            for i in n..n + 10_000 {
+                set.insert(&entry(i, Kind::Jti));
+            }
+            let recent = identity(&entry(n + 5, Kind::Jti).value);
+            assert!(set.check(&recent).is_some());
+            g.bench_function("hit-in-changes/1000000+10000", |b| {
+                b.iter(|| set.check(std::hint::black_box(&recent)))
+            });
+            g.bench_function("miss/1000000+10000", |b| {
+                b.iter(|| set.check(std::hint::black_box(&live)))
             });
         }
     }

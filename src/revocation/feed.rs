@@ -338,6 +338,19 @@ impl Feed {
                     None => apply(&set),
                 }
                 tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
+                // Fold a large change layer into a new compact base, built
+                // aside (requests keep using the current set) and swapped.
+                let (in_changes, in_base) = set.layer_sizes();
+                if in_changes > COMPACT_AFTER.max(in_base / 4) {
+                    let current = set.clone();
+                    let fresh = tokio::task::spawn_blocking(move || current.compacted()).await?;
+                    me.set.store(Arc::new(fresh));
+                    tracing::info!(
+                        changes = in_changes,
+                        base = in_base,
+                        "revocation changes folded into the base"
+                    );
+                }
             }
             Parsed::Changes(_) => {}
         }
@@ -350,6 +363,10 @@ impl Feed {
         Ok(())
     }
 }
+
+/// Changes held in the change layer before they are folded into the
+/// compact base (at least; or a quarter of the base, if larger).
+const COMPACT_AFTER: u64 = 50_000;
 
 /// What a complete feed response amounts to.
 pub enum Parsed {
@@ -431,8 +448,14 @@ impl FeedParser {
         let cursor = self
             .end_cursor
             .context("feed response ended without its end line")?;
+        if !self.buf.iter().all(u8::is_ascii_whitespace) {
+            anyhow::bail!("feed response has bytes after its end line");
+        }
         Ok(match self.fresh {
-            Some(set) => (cursor, Parsed::Snapshot(set)),
+            Some(mut set) => {
+                set.finish_building();
+                (cursor, Parsed::Snapshot(set))
+            }
             None => (cursor, Parsed::Changes(self.changes)),
         })
     }

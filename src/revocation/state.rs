@@ -47,6 +47,10 @@ impl StateFile {
         let mut cursor = None;
         let mut group: Vec<Change> = Vec::new();
         let mut in_group = false;
+        // The snapshot at the head of the file was written whole (temporary
+        // file, fsync, rename): its lines go straight into the set, never
+        // into one buffer. Appended change groups apply only when complete.
+        let mut in_snapshot = false;
         let mut lines = 0u64;
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let line = line.with_context(|| format!("reading {}", self.path.display()))?;
@@ -55,11 +59,18 @@ impl StateFile {
             }
             if let Ok(marker) = serde_json::from_str::<FeedMarker>(&line) {
                 match marker {
-                    FeedMarker::Snapshot { .. } | FeedMarker::Changes { .. } => {
+                    FeedMarker::Snapshot { .. } => {
                         group.clear();
                         in_group = true;
+                        in_snapshot = true;
+                    }
+                    FeedMarker::Changes { .. } => {
+                        group.clear();
+                        in_group = true;
+                        in_snapshot = false;
                     }
                     FeedMarker::End { cursor: c } => {
+                        in_snapshot = false;
                         for ch in group.drain(..) {
                             set.apply_building(&ch);
                             lines += 1;
@@ -71,12 +82,17 @@ impl StateFile {
                 continue;
             }
             match serde_json::from_str::<Change>(&line) {
+                Ok(ch) if in_snapshot => {
+                    set.apply_building(&ch);
+                    lines += 1;
+                }
                 Ok(ch) if in_group => group.push(ch),
                 _ => {
                     tracing::warn!(file = %self.path.display(), line = n + 1, "unreadable state line skipped")
                 }
             }
         }
+        set.finish_building();
         self.snapshot_len = lines;
         Ok(cursor)
     }
