@@ -191,3 +191,40 @@ async fn absolute_form_and_connect_requests_are_judged_like_any_other() {
         "only the public request reached the backend"
     );
 }
+
+/// A body trickled in a byte at a time: the request does not hold the
+/// backend (and the gateway) forever; the route timeout answers 504.
+#[tokio::test]
+async fn slow_bodies_are_cut_off_by_the_route_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let token = mint(Algorithm::RS256, "slow-body");
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let head = format!(
+        "POST /slow-body HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    while start.elapsed() < Duration::from_secs(6) {
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 504"),
+        "slow body answered {answer:?} after {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(4));
+}

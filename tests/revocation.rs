@@ -848,7 +848,26 @@ async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
     // One gateway's state directory is read-only from the start, the
     // other's fills up once it is running.
     let ro_yaml = gateway_yaml(backend.addr, auth.addr, &ro_disk.0.join("gw.state"), "");
+    let ro_auth = ro_disk.0.join("authority.yaml");
+    std::fs::write(&ro_auth, authority_yaml(&ro_disk.0, free_port(), "")).expect("write");
     ro_disk.read_only();
+    // An authority whose store cannot be written refuses to start, and
+    // says which file and why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["authority", "--config"])
+        .arg(&ro_auth)
+        .output()
+        .expect("run");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on a read-only store: {text}"
+    );
+    assert!(
+        text.contains("authority.redb") && text.to_lowercase().contains("read-only"),
+        "{text}"
+    );
     let gw_ro = Proc::start("run", &ro_yaml, "listening");
     let gw_full = Proc::start(
         "run",

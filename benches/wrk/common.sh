@@ -39,6 +39,9 @@ issuers:
     algorithms: [RS256, ES256]
     jwks: { file: $TOKENS/jwks.json }
     leeway: 0s
+    # peer-bench's valid tokens expire in 2100: allow that lifetime here
+    # (in production keep it to the issuer's real maximum).
+    max_token_lifetime: 80years
 routes:
   - backends: [http://127.0.0.1:18080]
 revocation:
