@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::admin::metrics::{metrics, RequestLabels, RouteLabel, RouteName};
+use crate::admin::metrics::metrics;
 use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
 use crate::config::{AuthMode, LoadedConfig};
 use crate::revocation::feed::Refusal;
@@ -44,6 +44,8 @@ pub struct Proxy {
     verifier: Verifier,
     revocations: Option<Arc<Revocations>>,
     realm: String,
+    /// The route label of requests that matched none.
+    no_route: Arc<str>,
     trusted_proxies: Vec<ipnet::IpNet>,
 }
 
@@ -69,6 +71,7 @@ impl Proxy {
             verifier: Verifier::from_config(loaded).await?,
             revocations,
             realm: cfg.auth.realm.clone(),
+            no_route: Arc::from("-"),
             trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
         })
     }
@@ -93,20 +96,12 @@ impl Proxy {
             }
         };
         let elapsed = start.elapsed();
-        let route_name = RouteName(out.route.clone().unwrap_or_else(|| Arc::from("-")));
-        let m = metrics();
-        m.request_duration
-            .get_or_create(&RouteLabel {
-                route: route_name.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: route_name,
-                status: resp.status().as_u16(),
-                outcome: out.label,
-            })
-            .inc();
+        metrics().record_request(
+            out.route.as_ref().unwrap_or(&self.no_route),
+            resp.status().as_u16(),
+            out.label,
+            elapsed.as_secs_f64(),
+        );
         let route = out.route.as_deref().unwrap_or("-");
         tracing::info!(
             target: "gatehouse::access",
