@@ -202,6 +202,8 @@ async fn rfc8725_attack_suite() {
         // Duplicate names.
         ("duplicate exp (expired, then valid)", rs(&rs_header().to_string().into_bytes(), &dup_payload("exp", &(n - 100).to_string(), &(n + 600).to_string()))),
         ("duplicate sub", rs(&rs_header().to_string().into_bytes(), &dup_payload("sub", "\"admin\"", "\"victim\""))),
+        ("duplicate jti (revoked one first)", rs(&rs_header().to_string().into_bytes(), &dup_payload("jti", "\"revoked-jti\"", "\"fresh-jti\""))),
+        ("duplicate sid", rs(&rs_header().to_string().into_bytes(), &dup_payload("sid", "\"s-1\"", "\"s-2\""))),
         ("duplicate alg in header", rs(br#"{"alg":"RS256","kid":"test-rs256","alg":"none"}"#, &good_payload)),
         // Time claims of every wrong shape.
         ("exp string", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!((n + 600).to_string())))),
