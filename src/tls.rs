@@ -72,13 +72,7 @@ impl CertNames {
 /// Whether `host` (a Host header, maybe with a port) is one of `names`.
 pub fn host_served(names: &[String], host: &str) -> bool {
     let host = match host.rsplit_once(':') {
-        Some((h, port)) if !h.ends_with(']') || port.chars().all(|c| c.is_ascii_digit()) => {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        }
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|c| c.is_ascii_digit()) => h,
         _ => host,
     };
     let host = host.trim_end_matches('.');

@@ -82,7 +82,9 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().clone();
         // Only the path is logged: query strings carry tokens in some apps.
-        let path = req.uri().path().to_owned();
+        // Copied only when the access log is on (no allocation otherwise).
+        let path = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
         let mut out = Outcome {
             label: "allowed",
             ..Default::default()
@@ -106,7 +108,7 @@ impl Proxy {
         tracing::info!(
             target: "gatehouse::access",
             method = %method,
-            path = %path,
+            path = path.as_deref().unwrap_or(""),
             route,
             status = resp.status().as_u16(),
             latency_us = elapsed.as_micros() as u64,
