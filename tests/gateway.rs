@@ -2,7 +2,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use std::net::SocketAddr;
 
 use common::*;
 use http::StatusCode;
@@ -866,4 +870,110 @@ async fn a_key_withdrawn_from_the_jwks_is_not_honoured_from_the_token_cache() {
         refused.is_some(),
         "withdrawn key no longer honoured, cache or not"
     );
+}
+
+/// A raw HTTP/1.1 backend: records each request line and the number of
+/// connections it accepted; with `close_after_each`, it hangs up after
+/// every response (without saying so), like a backend whose keep-alive
+/// timeout is shorter than the gateway's.
+async fn raw_backend(
+    close_after_each: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (c, ls) = (conns.clone(), lines.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let ls = ls.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let line = head.lines().next().unwrap_or("").to_owned();
+                        ls.lock().expect("lock").push(line);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, lines)
+}
+
+#[tokio::test]
+async fn backend_connections_are_reused_and_replaced_when_the_backend_closes_them() {
+    let token = mint(Algorithm::RS256, "pool");
+    // Keep-alive backend: twenty requests one after the other (each from a
+    // new client connection, over HTTP/1.1 and HTTP/2) share one backend
+    // connection, and every request line is origin-form.
+    let (addr, conns, lines) = raw_backend(false).await;
+    let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    for i in 0..20 {
+        let (proto, at) = if i % 2 == 0 {
+            (Proto::Plain, gw.addrs()[1])
+        } else {
+            (Proto::TlsH2, gw.addrs()[0])
+        };
+        let a = send(
+            at,
+            proto,
+            "localhost",
+            get(
+                proto,
+                "localhost",
+                &format!("/r/{i}?q=1"),
+                Some(&token),
+                &[],
+            ),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+        assert_eq!(&a.body[..], b"ok");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one pooled connection");
+    let lines = lines.lock().expect("lock").clone();
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l, &format!("GET /r/{i}?q=1 HTTP/1.1"));
+    }
+
+    // A backend that closes every connection after answering: no request
+    // fails for meeting a connection the backend already closed.
+    let (addr, conns, _) = raw_backend(true).await;
+    let (gw, _dir2) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    for i in 0..20 {
+        let a = send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/x", Some(&token), &[]),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+        // Give the gateway the chance to see some closes only at reuse.
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 20);
 }

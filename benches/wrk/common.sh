@@ -6,7 +6,7 @@ PEER=${PEER_BENCH:-$ROOT/../shared/peer-bench}
 export PEER_BENCH_WORK=${PEER_BENCH_WORK:-/tmp/peer-bench}
 WORKDIR=${GATEHOUSE_BENCH_WORK:-/tmp/gatehouse-bench}
 mkdir -p "$WORKDIR"
-BIN=$ROOT/target/release/gatehouse
+BIN=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
 [ -f "$PEER_BENCH_WORK/paths.env" ] || SETUP_ONLY=1 bash "$PEER/run.sh" >/dev/null
 # shellcheck disable=SC1091

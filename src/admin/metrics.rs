@@ -272,7 +272,7 @@ impl Metrics {
         );
         r.register(
             "token_validation_duration_seconds",
-            "Token verification alone (signature and claims)",
+            "Full token verification (signature and claims) of tokens not found in the verified-token cache",
             validation_duration.clone(),
         );
         r.register(

@@ -53,7 +53,8 @@ pub struct Proxy {
 #[derive(Default)]
 struct Outcome {
     route: Option<Arc<str>>,
-    subject: Option<String>,
+    /// For the access log's subject.
+    identity: Option<Arc<Identity>>,
     reason: Option<&'static str>,
     label: &'static str,
 }
@@ -112,7 +113,11 @@ impl Proxy {
             route,
             status = resp.status().as_u16(),
             latency_us = elapsed.as_micros() as u64,
-            subject = out.subject.as_deref().unwrap_or("-"),
+            subject = out
+                .identity
+                .as_ref()
+                .and_then(|i| i.subject.as_deref())
+                .unwrap_or("-"),
             outcome = out.label,
             reason = out.reason.unwrap_or("-"),
             peer = %conn.peer.ip(),
@@ -147,7 +152,7 @@ impl Proxy {
 
         let identity = self.authenticate(route, &path, req.headers()).await?;
         if let Some(id) = &identity {
-            out.subject = id.subject.clone();
+            out.identity = Some(id.clone());
             self.check_revoked(id)?;
             authorize(route, id)?;
         } else if route.auth != AuthMode::Off {
@@ -178,12 +183,11 @@ impl Proxy {
             }
             Bearer::Token(t) => t,
         };
-        let started = Instant::now();
-        let verified = self.verifier.verify(token).await;
-        metrics()
-            .validation_duration
-            .observe(started.elapsed().as_secs_f64());
-        let identity = verified.map_err(Reject::InvalidToken)?;
+        let identity = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(Reject::InvalidToken)?;
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
         }
@@ -235,16 +239,19 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(host_value) {
             h.insert(header::HOST, v);
         }
-        let pq = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
-        parts.uri = http::Uri::builder()
-            .scheme("http")
-            .authority(authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Reject::BadRequest("request target cannot be forwarded"))?;
+        // Origin-form for the backend. The client's own URI is reused as is
+        // when it already is exactly that (the common HTTP/1.1 case).
+        let reuse = parts.uri.scheme().is_none()
+            && parts.uri.authority().is_none()
+            && parts.uri.path() == path;
+        if !reuse {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            parts.uri = http::Uri::try_from(pq)
+                .map_err(|_| Reject::BadRequest("request target cannot be forwarded"))?;
+        }
         parts.version = Version::HTTP_11;
 
         let body = Limited::new(
@@ -273,12 +280,8 @@ impl Proxy {
                 }
             });
         }
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        Ok(resp)
     }
 
     /// A genuine token is not enough: it must not have been revoked.

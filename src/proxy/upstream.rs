@@ -1,15 +1,28 @@
 //! A route's backends: round-robin choice, cool-down of backends that
-//! refuse connections, and the pooled keep-alive client that talks to them.
+//! refuse connections, and the per-worker pools of keep-alive HTTP/1.1
+//! connections to them.
+//!
+//! The pool is ours, over hyper's connection API, rather than
+//! hyper-util's legacy `Client`: that client locks one shared pool per
+//! request and spawns a task per HTTP/1 request only to notice when the
+//! connection is free again. Here a connection goes back to its worker's
+//! idle list when the response body has been read to its end, in the task
+//! that read it. Measured with `benches/wrk/quick.sh`: see README
+//! "Performance".
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 
 use super::reject::Reject;
 use super::ProxyBody;
@@ -33,16 +46,62 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// Pools kept per route: one per worker, so a pooled backend connection
-/// is always driven by the thread that uses it.
+/// Pools kept per backend: one per worker, so a pooled backend connection
+/// is always driven by the thread that uses it (and its lock is never
+/// contended).
 const POOLS: usize = 16;
+/// Idle connections kept per backend and worker.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Sender = SendRequest<ProxyBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Idle connections to one backend, for one worker.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection (warmest, least likely to
+    /// have been closed by the backend), dropping expired ones.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        idle.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.sender.is_closed());
+        idle.pop().map(|i| i.sender)
+    }
+
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
 
 pub struct Upstream {
     route: String,
     backends: Vec<Backend>,
     next: AtomicUsize,
-    clients: Vec<Client<HttpConnector, ProxyBody>>,
+    /// `pools[worker % POOLS][backend]`.
+    pools: Vec<Vec<Arc<Pool>>>,
     timeout: Duration,
+    connect_timeout: Duration,
     cooldown: Duration,
 }
 
@@ -53,22 +112,14 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// Why a request did not get a response head from the backend.
+enum SendError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
 impl Upstream {
     pub fn new(rc: &RouteConfig, route: String) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(rc.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let clients = (0..POOLS)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .set_host(false)
-                    .build(http.clone())
-            })
-            .collect();
         Upstream {
             route,
             backends: rc
@@ -80,8 +131,11 @@ impl Upstream {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            clients,
+            pools: (0..POOLS)
+                .map(|_| rc.backends.iter().map(|_| Arc::default()).collect())
+                .collect(),
             timeout: rc.timeout,
+            connect_timeout: rc.connect_timeout,
             cooldown: rc.backend_cooldown,
         }
     }
@@ -100,40 +154,44 @@ impl Upstream {
         (idx, &self.backends[idx].authority)
     }
 
-    /// Sends the request (its URI already pointing at backend `idx`) and
-    /// waits for the response head, mapping failures to 502/504.
+    /// Sends the request (origin-form URI, `Host` set) to backend `idx`
+    /// and waits for the response head, mapping failures to 502/504.
     pub async fn send(
         &self,
         idx: usize,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, Reject> {
-        let client = &self.clients[WORKER.with(|w| w.get()) % POOLS];
-        match tokio::time::timeout(self.timeout, client.request(req)).await {
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let Some(backend) = self.backends.get(idx) else {
+            return Err(Reject::BadGateway);
+        };
+        let pool = &self.pools[WORKER.with(|w| w.get()) % POOLS][idx];
+        match tokio::time::timeout(self.timeout, self.exchange(backend, pool, req)).await {
             Err(_) => {
                 self.count_error("timeout");
                 Err(Reject::GatewayTimeout)
             }
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                let timed_out = chain_has(&e, |io| io.kind() == std::io::ErrorKind::TimedOut);
-                if e.is_connect() {
-                    if let Some(b) = self.backends.get(idx) {
-                        b.down_until.store(
-                            now_ms() + self.cooldown.as_millis() as u64,
-                            Ordering::Relaxed,
-                        );
-                    }
-                    tracing::warn!(backend = %self.backends.get(idx).map(|b| b.authority.as_str()).unwrap_or("?"),
-                        error = %e, "backend connect failed; cooling it down");
+            Ok(Err(SendError::Connect(e))) => {
+                backend.down_until.store(
+                    now_ms() + self.cooldown.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(backend = %backend.authority, error = %e,
+                    "backend connect failed; cooling it down");
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                self.count_error(if timed_out { "timeout" } else { "connect" });
+                Err(if timed_out {
+                    Reject::GatewayTimeout
                 } else {
-                    tracing::warn!(error = %e, "backend request failed");
-                }
+                    Reject::BadGateway
+                })
+            }
+            Ok(Err(SendError::Http(e))) => {
+                tracing::warn!(backend = %backend.authority, error = %e, "backend request failed");
                 let (reject, kind) = if is_body_limit(&e) {
                     (Reject::BodyTooLarge, "body_too_large")
-                } else if timed_out {
+                } else if chain_has(&e, |io| io.kind() == std::io::ErrorKind::TimedOut) {
                     (Reject::GatewayTimeout, "timeout")
-                } else if e.is_connect() {
-                    (Reject::BadGateway, "connect")
                 } else {
                     (Reject::BadGateway, "other")
                 };
@@ -141,6 +199,147 @@ impl Upstream {
                 Err(reject)
             }
         }
+    }
+
+    /// One request on a pooled connection, or a new one. A request that a
+    /// pooled connection never started to send (the backend had closed it
+    /// while idle) is retried on a new connection, as hyper-util's client
+    /// does; one that was sent is not (it may not be idempotent).
+    async fn exchange(
+        &self,
+        backend: &Backend,
+        pool: &Arc<Pool>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        loop {
+            let (mut sender, fresh) = match pool.take() {
+                Some(s) => (s, false),
+                None => (self.connect(backend).await?, true),
+            };
+            if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
+                if fresh {
+                    return Err(SendError::Http(e));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, sender, pool)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => req = back,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Wraps the response body so the connection returns to the pool
+    /// once the body has been read to its end (at once when there is
+    /// none). A body dropped before its end takes the connection with it:
+    /// hyper closes a connection whose response was not read through.
+    fn pooled(
+        &self,
+        resp: Response<Incoming>,
+        sender: Sender,
+        pool: &Arc<Pool>,
+    ) -> Response<ProxyBody> {
+        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let (parts, body) = resp.into_parts();
+        let sender = if switching {
+            None
+        } else if body.is_end_stream() {
+            pool.put(sender);
+            None
+        } else {
+            Some(sender)
+        };
+        let body = PooledBody {
+            body,
+            back: sender.map(|s| (s, pool.clone())),
+        };
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<Sender, SendError> {
+        let host = backend.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = backend.authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+            Ok(r) => r.map_err(SendError::Connect)?,
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        // Driven on this worker (a current-thread runtime in `gatehouse
+        // run`), so a connection and its requests share a thread. With
+        // upgrades, so a WebSocket can be handed over on any connection.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body that gives its connection back at its end.
+struct PooledBody {
+    body: Incoming,
+    back: Option<(Sender, Arc<Pool>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // hyper stops polling a body once `is_end_stream` says so: the
+        // last frame of a sized body is its end too.
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.back = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if done {
+            if let Some((sender, pool)) = this.back.take() {
+                pool.put(sender);
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
