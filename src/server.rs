@@ -357,6 +357,7 @@ async fn handle_connection(
         None => {
             let info = ConnInfo {
                 peer,
+                client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                 tls: false,
                 cert_names: None,
             };
@@ -381,6 +382,7 @@ async fn handle_connection(
                     let cert_names = s.get_ref().1.server_name().and_then(|n| names.for_sni(n));
                     let info = ConnInfo {
                         peer,
+                        client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                         tls: true,
                         cert_names,
                     };

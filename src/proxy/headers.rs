@@ -50,25 +50,35 @@ pub fn folds_to(name: &str, canonical: &str) -> bool {
 /// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set
 /// again, for WebSocket pass-through.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
+    // One pass over the (few) names present first: most messages carry
+    // none of these, and then nothing is hashed, collected or removed.
+    let present = h
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if present {
+        if h.contains_key(header::CONNECTION) {
+            let named: Vec<HeaderName> = h
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                if !(keep_upgrade && n == header::UPGRADE) {
+                    h.remove(n);
+                }
+            }
+        }
+        for n in &HOP_BY_HOP {
             h.remove(n);
         }
-    }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+        if !keep_upgrade {
+            h.remove(header::UPGRADE);
+        }
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
     }
 }
 
@@ -90,43 +100,81 @@ pub fn strip_client_claims(h: &mut HeaderMap, reserved: &[HeaderName], strip_for
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client address as the forwarding headers write it, formatted once
+/// per connection rather than on every request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// `X-Forwarded-For` when there is no chain before us.
+    xff: HeaderValue,
+    /// The `for=` node of `Forwarded` (IPv6 quoted and bracketed).
+    node: Box<str>,
+}
+
+impl ClientAddr {
+    pub fn new(peer: IpAddr) -> Self {
+        let plain = peer.to_string();
+        let node = match peer {
+            IpAddr::V4(_) => plain.clone(),
+            IpAddr::V6(_) => format!("\"[{plain}]\""),
+        };
+        ClientAddr {
+            xff: HeaderValue::from_maybe_shared(bytes::Bytes::from(plain))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            node: node.into(),
+        }
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a
 /// trusted proxy, its chain is extended; otherwise ours is the only one
 /// (the client's copies were removed by [`strip_client_claims`]).
-pub fn set_forwarding(h: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: &str) {
-    let peer_s = peer.to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_s}"),
-        None => peer_s.clone(),
+pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &str) {
+    let xff = match h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.xff.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+        }
+        None => Some(client.xff.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !host.is_empty() && !h.contains_key("x-forwarded-host") {
+    if !host.is_empty() && !h.contains_key(&X_FORWARDED_HOST) {
         if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert("x-forwarded-host", v);
+            h.insert(X_FORWARDED_HOST, v);
         }
     }
-    let node = match peer {
-        IpAddr::V4(_) => peer_s,
-        IpAddr::V6(_) => format!("\"[{peer_s}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
+    let prev = h.get(header::FORWARDED).map(|v| v.as_bytes());
+    let mut fwd =
+        Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 20 + client.node.len() + host.len());
+    if let Some(prev) = prev {
+        fwd.extend_from_slice(prev);
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(b"for=");
+    fwd.extend_from_slice(client.node.as_bytes());
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
     if !host.is_empty()
         && host
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     {
-        element.push_str(&format!(";host=\"{host}\""));
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(host.as_bytes());
+        fwd.push(b'"');
     }
-    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
         h.insert(header::FORWARDED, v);
     }
 }
@@ -172,11 +220,51 @@ mod tests {
     #[test]
     fn forwarding_headers_for_ipv6() {
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, "::1".parse().unwrap(), "https", "app.example");
+        set_forwarding(
+            &mut h,
+            &ClientAddr::new("::1".parse().unwrap()),
+            "https",
+            "app.example",
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(
             h["forwarded"],
             "for=\"[::1]\";proto=https;host=\"app.example\""
         );
+    }
+
+    #[test]
+    fn a_trusted_chain_is_extended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        set_forwarding(
+            &mut h,
+            &ClientAddr::new("10.0.0.2".parse().unwrap()),
+            "http",
+            "",
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+        assert_eq!(h["forwarded"], "for=203.0.113.9, for=10.0.0.2;proto=http");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn hop_by_hop_removal_keeps_an_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade, x-one".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-one", "1".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-one"));
+        let mut plain = HeaderMap::new();
+        plain.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
     }
 }

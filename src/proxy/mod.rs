@@ -33,6 +33,8 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as the forwarding headers write it.
+    pub client: headers::ClientAddr,
     pub tls: bool,
     /// The names the certificate chosen by this connection's SNI serves;
     /// `None` without SNI or when no certificate names it.
@@ -222,7 +224,7 @@ impl Proxy {
         }
         headers::set_forwarding(
             h,
-            conn.peer.ip(),
+            &conn.client,
             if conn.tls { "https" } else { "http" },
             host,
         );
@@ -353,20 +355,22 @@ fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
         let Some(v) = id.claim(&ih.claim) else {
             continue;
         };
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Array(items) => items
-                .iter()
-                .map(|i| match i {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
+        let value = match v {
+            Value::String(s) => HeaderValue::from_str(s),
+            Value::Array(items) => HeaderValue::from_str(
+                &items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             Value::Null => continue,
-            other => other.to_string(),
+            other => HeaderValue::from_str(&other.to_string()),
         };
-        match HeaderValue::from_str(&text) {
+        match value {
             Ok(v) => {
                 h.insert(ih.header.0.clone(), v);
             }

@@ -74,8 +74,17 @@ impl Pool {
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
-        idle.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.sender.is_closed());
-        idle.pop().map(|i| i.sender)
+        while let Some(i) = idle.pop() {
+            if now.duration_since(i.since) >= IDLE_TIMEOUT {
+                // The newest is too old: so are all the others.
+                idle.clear();
+                return None;
+            }
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
     }
 
     fn put(&self, sender: Sender) {
