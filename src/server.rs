@@ -434,6 +434,9 @@ async fn serve<I>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first, and no random branch order to draw on
+            // every wake-up (one per request at least).
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

@@ -977,3 +977,34 @@ async fn backend_connections_are_reused_and_replaced_when_the_backend_closes_the
     }
     assert_eq!(conns.load(Ordering::SeqCst), 20);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_rules_is_applied_to_tokens_already_cached() {
+    let backend = Backend::start().await;
+    let cfg = standard_config(backend.addr, &jwks_file());
+    let (gw, dir) = start_gateway(&cfg).await;
+    let token = mint(Algorithm::RS256, "cached");
+    let go = || {
+        send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+    };
+    // Verified once, then served from the caches (per-thread and shared).
+    for _ in 0..3 {
+        assert_eq!(go().await.status, StatusCode::OK);
+    }
+    // The issuer no longer accepts our audience: the very next request is
+    // judged by the new rules, not by what the old config cached.
+    let changed = cfg.replace(&format!("audiences: [{AUD}]"), "audiences: [another-app]");
+    assert_ne!(changed, cfg);
+    std::fs::write(dir.path().join("gatehouse.yaml"), changed).expect("write");
+    gw.reload().await.expect("reload");
+    let a = go().await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let hits = backend.hits();
+    assert_eq!(go().await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(backend.hits(), hits);
+}
