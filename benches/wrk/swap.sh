@@ -45,6 +45,9 @@ PY
   echo "$N" > "$AUTH_DIR/loaded"
 fi
 
+# an authority left over from an interrupted run would serve the snapshot early
+pkill -f "authority --config $AUTH_DIR/authority.yaml" || true
+while pgrep -f "authority --config $AUTH_DIR/authority.yaml" >/dev/null; do sleep 0.2; done
 nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 & NG=$!
 CFG=$(GATEHOUSE_LOG="warn,gatehouse::revocation=info" gw_config "$N" 8443)
 sed -i "s|authority: { url: \"http://127.0.0.1:9\" }|authority: { url: \"http://127.0.0.1:$PORT\", token: { file: $AUTH_DIR/admin.token } }|" "$CFG"
@@ -55,13 +58,15 @@ trap 'kill $GW $NG $AP 2>/dev/null' EXIT
 
 run_gw
 echo "steady (state file only, authority down):"
-wrk -t2 -c64 -d25s --latency -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8443/ | grep -E "Requests/sec|50%|99%|Non-2xx|Socket"
+wrk -t2 -c64 -d"${DURATION:-25s}" --latency -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8443/ | grep -E "Requests/sec|50%|99%|Non-2xx|Socket"
 kill $GW; wait $GW 2>/dev/null
 cp "$(state_file "$N")" "$WORKDIR/live-$N-8443.jsonl"
 
 run_gw
 echo "with a 1M snapshot arriving 4 s into the run (wrk started $(date -u +%T)):"
 (sleep 4; "$BIN" authority --config "$AUTH_DIR/authority.yaml" > "$WORKDIR/swap-authority.log" 2>&1) & AP=$!
-wrk -t2 -c64 -d25s --latency -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8443/ | grep -E "Requests/sec|50%|99%|Non-2xx|Socket"
+wrk -t2 -c64 -d"${DURATION:-25s}" --latency -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8443/ | grep -E "Requests/sec|50%|99%|Non-2xx|Socket"
 grep -E "snapshot applied" "$WORKDIR/swap-gw.log" | tail -1
 pkill -f "authority --config $AUTH_DIR/authority.yaml"
+# wait for it to close its store (the next run opens it again)
+while pgrep -f "authority --config $AUTH_DIR/authority.yaml" >/dev/null; do sleep 0.2; done
