@@ -447,6 +447,11 @@ pub struct RouteConfig {
     /// How long a backend that refused a connection is skipped.
     #[serde(default = "default_cooldown", with = "duration")]
     pub backend_cooldown: Duration,
+    /// How long a pooled backend connection may sit idle before it is
+    /// closed instead of reused; keep it below the backend's own
+    /// keep-alive timeout.
+    #[serde(default = "default_backend_idle_timeout", with = "duration")]
+    pub backend_idle_timeout: Duration,
 }
 
 impl RouteConfig {
@@ -663,6 +668,10 @@ fn default_connect_timeout() -> Duration {
 fn default_backend_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_backend_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_cooldown() -> Duration {
     Duration::from_secs(10)
 }

@@ -879,18 +879,32 @@ async fn a_key_withdrawn_from_the_jwks_is_not_honoured_from_the_token_cache() {
 async fn raw_backend(
     close_after_each: bool,
 ) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    let (addr, conns, _, lines) = raw_backend_counting_closes(close_after_each).await;
+    (addr, conns, lines)
+}
+
+/// [`raw_backend`], also counting the connections the gateway closed.
+async fn raw_backend_counting_closes(
+    close_after_each: bool,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<String>>>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let (c, ls) = (conns.clone(), lines.clone());
+    let (c, cl, ls) = (conns.clone(), closed.clone(), lines.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
-            let ls = ls.clone();
+            let (ls, cl) = (ls.clone(), cl.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -911,14 +925,17 @@ async fn raw_backend(
                         }
                     }
                     match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => {
+                            cl.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
             });
         }
     });
-    (addr, conns, lines)
+    (addr, conns, closed, lines)
 }
 
 #[tokio::test]
@@ -1007,4 +1024,57 @@ async fn a_reload_that_changes_the_rules_is_applied_to_tokens_already_cached() {
     let hits = backend.hits();
     assert_eq!(go().await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(backend.hits(), hits);
+}
+
+#[tokio::test]
+async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
+    let token = mint(Algorithm::RS256, "idle");
+    let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
+    let cfg = standard_config(addr, &jwks_file()).replace(
+        "    timeout: 1s\n",
+        "    timeout: 1s\n    backend_idle_timeout: 300ms\n",
+    );
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let at = gw.addrs()[1];
+    let go = |path: &'static str| {
+        send(
+            at,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, Some(&token), &[]),
+        )
+    };
+    // A burst opens several backend connections...
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let t = token.clone();
+        burst.spawn(async move {
+            send(
+                at,
+                Proto::Plain,
+                "localhost",
+                get(Proto::Plain, "localhost", "/b", Some(&t), &[]),
+            )
+            .await
+            .status
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.expect("request task"), StatusCode::OK);
+    }
+    let opened = conns.load(Ordering::SeqCst);
+    assert!(opened >= 2, "the burst used {opened} connection(s)");
+    // ...then a trickle keeps one warm: the others, idle past the timeout,
+    // are closed rather than kept.
+    for _ in 0..12 {
+        assert_eq!(go("/t").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let open_now = || conns.load(Ordering::SeqCst) - closed.load(Ordering::SeqCst);
+    assert_eq!(open_now(), 1, "opened {opened}, closed {closed:?}");
+    // Everything idle past the timeout: the next request gets a new one.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = conns.load(Ordering::SeqCst);
+    assert_eq!(go("/n").await.status, StatusCode::OK);
+    assert_eq!(conns.load(Ordering::SeqCst), before + 1);
 }

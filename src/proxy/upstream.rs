@@ -52,8 +52,6 @@ pub fn set_worker(index: usize) {
 const POOLS: usize = 16;
 /// Idle connections kept per backend and worker.
 const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = SendRequest<ProxyBody>;
 
@@ -63,9 +61,10 @@ struct Idle {
 }
 
 /// Idle connections to one backend, for one worker.
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// An idle connection older than this is closed rather than reused.
+    idle_timeout: Duration,
 }
 
 impl Pool {
@@ -75,7 +74,7 @@ impl Pool {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) >= IDLE_TIMEOUT {
+            if now.duration_since(i.since) >= self.idle_timeout {
                 // The newest is too old: so are all the others.
                 idle.clear();
                 return None;
@@ -87,18 +86,20 @@ impl Pool {
         None
     }
 
+    /// Back on top of the stack. The list is ordered by `since` (oldest
+    /// first), so connections left idle past the timeout under the warm
+    /// ones are closed here too, not kept until traffic stops.
     fn put(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= MAX_IDLE {
-                idle.remove(0);
-            }
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            let now = Instant::now();
+            let expired =
+                idle.partition_point(|i| now.duration_since(i.since) >= self.idle_timeout);
+            let excess = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
+            idle.drain(..expired + excess);
+            idle.push(Idle { sender, since: now });
         }
     }
 }
@@ -141,7 +142,17 @@ impl Upstream {
                 .collect(),
             next: AtomicUsize::new(0),
             pools: (0..POOLS)
-                .map(|_| rc.backends.iter().map(|_| Arc::default()).collect())
+                .map(|_| {
+                    rc.backends
+                        .iter()
+                        .map(|_| {
+                            Arc::new(Pool {
+                                idle: Mutex::default(),
+                                idle_timeout: rc.backend_idle_timeout,
+                            })
+                        })
+                        .collect()
+                })
                 .collect(),
             timeout: rc.timeout,
             connect_timeout: rc.connect_timeout,
