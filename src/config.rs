@@ -49,6 +49,13 @@ pub struct Config {
     /// Everyone else's are replaced: a client must not choose its own IP.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// More header names removed from every request of a client that is
+    /// not a trusted proxy, on top of the forwarding family the gateway
+    /// always removes (see README "What the backend receives"). Compared
+    /// ignoring case and with `-` and `_` alike; a name ending in `*` is a
+    /// prefix (`X-Internal-*`).
+    #[serde(default)]
+    pub strip_untrusted_headers: Vec<String>,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default = "default_shutdown_grace", with = "duration")]
@@ -427,6 +434,19 @@ pub struct RouteConfig {
     /// the normalised path).
     #[serde(default)]
     pub public_paths: Vec<String>,
+    /// Match `path_prefix` and `public_paths` ignoring ASCII case: for
+    /// backends that serve `/ADMIN` as `/admin` (IIS and other Windows
+    /// servers, case-insensitive file systems). Without it such a backend
+    /// behind a case-sensitive route table could be reached past a route's
+    /// rules by changing case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Protocols a client may switch to with `Upgrade` (RFC 9110 §7.8);
+    /// default `[websocket]`. `h2c` is refused (RFC 9113 §3.1 removed it;
+    /// after a switch the connection is no longer HTTP the gateway reads).
+    /// An `Upgrade` offering anything else is removed before forwarding.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
     #[serde(default)]
     pub require: Option<Requirement>,
     #[serde(default = "default_identity_headers")]
@@ -678,6 +698,10 @@ fn default_cooldown() -> Duration {
 fn default_roles_claim() -> String {
     "roles".to_owned()
 }
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
+
 fn default_identity_headers() -> Vec<IdentityHeader> {
     vec![IdentityHeader {
         claim: "sub".to_owned(),
@@ -1073,6 +1097,17 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
         }
     }
 
+    for h in &cfg.strip_untrusted_headers {
+        let name = h.strip_suffix('*').unwrap_or(h);
+        if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            push(
+                0,
+                format!(
+                    "strip_untrusted_headers: `{h}` is not a header name (or prefix ending in *)"
+                ),
+            );
+        }
+    }
     if mode == Mode::Gateway && cfg.routes.is_empty() {
         push(0, "at least one route is required".into());
     }
@@ -1086,9 +1121,31 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                 format!("path_prefix `{}` must start with /", rc.path_prefix),
             );
         }
+        if rc.path_prefix.starts_with('/') {
+            if let Some(why) = not_canonical(&rc.path_prefix) {
+                push(line, format!("path_prefix `{}` {why}", rc.path_prefix));
+            }
+        }
         for p in &rc.public_paths {
             if !p.starts_with('/') {
                 push(line, format!("public path `{p}` must start with /"));
+            } else if let Some(why) = not_canonical(p) {
+                push(line, format!("public path `{p}` {why}"));
+            }
+        }
+        for u in &rc.upgrades {
+            if u.eq_ignore_ascii_case("h2c") {
+                push(
+                    line,
+                    "upgrades: h2c is never forwarded (RFC 9113 §3.1); serve HTTP/2 over TLS"
+                        .into(),
+                );
+            } else if u.is_empty()
+                || !u
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',')
+            {
+                push(line, format!("upgrades: `{u}` is not a protocol name"));
             }
         }
         for h in &rc.hosts {
@@ -1133,15 +1190,28 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                 "`require` has no effect on a route with auth: off".into(),
             );
         }
-        for ih in &rc.identity_headers {
+        for (i, ih) in rc.identity_headers.iter().enumerate() {
             if ih.claim.is_empty() {
                 push(line, "identity header with an empty claim".into());
             }
-            if crate::proxy::headers::is_forwarding_header(ih.header.0.as_str()) {
+            if rc.identity_headers[..i].iter().any(|o| {
+                crate::proxy::headers::same_field(o.header.0.as_str(), ih.header.0.as_str())
+            }) {
                 push(
                     line,
                     format!(
-                        "identity header `{}` clashes with a forwarding header",
+                        "identity header `{}` is named twice (`-` and `_` count as the same)",
+                        ih.header.0
+                    ),
+                );
+            }
+            if crate::proxy::headers::is_forwarding_header(ih.header.0.as_str())
+                || crate::proxy::headers::is_hop_by_hop_name(ih.header.0.as_str())
+            {
+                push(
+                    line,
+                    format!(
+                        "identity header `{}` clashes with a forwarding or hop-by-hop header",
                         ih.header.0
                     ),
                 );
@@ -1149,6 +1219,20 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
         }
     }
     issues
+}
+
+/// Why a configured path (route prefix, public path) is not in the form the
+/// gateway matches requests in, if it is not: a prefix like `/%61dmin` or
+/// `/admin;x` would never match a canonical request path.
+fn not_canonical(p: &str) -> Option<String> {
+    match crate::proxy::canonical::canonicalize_path(p) {
+        Err(why) => Some(format!("is refused: {why}")),
+        Ok(c) if c.forward != p || c.matched() != p => Some(format!(
+            "is not in canonical form; write it as `{}`",
+            c.matched()
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// Why a secret cannot be read, if it cannot.

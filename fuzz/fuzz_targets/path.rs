@@ -1,20 +1,17 @@
-//! Path normalisation: never panics, and what it returns is normalised
-//! (no dot segments, no empty segments, starts with /), so a public-path
-//! prefix match on it cannot be escaped.
+//! Path and host canonicalisation: never panics, and what it accepts is
+//! its own canonical form (canonicalising twice changes nothing), without
+//! empty or dot segments and with a `;`-free matching path, so a route or
+//! public-path prefix match on it cannot be escaped. The first line of the
+//! input is the path, the rest the host.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(p) = std::str::from_utf8(data) {
-        if let Ok(n) = gatehouse::proxy::routes::normalize_path(p) {
-            assert!(n.starts_with('/'));
-            assert!(!n.contains("//"));
-            for seg in n.split('/') {
-                let name = seg.split(';').next().unwrap_or("");
-                let decoded = name.replace("%2e", ".").replace("%2E", ".");
-                assert!(decoded != "." && decoded != "..", "{p:?} -> {n:?}");
-            }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let (path, host) = s.split_once('\n').unwrap_or((s, s));
+        if let Some(v) = gatehouse::proxy::canonical::invariant_violation(path, host) {
+            panic!("{v}");
         }
     }
 });

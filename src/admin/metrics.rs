@@ -48,6 +48,12 @@ pub struct BackendErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityHeaderLabels {
+    pub route: String,
+    pub header: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IssuerResult {
     pub issuer: String,
     pub result: &'static str,
@@ -225,6 +231,7 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabel, ShardedHistogram, fn() -> ShardedHistogram>,
     pub validation_duration: ShardedHistogram,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
+    pub identity_headers_withheld: Family<IdentityHeaderLabels, Counter>,
     pub jwks_refreshes: Family<IssuerResult, Counter>,
     pub jwks_keys: Family<IssuerLabel, Gauge>,
     pub revocation_entries: Family<KindLabel, Gauge>,
@@ -251,6 +258,7 @@ impl Metrics {
             );
         let validation_duration = ShardedHistogram::exponential(0.000_001, 2.0);
         let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        let identity_headers_withheld = Family::<IdentityHeaderLabels, Counter>::default();
         let jwks_refreshes = Family::<IssuerResult, Counter>::default();
         let jwks_keys = Family::<IssuerLabel, Gauge>::default();
         let revocation_entries = Family::<KindLabel, Gauge>::default();
@@ -279,6 +287,11 @@ impl Metrics {
             "backend_errors",
             "Backend failures by kind (connect, timeout, other)",
             backend_errors.clone(),
+        );
+        r.register(
+            "identity_headers_withheld",
+            "Identity headers not sent because the claim has no unambiguous header form (an object), by route and header",
+            identity_headers_withheld.clone(),
         );
         r.register(
             "jwks_refreshes",
@@ -332,6 +345,7 @@ impl Metrics {
             request_duration,
             validation_duration,
             backend_errors,
+            identity_headers_withheld,
             jwks_refreshes,
             jwks_keys,
             revocation_entries,

@@ -190,8 +190,12 @@ impl Identity {
 /// What the `Authorization` header holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Bearer<'a> {
-    /// No bearer credentials at all (no header, or another scheme).
+    /// No `Authorization` header at all.
     Missing,
+    /// An `Authorization` header with another scheme (`Basic`, ...): no
+    /// bearer credentials, but credentials all the same, so never taken as
+    /// an anonymous request.
+    OtherScheme,
     /// Something that cannot be a bearer token (several headers, bad syntax).
     Malformed,
     Token(&'a str),
@@ -223,15 +227,23 @@ pub fn bearer(headers: &HeaderMap) -> Bearer<'_> {
     let Ok(value) = value.to_str() else {
         return Bearer::Malformed;
     };
-    let Some((scheme, rest)) = value.split_once(' ') else {
-        return if value.eq_ignore_ascii_case("bearer") {
-            Bearer::Malformed
-        } else {
-            Bearer::Missing
+    // RFC 9110 §11.4: the scheme, then one or more SP. `Bearer<TAB>x` or
+    // `Bearer` alone is a broken bearer credential, not another scheme.
+    let b = value.as_bytes();
+    if b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer") && b.get(6) != Some(&b' ') {
+        // A further token character makes it another scheme (`Bearerx`).
+        return match b.get(6) {
+            Some(c) if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c) => {
+                Bearer::OtherScheme
+            }
+            _ => Bearer::Malformed,
         };
+    }
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return Bearer::OtherScheme;
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Bearer::Missing;
+        return Bearer::OtherScheme;
     }
     let token = rest.trim_matches(' ');
     let body = token.trim_end_matches('=');
@@ -258,7 +270,11 @@ mod tests {
     #[test]
     fn bearer_extraction() {
         assert_eq!(bearer(&HeaderMap::new()), Bearer::Missing);
-        assert_eq!(bearer(&h("Basic dXNlcjpwYXNz")), Bearer::Missing);
+        assert_eq!(bearer(&h("Basic dXNlcjpwYXNz")), Bearer::OtherScheme);
+        assert_eq!(bearer(&h("Bearer\tforged")), Bearer::Malformed);
+        assert_eq!(bearer(&h("Bearer,x")), Bearer::Malformed);
+        assert_eq!(bearer(&h("Bearerx y")), Bearer::OtherScheme);
+        assert_eq!(bearer(&h("Negotiate")), Bearer::OtherScheme);
         assert_eq!(bearer(&h("Bearer a.b.c")), Bearer::Token("a.b.c"));
         assert_eq!(bearer(&h("bearer   a.b.c")), Bearer::Token("a.b.c"));
         assert_eq!(bearer(&h("Bearer")), Bearer::Malformed);

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still
 /// see; they describe one connection and never cross the gateway.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -16,34 +16,174 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    // RFC 9113 §3.1 removed the h2c upgrade; its settings never cross.
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Headers that carry the client's address, scheme and host. Stripped from
-/// untrusted clients in every spelling, replaced with our own.
-const FORWARDING: [&str; 7] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
+/// The forwarding family: headers in which proxies, CDNs and load
+/// balancers tell a backend the client's address, scheme, host, original
+/// URL or certificate. A backend may believe any of them (Symfony and IIS
+/// route by `X-Original-URL`/`X-Rewrite-URL`, frameworks take the client IP
+/// from `True-Client-IP` or `CF-Connecting-IP`), so from a client that is
+/// not a trusted proxy every one is removed, in every spelling. Sorted, in
+/// folded form (lower-case, `_` as `-`), for a binary search.
+const FORWARDING: [&str; 33] = [
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-visitor",
+    "client-ip",
+    "fastly-client-ip",
     "forwarded",
+    "front-end-https",
+    "ssl-client-cert",
+    "true-client-ip",
+    "x-arr-clientcert",
+    "x-arr-ssl",
+    "x-client-cert",
+    "x-client-ip",
+    "x-client-verify",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-host",
+    "x-http-host-override",
+    "x-originating-ip",
+    "x-proxyuser-ip",
+    "x-real-ip",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-rewrite-url",
+    "x-scheme",
+    "x-ssl",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "x-ssl-client-s-dn",
+    "x-ssl-client-verify",
+    "x-true-client-ip",
+    "x-url-scheme",
+    "x-wap-client-ip",
 ];
 
-pub fn is_forwarding_header(name: &str) -> bool {
-    FORWARDING.iter().any(|f| folds_to(name, f))
+/// Prefixes of the forwarding family (folded): every `X-Forwarded-*`
+/// (`-For`, `-Host`, `-Proto`, `-Uri`, `-Prefix`, `-Client-Cert`, ...),
+/// every `X-Original-*` (`-URL`, `-URI`, `-Host`, `-Method`, ...), and
+/// Envoy's own (`X-Envoy-Original-Path`, `-External-Address`, ...).
+const FORWARDING_PREFIXES: [&str; 3] = ["x-envoy-", "x-forwarded-", "x-original-"];
+
+/// The longest name of the family that is compared whole.
+const FOLD_BUF: usize = 32;
+
+/// `name` lower-cased with `_` as `-`, in `buf`; `None` when longer than
+/// the buffer (then it can only match by prefix).
+fn fold_into<'b>(name: &str, buf: &'b mut [u8; FOLD_BUF]) -> Option<&'b [u8]> {
+    let out = buf.get_mut(..name.len())?;
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        let b = b.to_ascii_lowercase();
+        *o = if b == b'_' { b'-' } else { b };
+    }
+    Some(out)
 }
 
-/// Whether `name` is `canonical` as a backend might read it: ASCII
-/// case-insensitive, with `_` taken as `-` (CGI, PHP, Django and many
-/// others fold `X_Auth_Subject` into the same variable as
-/// `X-Auth-Subject`). `canonical` is lowercase with dashes.
+/// Whether `name` belongs to the forwarding family (see [`FORWARDING`]).
+pub fn is_forwarding_header(name: &str) -> bool {
+    if FORWARDING_PREFIXES.iter().any(|p| folded_prefix(name, p)) {
+        return true;
+    }
+    let mut buf = [0u8; FOLD_BUF];
+    fold_into(name, &mut buf).is_some_and(|f| {
+        FORWARDING
+            .binary_search_by(|probe| probe.as_bytes().cmp(f))
+            .is_ok()
+    })
+}
+
+/// Whether `name` is one of the hop-by-hop headers the gateway removes.
+pub fn is_hop_by_hop_name(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| same_field(h.as_str(), name)) || same_field(name, "upgrade")
+}
+
+/// Whether `name` starts with `prefix` (lower-case, dashes) as a backend
+/// might read it.
+fn folded_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && folds_to(&name[..prefix.len()], prefix)
+}
+
+/// Whether two field names name the same field for a backend: ASCII
+/// case-insensitive, with `_` and `-` alike (CGI, PHP, WSGI, Django and
+/// many others fold `X_Auth_Subject` and `X-Auth-Subject` into the same
+/// variable, `HTTP_X_AUTH_SUBJECT`).
+pub fn same_field(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let x = x.to_ascii_lowercase();
+            let y = y.to_ascii_lowercase();
+            x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_'))
+        })
+}
+
+/// Whether `name` is `canonical` as a backend might read it; `canonical`
+/// is lowercase with dashes.
 pub fn folds_to(name: &str, canonical: &str) -> bool {
     name.len() == canonical.len()
         && name.bytes().zip(canonical.bytes()).all(|(a, c)| {
             let a = a.to_ascii_lowercase();
             a == c || (a == b'_' && c == b'-')
         })
+}
+
+/// Which client headers never reach a backend: the identity headers of
+/// every route (from everyone), and from clients that are not trusted
+/// proxies the forwarding family plus the operator's
+/// `strip_untrusted_headers`.
+#[derive(Debug, Clone, Default)]
+pub struct StripRules {
+    /// Identity header names, folded (lower-case, dashes).
+    reserved: Vec<String>,
+    /// `strip_untrusted_headers` entries without `*`, folded.
+    extra: Vec<String>,
+    /// `strip_untrusted_headers` entries that ended in `*`, folded.
+    extra_prefixes: Vec<String>,
+}
+
+fn fold(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b.to_ascii_lowercase() {
+            b'_' => '-',
+            b => b as char,
+        })
+        .collect()
+}
+
+impl StripRules {
+    /// `reserved`: the identity header names of all routes; `extra`: the
+    /// operator's `strip_untrusted_headers` (a trailing `*` is a prefix).
+    pub fn new<'a>(
+        reserved: impl IntoIterator<Item = &'a str>,
+        extra: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut r = StripRules::default();
+        for n in reserved {
+            let f = fold(n);
+            if !r.reserved.contains(&f) {
+                r.reserved.push(f);
+            }
+        }
+        for e in extra {
+            match e.strip_suffix('*') {
+                Some(p) => r.extra_prefixes.push(fold(p)),
+                None => r.extra.push(fold(e)),
+            }
+        }
+        r
+    }
+
+    /// Whether a client header of this name is removed.
+    pub fn strips(&self, name: &str, untrusted: bool) -> bool {
+        self.reserved.iter().any(|r| folds_to(name, r))
+            || (untrusted
+                && (is_forwarding_header(name)
+                    || self.extra.iter().any(|e| folds_to(name, e))
+                    || self.extra_prefixes.iter().any(|p| folded_prefix(name, p))))
+    }
 }
 
 /// Removes hop-by-hop headers and any header the `Connection` header names.
@@ -82,21 +222,80 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes every client-sent header that folds to one of `reserved` (the
-/// identity headers of all routes), and the forwarding headers unless the
-/// client is a trusted proxy. Allocates only when something is removed.
-pub fn strip_client_claims(h: &mut HeaderMap, reserved: &[HeaderName], strip_forwarding: bool) {
+/// Removes every client-sent header that [`StripRules`] names. Allocates
+/// only when something is removed.
+pub fn strip_client_claims(h: &mut HeaderMap, rules: &StripRules, untrusted: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in h.keys() {
-        let n = name.as_str();
-        if reserved.iter().any(|r| folds_to(n, r.as_str()))
-            || (strip_forwarding && is_forwarding_header(n))
-        {
+        if rules.strips(name.as_str(), untrusted) {
             doomed.push(name.clone());
         }
     }
     for n in doomed {
         h.remove(n);
+    }
+}
+
+/// An identity header's value for a claim, by one rule a backend can
+/// undo with any percent-decoder (RFC 3986 §2.1): the claim's UTF-8 text
+/// with every byte outside visible ASCII (so also space and non-ASCII),
+/// `%` and `,` written as `%XX`. A value made only of visible ASCII
+/// without `%` or `,` (most subjects, e-mail addresses, client ids) is
+/// sent as it is. An array becomes its items so encoded, joined by `,`
+/// (which then only ever separates items); numbers and booleans their JSON
+/// text. `None` for an object, or an array holding one: no single header
+/// value says it unambiguously (the caller withholds and counts it).
+pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match v {
+        Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+        Value::Number(_) | Value::Bool(_) => out.extend_from_slice(v.to_string().as_bytes()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match item {
+                    Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+                    Value::Number(_) | Value::Bool(_) => {
+                        out.extend_from_slice(item.to_string().as_bytes())
+                    }
+                    Value::Null | Value::Array(_) | Value::Object(_) => return None,
+                }
+            }
+        }
+        Value::Null | Value::Object(_) => return None,
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+}
+
+fn encode_identity(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s {
+        if (0x21..0x7f).contains(&b) && b != b'%' && b != b',' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// An HTTP/2 client may split `Cookie` into one field per cookie (RFC 9113
+/// §8.2.3); an HTTP/1.1 backend must get them as one line joined by `"; "`
+/// (a backend reading one line would lose the rest).
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in h.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -194,6 +393,51 @@ mod tests {
         assert!(!folds_to("x-auth-subjects", "x-auth-subject"));
         assert!(!folds_to("x-auth_subjecT2", "x-auth-subject"));
         assert!(is_forwarding_header("X_Forwarded_For"));
+        assert!(is_forwarding_header("X-Forwarded-Uri"));
+        assert!(is_forwarding_header("x_original_url"));
+        assert!(is_forwarding_header("X-Rewrite-URL"));
+        assert!(is_forwarding_header("True-Client-IP"));
+        assert!(is_forwarding_header("x-envoy-original-path"));
+        assert!(!is_forwarding_header("x-forwar"));
+        assert!(!is_forwarding_header("accept"));
+        assert!(same_field("x_remote_user", "X-Remote-User"));
+        assert!(same_field("X-Remote_User", "x_remote-user"));
+        assert!(!same_field("x-remote-users", "x-remote-user"));
+    }
+
+    #[test]
+    fn h2_cookie_fields_become_one_line() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("cookie", "c=3".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn forwarding_family_is_sorted_for_binary_search() {
+        assert!(FORWARDING.windows(2).all(|w| w[0] < w[1]));
+        assert!(FORWARDING.iter().all(|n| n.len() <= FOLD_BUF));
+    }
+
+    #[test]
+    fn identity_values_have_one_reading() {
+        use serde_json::json;
+        let v = |j| identity_value(&j).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(v(json!("alice@example.com")).unwrap(), "alice@example.com");
+        assert_eq!(v(json!(" admin")).unwrap(), "%20admin");
+        assert_eq!(v(json!("Zoë Ng")).unwrap(), "Zo%C3%AB%20Ng");
+        assert_eq!(v(json!("100%")).unwrap(), "100%25");
+        assert_eq!(v(json!(["admin,bob", "x"])).unwrap(), "admin%2Cbob,x");
+        assert_eq!(v(json!(["a", 7, true])).unwrap(), "a,7,true");
+        assert_eq!(v(json!(42)).unwrap(), "42");
+        assert!(v(json!({"a": 1})).is_none());
+        assert!(v(json!(["a", {"b": 1}])).is_none());
+        assert!(v(json!("line\r\nX-Evil: 1"))
+            .unwrap()
+            .starts_with("line%0D%0A"));
     }
 
     #[test]
@@ -203,9 +447,25 @@ mod tests {
         h.append("x-auth-subject", "evil2".parse().unwrap());
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        strip_client_claims(&mut h, &[HeaderName::from_static("x-auth-subject")], true);
+        h.insert("x-internal-role", "admin".parse().unwrap());
+        h.insert("x-debug", "1".parse().unwrap());
+        let rules = StripRules::new(["x-auth-subject"], ["x_internal_*", "X-Debug"]);
+        let mut trusted = h.clone();
+        strip_client_claims(&mut h, &rules, true);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+        strip_client_claims(&mut trusted, &rules, false);
+        assert_eq!(
+            trusted.len(),
+            4,
+            "a trusted proxy keeps its forwarding headers"
+        );
+        assert!(!trusted.contains_key("x-auth-subject"));
+        let underscored = StripRules::new(["x_remote_user"], []);
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", "admin".parse().unwrap());
+        strip_client_claims(&mut h, &underscored, false);
+        assert!(h.is_empty(), "configured with _, sent with -");
     }
 
     #[test]

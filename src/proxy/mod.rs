@@ -1,6 +1,7 @@
 //! The request path. [`Proxy::handle_inner`] is the whole policy, top to
 //! bottom; each step is one call into its own module.
 
+pub mod canonical;
 pub mod headers;
 pub mod reject;
 pub mod routes;
@@ -16,13 +17,13 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 
 use crate::admin::metrics::metrics;
 use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
 use crate::config::{AuthMode, LoadedConfig};
 use crate::revocation::feed::Refusal;
 use crate::revocation::Revocations;
+use canonical::CanonicalHost;
 use reject::Reject;
 use routes::{Route, RouteTable};
 
@@ -133,26 +134,33 @@ impl Proxy {
         conn: &ConnInfo,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
-        let path = routes::normalize_path(req.uri().path())
+        // The one reading of the target and host that every decision below
+        // uses, and that the backend receives.
+        let path = canonical::canonicalize_path(req.uri().path())
             .map_err(Reject::BadRequest)?
             .into_owned();
-        let host = request_host(&req).to_owned();
+        let host = canonical_host(&req)?;
         // A request for a host the connection's certificate does not serve
         // (SNI says one site, Host another) is not judged by either.
         if let Some(names) = &conn.cert_names {
-            if !crate::tls::host_served(names, &host) {
+            if !crate::tls::host_served(names, host.name()) {
                 return Err(Reject::Misdirected);
             }
         }
-        let route = self.routes.find(&host, &path).ok_or(Reject::NoRoute)?;
+        let route = self
+            .routes
+            .find(host.name(), path.matched())
+            .ok_or(Reject::NoRoute)?;
         out.route = Some(route.name.clone());
 
         // Always, on every route and path: the backend must only ever see
         // identity and forwarding headers that we set.
         let trusted = self.is_trusted_proxy(conn.peer);
-        headers::strip_client_claims(req.headers_mut(), &self.routes.reserved_headers, !trusted);
+        headers::strip_client_claims(req.headers_mut(), &self.routes.strip_rules, !trusted);
 
-        let identity = self.authenticate(route, &path, req.headers()).await?;
+        let identity = self
+            .authenticate(route, path.matched(), req.headers())
+            .await?;
         if let Some(id) = &identity {
             out.identity = Some(id.clone());
             self.check_revoked(id)?;
@@ -160,12 +168,22 @@ impl Proxy {
         } else if route.auth != AuthMode::Off {
             out.label = "public";
         }
-        self.forward(route, req, &path, &host, identity.as_deref(), conn)
-            .await
+        self.forward(
+            route,
+            req,
+            &path.forward,
+            &host.value,
+            identity.as_deref(),
+            conn,
+        )
+        .await
     }
 
-    /// `Ok(None)`: forward anonymously (auth off, public path, or no token
-    /// on an `optional` route). A token that is present is always checked.
+    /// `Ok(None)`: forward anonymously (auth off, public path, or no
+    /// `Authorization` header at all on an `optional` route without
+    /// `require`). Any `Authorization` header that is there is judged: a
+    /// broken bearer credential or another scheme is never taken for "no
+    /// credentials" and forwarded.
     async fn authenticate(
         &self,
         route: &Route,
@@ -176,8 +194,10 @@ impl Proxy {
             return Ok(None);
         }
         let token = match auth::bearer(headers) {
-            Bearer::Missing if route.auth == AuthMode::Optional => return Ok(None),
-            Bearer::Missing => return Err(Reject::MissingToken),
+            Bearer::Missing if route.auth == AuthMode::Optional && route.require.is_none() => {
+                return Ok(None)
+            }
+            Bearer::Missing | Bearer::OtherScheme => return Err(Reject::MissingToken),
             Bearer::Malformed => {
                 return Err(Reject::InvalidToken(AuthError::Malformed(
                     "malformed authorization header",
@@ -213,12 +233,23 @@ impl Proxy {
         if declared_len.is_some_and(|n| n > route.max_body_bytes) {
             return Err(Reject::BodyTooLarge);
         }
-        let upgrade = is_upgrade_request(&req);
+        // RFC 9112 §6.1: only `chunked` is decoded here; any other coding
+        // would reach the backend undecoded under a framing it cannot see.
+        if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return Err(Reject::BadRequest("unsupported transfer coding"));
+            }
+        }
+        let upgrade = is_upgrade_request(&req, route);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let from_h2 = req.version() == Version::HTTP_2;
 
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, upgrade);
+        if from_h2 {
+            headers::join_cookies(h);
+        }
         if !route.forward_authorization {
             h.remove(header::AUTHORIZATION);
         }
@@ -267,6 +298,12 @@ impl Proxy {
             .await?;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && !upgrade {
+            // A switch nobody asked for (or that the route does not allow)
+            // would turn the connection into a pipe nobody judges.
+            route.upstream.count_error("framing");
+            return Err(Reject::BadGateway);
+        }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
@@ -326,56 +363,86 @@ fn authorize(route: &Route, id: &Identity) -> Result<(), Reject> {
     }
 }
 
-/// The host the client asked for: the URI authority (HTTP/2, absolute-form)
-/// wins over `Host`, as RFC 9112 §3.2.2 says.
-fn request_host(req: &Request<Incoming>) -> &str {
-    if let Some(a) = req.uri().authority() {
-        return a.as_str();
+/// The host the client asked for, in canonical form: the URI authority
+/// (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target) wins over
+/// `Host`, as RFC 9112 §3.2.2 says. 400 for a malformed host, several
+/// `Host` lines, an HTTP/1.1 request without one (RFC 9112 §3.2), or an
+/// HTTP/2 request whose `Host` names another host than its `:authority`
+/// (RFC 9113 §8.3.1).
+fn canonical_host(req: &Request<Incoming>) -> Result<CanonicalHost<'static>, Reject> {
+    const BAD: Reject = Reject::BadRequest("malformed Host");
+    let mut lines = req.headers().get_all(header::HOST).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(Reject::BadRequest("more than one Host"));
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    let from_header = match first {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| BAD)?;
+            Some(canonical::canonicalize_host(text).map_err(Reject::BadRequest)?)
+        }
+        None => None,
+    };
+    if let Some(a) = req.uri().authority() {
+        let from_uri = canonical::canonicalize_host(a.as_str()).map_err(Reject::BadRequest)?;
+        if req.version() == Version::HTTP_2 {
+            if let Some(h) = &from_header {
+                if h.value != from_uri.value {
+                    return Err(Reject::BadRequest("Host differs from :authority"));
+                }
+            }
+        }
+        return Ok(from_uri.into_owned());
+    }
+    match from_header {
+        Some(h) => Ok(h.into_owned()),
+        None if req.version() == Version::HTTP_11 => {
+            Err(Reject::BadRequest("an HTTP/1.1 request needs a Host"))
+        }
+        None => Ok(CanonicalHost::EMPTY),
+    }
 }
 
-fn is_upgrade_request(req: &Request<Incoming>) -> bool {
+/// An HTTP/1.1 `Upgrade` (RFC 9110 §7.8) to protocols the route allows:
+/// WebSocket by default, never `h2c`.
+fn is_upgrade_request(req: &Request<Incoming>, route: &Route) -> bool {
+    let h = req.headers();
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
+        && h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && h.get_all(header::UPGRADE)
+            .iter()
+            .all(|v| v.to_str().is_ok_and(|v| route.allows_upgrade(v)))
 }
 
+/// Sets the route's identity headers from the token's claims, each value
+/// in the one form [`headers::identity_value`] defines; a claim with no
+/// such form is withheld and counted.
 fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
     for ih in &route.identity_headers {
         let Some(v) = id.claim(&ih.claim) else {
             continue;
         };
-        let value = match v {
-            Value::String(s) => HeaderValue::from_str(s),
-            Value::Array(items) => HeaderValue::from_str(
-                &items
-                    .iter()
-                    .map(|i| match i {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            Value::Null => continue,
-            other => HeaderValue::from_str(&other.to_string()),
-        };
-        match value {
-            Ok(v) => {
+        if v.is_null() {
+            continue;
+        }
+        match headers::identity_value(v) {
+            Some(v) => {
                 h.insert(ih.header.0.clone(), v);
             }
-            Err(_) => {
-                tracing::debug!(claim = %ih.claim, "claim value cannot be a header value; not sent")
+            None => {
+                tracing::debug!(claim = %ih.claim, "claim has no unambiguous header form; not sent");
+                metrics()
+                    .identity_headers_withheld
+                    .get_or_create(&crate::admin::metrics::IdentityHeaderLabels {
+                        route: route.name.to_string(),
+                        header: ih.header.0.as_str().to_owned(),
+                    })
+                    .inc();
             }
         }
     }

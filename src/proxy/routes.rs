@@ -1,16 +1,15 @@
-//! Which route a request belongs to, and the path it is judged by.
+//! Which route a request belongs to.
 //!
-//! Matching is done on a *normalised* path (slashes merged, dot segments
-//! resolved, `%2e` decoded, `;params` on dot segments seen through), and the
-//! normalised path is what the backend receives: a path the gateway judged
-//! public must be the path the backend serves, so `/public/../admin` or
-//! `/public/%2e%2e/admin` can never reach `/admin` without a token.
+//! Matching is done on the canonical path ([`super::canonical`]: escapes
+//! normalised, dot segments resolved, `;parameters` removed for matching)
+//! and the canonical host, and the canonical path is what the backend
+//! receives: a path the gateway judged public must be the path the backend
+//! serves, so `/public/../admin`, `/%61dmin` or `/admin;x` can never reach
+//! `/admin` under another route's rules.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::HeaderName;
-
+use super::headers::StripRules;
 use super::upstream::Upstream;
 use crate::config::{AuthMode, Config, IdentityHeader, Requirement};
 
@@ -21,6 +20,12 @@ pub struct Route {
     pub auth: AuthMode,
     pub issuers: Vec<Arc<str>>,
     public_paths: Vec<String>,
+    /// `case_insensitive`: prefix and public paths compared ignoring ASCII
+    /// case, for backends that serve `/ADMIN` as `/admin` (IIS, Windows).
+    case_insensitive: bool,
+    /// Protocols a client may switch to through this route (`Upgrade`,
+    /// RFC 9110 §7.8), lower-case; `h2c` is never among them.
+    pub upgrades: Vec<String>,
     pub require: Option<Requirement>,
     pub identity_headers: Vec<IdentityHeader>,
     pub forward_authorization: bool,
@@ -30,8 +35,32 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether the canonical matching path is under one of the route's
+    /// public paths.
     pub fn is_public(&self, path: &str) -> bool {
-        self.public_paths.iter().any(|p| prefix_match(path, p))
+        self.public_paths
+            .iter()
+            .any(|p| prefix_match(path, p, self.case_insensitive))
+    }
+
+    /// Whether every protocol an `Upgrade` field value offers is one this
+    /// route allows (RFC 9110 §7.8: a comma-separated list of
+    /// `protocol-name[/version]`).
+    pub fn allows_upgrade(&self, offered: &str) -> bool {
+        let mut any = false;
+        for p in offered.split(',') {
+            let name = p.trim().split('/').next().unwrap_or("").trim();
+            if name.is_empty() {
+                continue;
+            }
+            any = true;
+            if name.eq_ignore_ascii_case("h2c")
+                || !self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name))
+            {
+                return false;
+            }
+        }
+        any
     }
 }
 
@@ -55,22 +84,17 @@ impl HostPattern {
 
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Identity headers of every route: stripped from every client request
-    /// on every route, because a backend may trust one a route never sets.
-    pub reserved_headers: Vec<HeaderName>,
+    /// What is removed from client requests: identity headers of every
+    /// route (a backend may trust one a route never sets), and from
+    /// untrusted clients the forwarding family and the operator's list.
+    pub strip_rules: StripRules,
 }
 
 impl RouteTable {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         let mut routes = Vec::new();
-        let mut reserved: Vec<HeaderName> = Vec::new();
         for r in &cfg.routes {
             let rc = &r.value;
-            for ih in &rc.identity_headers {
-                if !reserved.contains(&ih.header.0) {
-                    reserved.push(ih.header.0.clone());
-                }
-            }
             routes.push(Route {
                 name: Arc::from(rc.display_name()),
                 hosts: rc
@@ -85,6 +109,8 @@ impl RouteTable {
                 auth: rc.auth,
                 issuers: rc.issuers.iter().map(|s| Arc::from(s.as_str())).collect(),
                 public_paths: rc.public_paths.clone(),
+                case_insensitive: rc.case_insensitive,
+                upgrades: rc.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
                 require: rc.require.clone(),
                 identity_headers: rc.identity_headers.clone(),
                 forward_authorization: rc.forward_authorization,
@@ -93,17 +119,24 @@ impl RouteTable {
                 upstream: Upstream::new(rc, rc.display_name()),
             });
         }
+        let strip_rules = StripRules::new(
+            cfg.routes
+                .iter()
+                .flat_map(|r| r.value.identity_headers.iter())
+                .map(|ih| ih.header.0.as_str()),
+            cfg.strip_untrusted_headers.iter().map(String::as_str),
+        );
         Ok(RouteTable {
             routes,
-            reserved_headers: reserved,
+            strip_rules,
         })
     }
 
     /// The most specific host match first (exact, then wildcard, then a
     /// route without hosts), then the longest path prefix within it.
+    /// `host` is the canonical host's name (no port), `path` the canonical
+    /// matching path.
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = strip_port(host);
-        let host = host.strip_suffix('.').unwrap_or(host);
         let mut best: Option<(&Route, u8, usize)> = None;
         for r in &self.routes {
             let score = if r.hosts.is_empty() {
@@ -114,7 +147,7 @@ impl RouteTable {
                     None => continue,
                 }
             };
-            if !prefix_match(path, &r.prefix) {
+            if !prefix_match(path, &r.prefix, r.case_insensitive) {
                 continue;
             }
             let key = (score, r.prefix.len());
@@ -126,80 +159,20 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 /// Prefix match on segment boundaries: `/api` matches `/api` and `/api/x`
 /// but not `/apix`; a prefix ending in `/` matches everything below it.
-pub fn prefix_match(path: &str, prefix: &str) -> bool {
-    path.starts_with(prefix)
+/// With `ignore_case`, ASCII letters compare equal in either case.
+pub fn prefix_match(path: &str, prefix: &str, ignore_case: bool) -> bool {
+    let head = path.as_bytes().get(..prefix.len());
+    let starts = match head {
+        Some(h) if ignore_case => h.eq_ignore_ascii_case(prefix.as_bytes()),
+        Some(h) => h == prefix.as_bytes(),
+        None => false,
+    };
+    starts
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
             || path.as_bytes()[prefix.len()] == b'/')
-}
-
-/// Normalises a request path (without its query). Refuses encoded slashes,
-/// backslashes and NUL, which different backends decode differently.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
-    if !path.starts_with('/') {
-        return Err("request target must be an absolute path");
-    }
-    let b = path.as_bytes();
-    let needs_work = path.contains("//")
-        || path.contains("/.")
-        || b.contains(&b'%')
-        || b.contains(&b';')
-        || b.contains(&b'\\');
-    if !needs_work {
-        return Ok(Cow::Borrowed(path));
-    }
-    if b.contains(&b'\\') {
-        return Err("backslash in path");
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
-        return Err("encoded slash, backslash or NUL in path");
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    let mut trailing_slash = false;
-    for (i, seg) in segments.iter().enumerate() {
-        let name = seg.split(';').next().unwrap_or("");
-        let decoded = name.replace("%2e", ".").replace("%2E", ".");
-        match decoded.as_str() {
-            "" => {
-                if i == last {
-                    trailing_slash = true;
-                }
-            }
-            "." => trailing_slash = i == last,
-            ".." => {
-                out.pop();
-                trailing_slash = i == last;
-            }
-            _ => {
-                out.push(seg);
-                trailing_slash = false;
-            }
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if trailing_slash || s.is_empty() {
-        s.push('/');
-    }
-    Ok(Cow::Owned(s))
 }
 
 #[cfg(test)]
@@ -207,36 +180,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalisation_closes_traversal() {
-        let n = |p| normalize_path(p).map(|c| c.into_owned());
-        assert_eq!(n("/a/b").unwrap(), "/a/b");
-        assert_eq!(n("/public/../admin").unwrap(), "/admin");
-        assert_eq!(n("/public/%2e%2e/admin").unwrap(), "/admin");
-        assert_eq!(n("/public/%2E%2e/admin").unwrap(), "/admin");
-        assert_eq!(n("/public/..;/admin").unwrap(), "/admin");
-        assert_eq!(n("//public//x/").unwrap(), "/public/x/");
-        assert_eq!(n("/a/./b/.").unwrap(), "/a/b/");
-        assert_eq!(n("/../../x").unwrap(), "/x");
-        assert_eq!(n("/a;jsessionid=1/b").unwrap(), "/a;jsessionid=1/b");
-        assert!(n("/public%2f..%2fadmin").is_err());
-        assert!(n("/public\\..\\admin").is_err());
-        assert!(n("*").is_err());
-    }
-
-    #[test]
     fn prefixes_respect_segments() {
-        assert!(prefix_match("/api", "/api"));
-        assert!(prefix_match("/api/x", "/api"));
-        assert!(!prefix_match("/apix", "/api"));
-        assert!(prefix_match("/static/a.css", "/static/"));
-        assert!(!prefix_match("/static", "/static/"));
-        assert!(prefix_match("/anything", "/"));
+        assert!(prefix_match("/api", "/api", false));
+        assert!(prefix_match("/api/x", "/api", false));
+        assert!(!prefix_match("/apix", "/api", false));
+        assert!(prefix_match("/static/a.css", "/static/", false));
+        assert!(!prefix_match("/static", "/static/", false));
+        assert!(prefix_match("/anything", "/", false));
+        assert!(!prefix_match("/API/x", "/api", false));
+        assert!(prefix_match("/API/x", "/api", true));
+        assert!(!prefix_match("/APIx", "/api", true));
     }
 
     #[test]
     fn hosts() {
-        assert_eq!(strip_port("a.example:8443"), "a.example");
-        assert_eq!(strip_port("[::1]:8443"), "::1");
         let s = HostPattern::Suffix(".example.com".into());
         assert_eq!(s.score("a.EXAMPLE.com"), Some(1));
         assert_eq!(s.score("example.com"), None);

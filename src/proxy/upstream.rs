@@ -190,7 +190,14 @@ impl Upstream {
                 self.count_error("timeout");
                 Err(Reject::GatewayTimeout)
             }
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                if let Some(why) = ambiguous_framing(resp.headers()) {
+                    tracing::warn!(backend = %backend.authority, why, "backend response refused");
+                    self.count_error("framing");
+                    return Err(Reject::BadGateway);
+                }
+                Ok(resp)
+            }
             Ok(Err(SendError::Connect(e))) => {
                 backend.down_until.store(
                     now_ms() + self.cooldown.as_millis() as u64,
@@ -205,6 +212,12 @@ impl Upstream {
                 } else {
                     Reject::BadGateway
                 })
+            }
+            Ok(Err(SendError::Http(e))) if is_client_body_error(&e) && !is_body_limit(&e) => {
+                // The client's own body was broken (bad chunk framing, cut
+                // short): its fault, answered 400, not a backend error.
+                tracing::debug!(error = %e, "client request body failed");
+                Err(Reject::BadRequest("malformed request body"))
             }
             Ok(Err(SendError::Http(e))) => {
                 tracing::warn!(backend = %backend.authority, error = %e, "backend request failed");
@@ -364,7 +377,9 @@ impl Body for PooledBody {
 }
 
 impl Upstream {
-    fn count_error(&self, kind: &'static str) {
+    /// Counts a backend failure of this route by kind (`connect`,
+    /// `timeout`, `framing`, `other`, ...).
+    pub fn count_error(&self, kind: &'static str) {
         metrics()
             .backend_errors
             .get_or_create(&BackendErrorLabels {
@@ -385,6 +400,41 @@ fn chain_has(
             if pred(io) {
                 return true;
             }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Why a backend response's framing cannot be passed on, if it cannot
+/// (RFC 9112 §6.1, §6.3): `Transfer-Encoding` with `Content-Length` (a
+/// sign of smuggling or response splitting; the length the client would be
+/// told is not the body it gets), or a transfer coding other than
+/// `chunked` (the client would get encoded bytes it cannot see framed).
+fn ambiguous_framing(h: &http::HeaderMap) -> Option<&'static str> {
+    let te = h.get(http::header::TRANSFER_ENCODING)?;
+    if h.contains_key(http::header::CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(http::header::TRANSFER_ENCODING).iter().count() > 1
+        || !te.as_bytes().eq_ignore_ascii_case(b"chunked")
+    {
+        return Some("a transfer coding other than chunked");
+    }
+    None
+}
+
+/// Whether hyper failed because the request body we were streaming (the
+/// client's) failed: a user-body error whose cause is the client
+/// connection's own error.
+fn is_client_body_error(e: &hyper::Error) -> bool {
+    if !e.is_user() {
+        return false;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.is::<hyper::Error>() {
+            return true;
         }
         cur = err.source();
     }
