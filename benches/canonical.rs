@@ -154,7 +154,11 @@ mod before {
 fn bench(c: &mut Criterion) {
     let table = table();
     let cases = [
-        ("ordinary", "/api/v1/orders/12345/items", "app.example.com:8443"),
+        (
+            "ordinary",
+            "/api/v1/orders/12345/items",
+            "app.example.com:8443",
+        ),
         (
             "hostile",
             "/static/..;/%61dmin;jsessionid=x/./%7Ereports//%2e%2e/q%c3%a9",

@@ -1,8 +1,10 @@
-//! The request path. [`Proxy::handle_inner`] is the whole policy, top to
-//! bottom; each step is one call into its own module.
+//! The request path. The policy — what is decided about a request — is
+//! [`Proxy::decide`] in [`policy`]: read it first. This module applies a
+//! decision: forwarding to the backend and back.
 
 pub mod canonical;
 pub mod headers;
+pub mod policy;
 pub mod reject;
 pub mod routes;
 pub mod upstream;
@@ -19,13 +21,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::admin::metrics::metrics;
-use crate::auth::{self, AuthError, Bearer, Identity, Verifier};
-use crate::config::{AuthMode, LoadedConfig};
-use crate::revocation::feed::Refusal;
+use crate::auth::Verifier;
+use crate::config::LoadedConfig;
 use crate::revocation::Revocations;
-use canonical::CanonicalHost;
+pub use policy::{Decision, Outcome};
 use reject::Reject;
-use routes::{Route, RouteTable};
+use routes::RouteTable;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -50,16 +51,6 @@ pub struct Proxy {
     /// The route label of requests that matched none.
     no_route: Arc<str>,
     trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-/// What the access log line says about a request, filled in as it goes.
-#[derive(Default)]
-struct Outcome {
-    route: Option<Arc<str>>,
-    /// For the access log's subject.
-    identity: Option<Arc<Identity>>,
-    reason: Option<&'static str>,
-    label: &'static str,
 }
 
 impl Proxy {
@@ -89,10 +80,7 @@ impl Proxy {
         // Copied only when the access log is on (no allocation otherwise).
         let path = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
-        let mut out = Outcome {
-            label: "allowed",
-            ..Default::default()
-        };
+        let mut out = Outcome::default();
         let resp = match self.handle_inner(req, conn, &mut out).await {
             Ok(resp) => resp,
             Err(reject) => {
@@ -130,122 +118,40 @@ impl Proxy {
 
     async fn handle_inner(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: &ConnInfo,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
-        // The one reading of the target and host that every decision below
-        // uses, and that the backend receives.
-        let path = canonical::canonicalize_path(req.uri().path())
-            .map_err(Reject::BadRequest)?
-            .into_owned();
-        let host = canonical_host(&req)?;
-        // A request for a host the connection's certificate does not serve
-        // (SNI says one site, Host another) is not judged by either.
-        if let Some(names) = &conn.cert_names {
-            if !crate::tls::host_served(names, host.name()) {
-                return Err(Reject::Misdirected);
-            }
-        }
-        let route = self
-            .routes
-            .find(host.name(), path.matched())
-            .ok_or(Reject::NoRoute)?;
-        out.route = Some(route.name.clone());
-
-        // Always, on every route and path: the backend must only ever see
-        // identity and forwarding headers that we set.
-        let trusted = self.is_trusted_proxy(conn.peer);
-        headers::strip_client_claims(req.headers_mut(), &self.routes.strip_rules, !trusted);
-
-        let identity = self
-            .authenticate(route, path.matched(), req.headers())
-            .await?;
-        if let Some(id) = &identity {
-            out.identity = Some(id.clone());
-            self.check_revoked(id)?;
-            authorize(route, id)?;
-        } else if route.auth != AuthMode::Off {
-            out.label = "public";
-        }
-        self.forward(
-            route,
-            req,
-            &path.forward,
-            &host.value,
-            identity.as_deref(),
-            conn,
-        )
-        .await
+        let (parts, body) = req.into_parts();
+        let decision = self.decide(&parts, conn, out).await?;
+        self.forward(decision, parts, body, conn).await
     }
 
-    /// `Ok(None)`: forward anonymously (auth off, public path, or no
-    /// `Authorization` header at all on an `optional` route without
-    /// `require`). Any `Authorization` header that is there is judged: a
-    /// broken bearer credential or another scheme is never taken for "no
-    /// credentials" and forwarded.
-    async fn authenticate(
-        &self,
-        route: &Route,
-        path: &str,
-        headers: &http::HeaderMap,
-    ) -> Result<Option<Arc<Identity>>, Reject> {
-        if route.auth == AuthMode::Off || route.is_public(path) {
-            return Ok(None);
-        }
-        let token = match auth::bearer(headers) {
-            Bearer::Missing if route.auth == AuthMode::Optional && route.require.is_none() => {
-                return Ok(None)
-            }
-            Bearer::Missing | Bearer::OtherScheme => return Err(Reject::MissingToken),
-            Bearer::Malformed => {
-                return Err(Reject::InvalidToken(AuthError::Malformed(
-                    "malformed authorization header",
-                )))
-            }
-            Bearer::Token(t) => t,
-        };
-        let identity = self
-            .verifier
-            .verify(token)
-            .await
-            .map_err(Reject::InvalidToken)?;
-        if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
-            return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
-        }
-        Ok(Some(identity))
-    }
-
+    /// Applies a decision: the request as the policy judged it, and only
+    /// that, goes to the route's backend; the response comes back re-framed
+    /// for the client.
     async fn forward(
         &self,
-        route: &Route,
-        mut req: Request<Incoming>,
-        path: &str,
-        host: &str,
-        identity: Option<&Identity>,
+        d: Decision<'_>,
+        mut parts: http::request::Parts,
+        body: Incoming,
         conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Reject> {
-        let declared_len = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_len.is_some_and(|n| n > route.max_body_bytes) {
-            return Err(Reject::BodyTooLarge);
-        }
-        // RFC 9112 §6.1: only `chunked` is decoded here; any other coding
-        // would reach the backend undecoded under a framing it cannot see.
-        if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
-            if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-                return Err(Reject::BadRequest("unsupported transfer coding"));
-            }
-        }
-        let upgrade = is_upgrade_request(&req, route);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let from_h2 = req.version() == Version::HTTP_2;
+        let route = d.route;
+        let upgrade = d.upgrade;
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let from_h2 = parts.version == Version::HTTP_2;
+        let path: &str = &d.path.forward;
+        let host: &str = &d.host.value;
 
-        let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
+        // Always, on every route and path: the backend must only ever see
+        // identity and forwarding headers that we set.
+        headers::strip_client_claims(h, &self.routes.strip_rules, !d.trusted_peer);
         headers::strip_hop_by_hop(h, upgrade);
         if from_h2 {
             headers::join_cookies(h);
@@ -259,8 +165,8 @@ impl Proxy {
             if conn.tls { "https" } else { "http" },
             host,
         );
-        if let Some(id) = identity {
-            add_identity_headers(h, route, id);
+        for (name, value) in d.identity_headers() {
+            h.insert(name.clone(), value);
         }
 
         let (idx, authority) = route.upstream.choose();
@@ -323,17 +229,6 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// A genuine token is not enough: it must not have been revoked.
-    fn check_revoked(&self, id: &Identity) -> Result<(), Reject> {
-        let Some(r) = &self.revocations else {
-            return Ok(());
-        };
-        r.check(id).map_err(|refusal| match refusal {
-            Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
-            Refusal::Unavailable => Reject::RevocationUnavailable,
-        })
-    }
-
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
@@ -346,104 +241,5 @@ impl Proxy {
     fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
-    }
-}
-
-/// Per-route scope and role requirements, after the token is known good.
-fn authorize(route: &Route, id: &Identity) -> Result<(), Reject> {
-    let Some(req) = &route.require else {
-        return Ok(());
-    };
-    let scopes_ok = req.scopes.iter().all(|s| id.has_scope(s));
-    let roles_ok = req.roles.is_empty() || id.has_any_role(&req.roles_claim, &req.roles);
-    if scopes_ok && roles_ok {
-        Ok(())
-    } else {
-        Err(Reject::InsufficientScope(req.scopes.join(" ")))
-    }
-}
-
-/// The host the client asked for, in canonical form: the URI authority
-/// (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target) wins over
-/// `Host`, as RFC 9112 §3.2.2 says. 400 for a malformed host, several
-/// `Host` lines, an HTTP/1.1 request without one (RFC 9112 §3.2), or an
-/// HTTP/2 request whose `Host` names another host than its `:authority`
-/// (RFC 9113 §8.3.1).
-fn canonical_host(req: &Request<Incoming>) -> Result<CanonicalHost<'static>, Reject> {
-    const BAD: Reject = Reject::BadRequest("malformed Host");
-    let mut lines = req.headers().get_all(header::HOST).iter();
-    let first = lines.next();
-    if lines.next().is_some() {
-        return Err(Reject::BadRequest("more than one Host"));
-    }
-    let from_header = match first {
-        Some(v) => {
-            let text = v.to_str().map_err(|_| BAD)?;
-            Some(canonical::canonicalize_host(text).map_err(Reject::BadRequest)?)
-        }
-        None => None,
-    };
-    if let Some(a) = req.uri().authority() {
-        let from_uri = canonical::canonicalize_host(a.as_str()).map_err(Reject::BadRequest)?;
-        if req.version() == Version::HTTP_2 {
-            if let Some(h) = &from_header {
-                if h.value != from_uri.value {
-                    return Err(Reject::BadRequest("Host differs from :authority"));
-                }
-            }
-        }
-        return Ok(from_uri.into_owned());
-    }
-    match from_header {
-        Some(h) => Ok(h.into_owned()),
-        None if req.version() == Version::HTTP_11 => {
-            Err(Reject::BadRequest("an HTTP/1.1 request needs a Host"))
-        }
-        None => Ok(CanonicalHost::EMPTY),
-    }
-}
-
-/// An HTTP/1.1 `Upgrade` (RFC 9110 §7.8) to protocols the route allows:
-/// WebSocket by default, never `h2c`.
-fn is_upgrade_request(req: &Request<Incoming>, route: &Route) -> bool {
-    let h = req.headers();
-    req.version() == Version::HTTP_11
-        && h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        && h.get_all(header::UPGRADE)
-            .iter()
-            .all(|v| v.to_str().is_ok_and(|v| route.allows_upgrade(v)))
-}
-
-/// Sets the route's identity headers from the token's claims, each value
-/// in the one form [`headers::identity_value`] defines; a claim with no
-/// such form is withheld and counted.
-fn add_identity_headers(h: &mut http::HeaderMap, route: &Route, id: &Identity) {
-    for ih in &route.identity_headers {
-        let Some(v) = id.claim(&ih.claim) else {
-            continue;
-        };
-        if v.is_null() {
-            continue;
-        }
-        match headers::identity_value(v) {
-            Some(v) => {
-                h.insert(ih.header.0.clone(), v);
-            }
-            None => {
-                tracing::debug!(claim = %ih.claim, "claim has no unambiguous header form; not sent");
-                metrics()
-                    .identity_headers_withheld
-                    .get_or_create(&crate::admin::metrics::IdentityHeaderLabels {
-                        route: route.name.to_string(),
-                        header: ih.header.0.as_str().to_owned(),
-                    })
-                    .inc();
-            }
-        }
     }
 }

@@ -91,6 +91,30 @@ impl Revocations {
         }
     }
 
+    /// A revocation state that no authority feeds: the given entries,
+    /// ready (`ready: true`, as if just synced) or not yet loaded
+    /// (`false`: every authenticated request is answered 503). For
+    /// exercising the policy without a feed, and for tools.
+    pub fn fixed(
+        entries: &[crate::revocation::model::Revocation],
+        ready: bool,
+    ) -> Arc<Revocations> {
+        let mut set = RevocationSet::new();
+        for r in entries {
+            set.apply_building(&Change::Put(r.clone()));
+        }
+        set.finish_building();
+        Arc::new(Revocations {
+            set: ArcSwap::from_pointee(set),
+            last_contact_ms: AtomicI64::new(if ready { now_ms() } else { 0 }),
+            cursor_seq: AtomicU64::new(0),
+            ready: AtomicBool::new(ready),
+            max_staleness: Duration::from_secs(u64::from(u32::MAX)),
+            on_stale: StalePolicy::FailStatic,
+            _embedded: None,
+        })
+    }
+
     /// Loads the state file, starts the embedded authority if configured,
     /// makes one quick attempt to sync, then keeps the feed running in the
     /// background.
