@@ -72,6 +72,11 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub name: Option<String>,
     pub address: SocketAddr,
+    /// Decide and answer instead of forwarding: this listener is the auth
+    /// server an existing ingress asks on every request (README "Beside an
+    /// existing ingress").
+    #[serde(default)]
+    pub auth_server: Option<AuthServerConfig>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
@@ -412,6 +417,35 @@ impl Algorithm {
     pub fn is_hmac(self) -> bool {
         matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
     }
+}
+
+/// `listeners[].auth_server`: which ingress asks, so which headers carry
+/// the original request. They are believed only from `trusted_proxies`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthServerConfig {
+    pub ingress: Ingress,
+    /// Envoy only: the `path_prefix` of the ext_authz HTTP service, taken
+    /// off the front of the path Envoy sends (which is this prefix plus
+    /// the original path).
+    #[serde(default)]
+    pub path_prefix: String,
+}
+
+/// How an ingress describes the original request to its auth server.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ingress {
+    /// `auth_request`: `X-Original-Method`, `X-Original-URI` and `Host`, as
+    /// set by the snippet in `docs/nginx.md`.
+    Nginx,
+    /// `forward_auth`: `X-Forwarded-Method`, `-Uri`, `-Host`, `-Proto`.
+    Caddy,
+    /// `forwardAuth`: the same headers as Caddy.
+    Traefik,
+    /// `ext_authz` HTTP service: the original method, `path_prefix` plus
+    /// the original path, the original `Host`.
+    Envoy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1108,6 +1142,28 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
             );
         }
     }
+    for l in &cfg.listeners {
+        if let Some(a) = &l.value.auth_server {
+            if cfg.trusted_proxies.is_empty() {
+                push(
+                    l.referenced.line(),
+                    "auth_server needs trusted_proxies: the ingress addresses whose description of the original request is believed".into(),
+                );
+            }
+            if !a.path_prefix.is_empty() && a.ingress != Ingress::Envoy {
+                push(
+                    l.referenced.line(),
+                    "auth_server.path_prefix is for ingress: envoy only".into(),
+                );
+            }
+            if !a.path_prefix.is_empty() && !a.path_prefix.starts_with('/') {
+                push(
+                    l.referenced.line(),
+                    "auth_server.path_prefix must start with /".into(),
+                );
+            }
+        }
+    }
     if mode == Mode::Gateway && cfg.routes.is_empty() {
         push(0, "at least one route is required".into());
     }
@@ -1207,11 +1263,12 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
             }
             if crate::proxy::headers::is_forwarding_header(ih.header.0.as_str())
                 || crate::proxy::headers::is_hop_by_hop_name(ih.header.0.as_str())
+                || crate::proxy::headers::is_message_header(ih.header.0.as_str())
             {
                 push(
                     line,
                     format!(
-                        "identity header `{}` clashes with a forwarding or hop-by-hop header",
+                        "identity header `{}` clashes with a forwarding, hop-by-hop, framing or credential header",
                         ih.header.0
                     ),
                 );

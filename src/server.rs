@@ -360,6 +360,7 @@ async fn handle_connection(
                 client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                 tls: false,
                 cert_names: None,
+                listener: index,
             };
             serve(
                 TokioIo::new(tracked),
@@ -385,6 +386,7 @@ async fn handle_connection(
                         client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                         tls: true,
                         cert_names,
+                        listener: index,
                     };
                     serve(
                         TokioIo::new(s),

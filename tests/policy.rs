@@ -83,6 +83,7 @@ fn conn() -> ConnInfo {
         client: ClientAddr::new(peer.ip()),
         tls: true,
         cert_names: Some(Arc::from(vec!["app.test".to_owned()])),
+        listener: 0,
     }
 }
 

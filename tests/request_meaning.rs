@@ -86,6 +86,19 @@ routes:
     path_prefix: /
     backends: [http://{backend}]
     auth: off
+  - name: files-admin
+    hosts: [files.test]
+    path_prefix: /@admin
+    backends: [http://{backend}]
+  - name: files-batch
+    hosts: [files.test]
+    path_prefix: /odata/$batch
+    backends: [http://{backend}]
+  - name: files
+    hosts: [files.test]
+    path_prefix: /
+    backends: [http://{backend}]
+    auth: off
   - name: chat
     path_prefix: /chat
     backends: [http://{backend}]
@@ -210,6 +223,42 @@ async fn percent_encoded_admin_path_is_judged_as_admin() {
 }
 
 #[tokio::test]
+async fn escaped_sub_delimiters_are_judged_as_the_characters_backends_decode_them_to() {
+    let s = Setup::start().await;
+    let before = s.backend.hits();
+    for target in [
+        "/%40admin/secret.txt",
+        "/%40%61dmin/secret.txt",
+        "/odata/%24batch",
+        "/odata/%24Batch/../%24batch",
+    ] {
+        assert_eq!(
+            get_raw(s.addr(), target, "files.test", None).await,
+            401,
+            "{target}"
+        );
+    }
+    assert_eq!(s.backend.hits(), before);
+    assert_eq!(
+        get_raw(
+            s.addr(),
+            "/%40admin/secret.txt",
+            "files.test",
+            Some(&user_token())
+        )
+        .await,
+        200
+    );
+    assert_eq!(s.backend.last().path, "/@admin/secret.txt");
+    // Characters that are not path characters take one escaped form.
+    assert_eq!(
+        get_raw(s.addr(), "/x/%7bid%7D/a%2Bb%3a", "files.test", None).await,
+        200
+    );
+    assert_eq!(s.backend.last().path, "/x/%7Bid%7D/a+b:");
+}
+
+#[tokio::test]
 async fn path_parameters_are_judged_without_them_and_forwarded_with_them() {
     let s = Setup::start().await;
     let before = s.backend.hits();
@@ -302,6 +351,24 @@ async fn case_insensitive_route_catches_every_case() {
         "case is the backend's business"
     );
     assert_eq!(get_raw(s.addr(), "/home", "legacy.test", None).await, 200);
+    // Where a backend ignores case it also folds these into ASCII, and
+    // Windows reads stream and short-name spellings as the plain name.
+    let before = s.backend.hits();
+    for target in [
+        "/%C4%B1dmin/x",
+        "/%E2%84%AAdmin",
+        "/%EF%AC%81le",
+        "/admin::$DATA/x",
+        "/admin:$i30:$INDEX_ALLOCATION/x",
+        "/ADMINI~1/x",
+    ] {
+        assert_eq!(
+            get_raw(s.addr(), target, "legacy.test", None).await,
+            400,
+            "{target}"
+        );
+    }
+    assert_eq!(s.backend.hits(), before);
 }
 
 #[tokio::test]
@@ -467,6 +534,10 @@ async fn the_whole_forwarding_family_from_an_untrusted_client_is_removed() {
         "X-Envoy-Original-Path: /admin",
         "X-Internal-Role: admin",
         "X_Debug_User: root",
+        "X.Real.IP: 1.2.3.4",
+        "X~Original~URL: /admin",
+        "Via: 1.1 evil",
+        "X-Azure-ClientIP: 1.2.3.4",
     ];
     let head = format!(
         "GET /favicon.ico HTTP/1.1\r\nHost: app.test\r\n{}\r\nConnection: close\r\n\r\n",
@@ -560,6 +631,63 @@ async fn identity_headers_configured_with_underscores_are_stripped_in_every_spel
         .map(|(_, v)| v.to_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(values, ["bob"], "only the gateway's value, once");
+    let subjects: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(n, _)| gatehouse::proxy::headers::same_field(n.as_str(), "x-auth-subject"))
+        .map(|(_, v)| v.to_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["someone"],
+        "X~Auth~Subject is HTTP_X_AUTH_SUBJECT to a CGI backend"
+    );
+}
+
+#[test]
+fn identity_headers_that_frame_or_authenticate_the_message_are_refused_by_config() {
+    for name in [
+        "Content-Length",
+        "Host",
+        "Authorization",
+        "Cookie",
+        "content_type",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listeners: [{{address: 127.0.0.1:0}}]\nissuers: [{{issuer: {ISS}, audiences: [{AUD}], algorithms: [RS256], jwks: {jwks}}}]\n\
+                 routes:\n  - backends: [http://127.0.0.1:9]\n    identity_headers: [{{claim: role, header: {name}}}]\n",
+                jwks = jwks_file()
+            ),
+        )
+        .expect("write");
+        let err = gatehouse::config::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("clashes"), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn content_length_reaches_the_backend_in_one_spelling() {
+    let s = Setup::start().await;
+    let token = user_token();
+    let (status, _) = raw_request(
+        s.addr(),
+        &format!(
+            "POST /upload HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 05\r\nConnection: close\r\n\r\nhello"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = s.backend.last();
+    assert_eq!(seen.headers["content-length"], "5");
+    assert_eq!(seen.body_bytes, 5);
 }
 
 #[tokio::test]
@@ -665,6 +793,8 @@ async fn bad_framing_backend() -> SocketAddr {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
                 } else if req.starts_with("GET /framing/gzip") {
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                } else if req.starts_with("GET /framing/switch") && req.contains("websocket") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
                 } else if req.starts_with("GET /framing/switch") {
                     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
                 } else {

@@ -6,10 +6,17 @@
 //! every common backend (Python, Node, Go `net/http`, servlet containers,
 //! IIS) serves, or it is refused with 400.
 //!
-//! Path (RFC 3986 §2.3, §5.2.4, §6.2.2):
-//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
-//!   decoded; every other escape is kept, with upper-case hex digits;
-//! - raw bytes outside printable ASCII are percent-encoded;
+//! Path (RFC 3986 §2.3, §3.3, §5.2.4, §6.2.2): one spelling per decoded
+//! path, the minimal one:
+//! - every character a path segment may hold as it is (`pchar`:
+//!   unreserved `A-Z a-z 0-9 - . _ ~`, sub-delims `! $ & ' ( ) * + , =`,
+//!   `:` and `@`) is written as itself, escaped or not — `%61`, `%40`,
+//!   `%24` are `a`, `@`, `$` — because Python, Go, servlet containers and
+//!   ASP.NET decode them before serving (RFC 3986 keeps escaped
+//!   sub-delims distinct; the backends a gateway protects do not);
+//! - everything else (`%`, space, `"`, `<`, `>`, `[`, `]`, `^`, `` ` ``,
+//!   `{`, `|`, `}`, `?`, `#`, controls, non-ASCII bytes) is written as an
+//!   escape with upper-case hex digits, escaped or not;
 //! - empty segments are merged (`//` → `/`), dot segments (`.`, `..`, also
 //!   spelled `%2e`, and `..;x` as a servlet container reads it) resolved;
 //! - refused: escapes a common backend decodes into a delimiter (`%2F`,
@@ -74,18 +81,18 @@ pub fn canonicalize_path(path: &str) -> Result<CanonicalPath<'_>, &'static str> 
     canonicalize_slow(path)
 }
 
-/// True when the path is already canonical and has no parameters: no
-/// escape, `;`, `\`, empty segment, segment starting or ending with `.`,
-/// and nothing outside printable ASCII. One pass, no allocation: this is
+/// True when the path is already canonical and has no parameters: only
+/// `pchar` characters and `/` (no escape, no `;`), no empty segment, no
+/// segment starting or ending with `.`. One pass, no allocation: this is
 /// the path of nearly every request.
 fn is_plain(b: &[u8]) -> bool {
     let mut prev = 0u8;
     for &c in b {
         let bad = match c {
-            b'%' | b';' | b'\\' => true,
             b'/' => prev == b'/' || prev == b'.',
             b'.' => prev == b'/',
-            _ => !(0x21..0x7f).contains(&c),
+            b';' => true,
+            _ => !is_pchar(c),
         };
         if bad {
             return false;
@@ -143,9 +150,30 @@ fn canonicalize_slow(path: &str) -> Result<CanonicalPath<'static>, &'static str>
     })
 }
 
-/// RFC 3986 §2.3.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// RFC 3986 §3.3 `pchar` (without `pct-encoded`): the characters a
+/// segment holds as they are. `;` is one (a sub-delim) but is handled
+/// apart, as the start of parameters.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+                | b';'
+        )
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -192,15 +220,16 @@ fn canonical_segment(raw: &str) -> Result<(String, usize), &'static str> {
                     b'%' => {
                         // What follows must not make `%25` the first half
                         // of another escape for a decoder that decodes
-                        // twice, now or after canonicalisation.
+                        // twice, now or after canonicalisation (where a
+                        // character that is not a pchar becomes `%XX`).
                         if b.get(i + 3)
-                            .is_some_and(|&n| n == b'%' || n >= 0x80 || hex_val(n).is_some())
+                            .is_some_and(|&n| hex_val(n).is_some() || !is_pchar(n))
                         {
                             return Err("double-encoded escape in path");
                         }
                         push_escape(&mut out, v);
                     }
-                    v if is_unreserved(v) => out.push(v as char),
+                    v if is_pchar(v) => out.push(v as char),
                     v => push_escape(&mut out, v),
                 }
                 decoded.push(v);
@@ -214,8 +243,8 @@ fn canonical_segment(raw: &str) -> Result<(String, usize), &'static str> {
                 }
                 out.push(';');
             }
-            0x21..=0x7e => out.push(c as char),
-            0x80..=0xff => push_escape(&mut out, c),
+            c if is_pchar(c) => out.push(c as char),
+            0x21..=0x7e | 0x80..=0xff => push_escape(&mut out, c),
             _ => return Err("control character or space in path"),
         }
         decoded.push(c);
@@ -226,6 +255,56 @@ fn canonical_segment(raw: &str) -> Result<(String, usize), &'static str> {
     }
     let n = name_len.unwrap_or(out.len());
     Ok((out, n))
+}
+
+/// Why a canonical matching path cannot be judged for a backend that
+/// ignores case (`case_insensitive` routes: IIS, Windows, or frameworks
+/// comparing with Java's `equalsIgnoreCase` or Python's `casefold`), if it
+/// cannot: such a backend also takes
+/// - non-ASCII characters whose case mapping is ASCII (`ı` → `I`, `ſ` →
+///   `S`, Kelvin `K` → `k`, `İ` → `i`, `ﬁ` → `FI`) for those ASCII
+///   letters, so `/ap%C4%B1` could be served as `/api`;
+/// - NTFS stream syntax (`name::$DATA`, `name:$i30:$INDEX_ALLOCATION`)
+///   and 8.3 short names (`ADMINI~1`) for the plain name.
+///
+/// Such paths are refused (400) on hosts that have a case-insensitive route.
+pub fn case_fold_hazard(path: &str) -> Option<&'static str> {
+    let b = path.as_bytes();
+    if !b.iter().any(|&c| matches!(c, b'%' | b':' | b'~')) {
+        return None;
+    }
+    if b.contains(&b':') {
+        return Some("NTFS stream syntax in path");
+    }
+    if b.windows(2).any(|w| w[0] == b'~' && w[1].is_ascii_digit()) {
+        return Some("8.3 short name in path");
+    }
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex_val),
+            b.get(i + 2).copied().and_then(hex_val),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                bytes.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    text.chars()
+        .filter(|c| !c.is_ascii())
+        .any(|c| {
+            c.to_lowercase().any(|m| m.is_ascii_alphabetic())
+                || c.to_uppercase().any(|m| m.is_ascii_alphabetic())
+        })
+        .then_some("a character that case-folds to ASCII in path")
 }
 
 /// A request's host in its canonical form: `name[:port]`.
@@ -421,6 +500,13 @@ mod tests {
         assert_eq!(fwd("/%61dmin/x").unwrap(), "/admin/x");
         assert_eq!(fwd("/%41%7e%2D").unwrap(), "/A~-");
         assert_eq!(fwd("/a%3fb%c3%a9").unwrap(), "/a%3Fb%C3%A9");
+        assert_eq!(
+            fwd("/%40admin/%24batch/users%3Adelete").unwrap(),
+            "/@admin/$batch/users:delete"
+        );
+        assert_eq!(fwd("/%21%27%28%29%2a%2B%2c%3d%26").unwrap(), "/!'()*+,=&");
+        assert_eq!(fwd("/{x}|^`[]\"").unwrap(), "/%7Bx%7D%7C%5E%60%5B%5D%22");
+        assert_eq!(fwd("/%7bx%7d").unwrap(), "/%7Bx%7D");
         assert_eq!(fwd("/100%25").unwrap(), "/100%25");
         assert_eq!(fwd("/100%25off").unwrap(), "/100%25off");
     }
@@ -455,6 +541,27 @@ mod tests {
         assert_eq!(matched("/;x/admin"), "/admin");
         assert_eq!(matched("/a;b/"), "/a/");
         assert_eq!(fwd("/a;b/..;c/d").unwrap(), "/d");
+    }
+
+    #[test]
+    fn case_insensitive_backends_see_no_other_spelling() {
+        for p in [
+            "/ap%C4%B1/users",
+            "/%E2%84%AApi",
+            "/%C5%BFecret",
+            "/%C4%B0x",
+            "/%EF%AC%81le",
+            "/api::$DATA",
+            "/api:$i30:$INDEX_ALLOCATION/u",
+            "/API~1/users",
+        ] {
+            let c = canonicalize_path(p).unwrap();
+            assert!(case_fold_hazard(c.matched()).is_some(), "{p}");
+        }
+        for p in ["/api/users", "/%C3%A9t%C3%A9", "/~user/x", "/a%20b"] {
+            let c = canonicalize_path(p).unwrap();
+            assert_eq!(case_fold_hazard(c.matched()), None, "{p}");
+        }
     }
 
     #[test]

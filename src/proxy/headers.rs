@@ -27,18 +27,23 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// from `True-Client-IP` or `CF-Connecting-IP`), so from a client that is
 /// not a trusted proxy every one is removed, in every spelling. Sorted, in
 /// folded form (lower-case, `_` as `-`), for a binary search.
-const FORWARDING: [&str; 33] = [
+const FORWARDING: [&str; 38] = [
     "cf-connecting-ip",
     "cf-connecting-ipv6",
     "cf-visitor",
     "client-ip",
     "fastly-client-ip",
     "forwarded",
+    "forwarded-for",
     "front-end-https",
     "ssl-client-cert",
     "true-client-ip",
+    "via",
+    "x-appengine-user-ip",
     "x-arr-clientcert",
     "x-arr-ssl",
+    "x-azure-clientip",
+    "x-azure-socketip",
     "x-client-cert",
     "x-client-ip",
     "x-client-verify",
@@ -72,13 +77,25 @@ const FORWARDING_PREFIXES: [&str; 3] = ["x-envoy-", "x-forwarded-", "x-original-
 /// The longest name of the family that is compared whole.
 const FOLD_BUF: usize = 32;
 
-/// `name` lower-cased with `_` as `-`, in `buf`; `None` when longer than
-/// the buffer (then it can only match by prefix).
+/// One byte of a field name as a backend may read it: letters in lower
+/// case, digits as they are, and every other character as `-`. CGI and
+/// the servers that follow it (lighttpd, Apache's mod_cgi, PHP, WSGI)
+/// turn every non-alphanumeric character into `_`, so `X.Auth.Subject`,
+/// `X_Auth_Subject` and `X-Auth-Subject` all become `HTTP_X_AUTH_SUBJECT`.
+fn fold_byte(b: u8) -> u8 {
+    if b.is_ascii_alphanumeric() {
+        b.to_ascii_lowercase()
+    } else {
+        b'-'
+    }
+}
+
+/// `name` folded ([`fold_byte`]) in `buf`; `None` when longer than the
+/// buffer (then it can only match by prefix).
 fn fold_into<'b>(name: &str, buf: &'b mut [u8; FOLD_BUF]) -> Option<&'b [u8]> {
     let out = buf.get_mut(..name.len())?;
     for (o, b) in out.iter_mut().zip(name.bytes()) {
-        let b = b.to_ascii_lowercase();
-        *o = if b == b'_' { b'-' } else { b };
+        *o = fold_byte(b);
     }
     Some(out)
 }
@@ -96,6 +113,26 @@ pub fn is_forwarding_header(name: &str) -> bool {
     })
 }
 
+/// Whether `name` frames, routes or authenticates the message itself
+/// (`Content-Length`, `Host`, `Authorization`, `Cookie`, ...): never an
+/// identity header, or a claim would set the request's framing or
+/// credentials.
+pub fn is_message_header(name: &str) -> bool {
+    [
+        "authorization",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "cookie",
+        "expect",
+        "host",
+        "proxy-authorization",
+        "range",
+    ]
+    .iter()
+    .any(|m| same_field(m, name))
+}
+
 /// Whether `name` is one of the hop-by-hop headers the gateway removes.
 pub fn is_hop_by_hop_name(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| same_field(h.as_str(), name)) || same_field(name, "upgrade")
@@ -108,26 +145,25 @@ fn folded_prefix(name: &str, prefix: &str) -> bool {
 }
 
 /// Whether two field names name the same field for a backend: ASCII
-/// case-insensitive, with `_` and `-` alike (CGI, PHP, WSGI, Django and
-/// many others fold `X_Auth_Subject` and `X-Auth-Subject` into the same
-/// variable, `HTTP_X_AUTH_SUBJECT`).
+/// case-insensitive, with every character that is not a letter or digit
+/// alike (CGI, PHP, WSGI, Django and many others fold `X_Auth_Subject`,
+/// `X.Auth.Subject` and `X-Auth-Subject` into the same variable,
+/// `HTTP_X_AUTH_SUBJECT`).
 pub fn same_field(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let x = x.to_ascii_lowercase();
-            let y = y.to_ascii_lowercase();
-            x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_'))
-        })
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| fold_byte(x) == fold_byte(y))
 }
 
 /// Whether `name` is `canonical` as a backend might read it; `canonical`
-/// is lowercase with dashes.
+/// is already folded (lower-case, `-` for every other character).
 pub fn folds_to(name: &str, canonical: &str) -> bool {
     name.len() == canonical.len()
-        && name.bytes().zip(canonical.bytes()).all(|(a, c)| {
-            let a = a.to_ascii_lowercase();
-            a == c || (a == b'_' && c == b'-')
-        })
+        && name
+            .bytes()
+            .zip(canonical.bytes())
+            .all(|(a, c)| fold_byte(a) == c)
 }
 
 /// Which client headers never reach a backend: the identity headers of
@@ -145,12 +181,7 @@ pub struct StripRules {
 }
 
 fn fold(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b.to_ascii_lowercase() {
-            b'_' => '-',
-            b => b as char,
-        })
-        .collect()
+    name.bytes().map(|b| fold_byte(b) as char).collect()
 }
 
 impl StripRules {
@@ -243,8 +274,9 @@ pub fn strip_client_claims(h: &mut HeaderMap, rules: &StripRules, untrusted: boo
 /// without `%` or `,` (most subjects, e-mail addresses, client ids) is
 /// sent as it is. An array becomes its items so encoded, joined by `,`
 /// (which then only ever separates items); numbers and booleans their JSON
-/// text. `None` for an object, or an array holding one: no single header
-/// value says it unambiguously (the caller withholds and counts it).
+/// text. `None` for an object, an array holding one, or a value that
+/// would be empty (`""`, `[]`): no single header value says it
+/// unambiguously (the caller withholds and counts it).
 pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
     use serde_json::Value;
     let mut out = Vec::new();
@@ -267,6 +299,11 @@ pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
         }
         Value::Null | Value::Object(_) => return None,
     }
+    // An empty value would read as "present" to some backends and
+    // "absent" to others.
+    if out.is_empty() {
+        return None;
+    }
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
@@ -277,6 +314,34 @@ fn encode_identity(s: &[u8], out: &mut Vec<u8>) {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// Writes `Content-Length` in its one form, a decimal number without
+/// leading zeros: `05` or a list of equal values (`5, 5`, which RFC 9110
+/// §8.6 lets a recipient take as one) would otherwise be passed on for the
+/// next parser to read its own way. hyper has already refused unequal
+/// lists and non-numbers. Costs one byte comparison when there is nothing
+/// to do.
+pub fn normalize_content_length(h: &mut HeaderMap) {
+    let Some(v) = h.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    let b = v.as_bytes();
+    let plain = !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+    if plain && h.get_all(header::CONTENT_LENGTH).iter().count() == 1 {
+        return;
+    }
+    let mut values = h
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("x").split(','))
+        .map(|n| n.trim().parse::<u64>().ok());
+    let first = values.next().flatten();
+    if let Some(n) = first {
+        if values.all(|v| v == Some(n)) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
 }
@@ -401,8 +466,31 @@ mod tests {
         assert!(!is_forwarding_header("x-forwar"));
         assert!(!is_forwarding_header("accept"));
         assert!(same_field("x_remote_user", "X-Remote-User"));
+        assert!(same_field("x.remote~user", "X-Remote-User"));
+        assert!(is_forwarding_header("X.Forwarded.For"));
+        assert!(is_forwarding_header("X~Real~IP"));
         assert!(same_field("X-Remote_User", "x_remote-user"));
         assert!(!same_field("x-remote-users", "x-remote-user"));
+    }
+
+    #[test]
+    fn content_length_has_one_spelling() {
+        let cl = |vals: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append("content-length", v.parse().unwrap());
+            }
+            normalize_content_length(&mut h);
+            h.get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cl(&["05"]), ["5"]);
+        assert_eq!(cl(&["5, 5"]), ["5"]);
+        assert_eq!(cl(&["5", "5"]), ["5"]);
+        assert_eq!(cl(&["0"]), ["0"]);
+        assert_eq!(cl(&["12"]), ["12"]);
     }
 
     #[test]
@@ -434,6 +522,8 @@ mod tests {
         assert_eq!(v(json!(["a", 7, true])).unwrap(), "a,7,true");
         assert_eq!(v(json!(42)).unwrap(), "42");
         assert!(v(json!({"a": 1})).is_none());
+        assert!(v(json!("")).is_none());
+        assert!(v(json!([])).is_none());
         assert!(v(json!(["a", {"b": 1}])).is_none());
         assert!(v(json!("line\r\nX-Evil: 1"))
             .unwrap()

@@ -2,6 +2,7 @@
 //! [`Proxy::decide`] in [`policy`]: read it first. This module applies a
 //! decision: forwarding to the backend and back.
 
+mod auth_server;
 pub mod canonical;
 pub mod headers;
 pub mod policy;
@@ -41,6 +42,8 @@ pub struct ConnInfo {
     /// The names the certificate chosen by this connection's SNI serves;
     /// `None` without SNI or when no certificate names it.
     pub cert_names: Option<Arc<[String]>>,
+    /// Index of the listener in the config (`listeners[]`).
+    pub listener: usize,
 }
 
 pub struct Proxy {
@@ -51,6 +54,8 @@ pub struct Proxy {
     /// The route label of requests that matched none.
     no_route: Arc<str>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Per listener: `Some` where it is an ingress's auth server.
+    auth_servers: Vec<Option<crate::config::AuthServerConfig>>,
 }
 
 impl Proxy {
@@ -68,6 +73,11 @@ impl Proxy {
             realm: cfg.auth.realm.clone(),
             no_route: Arc::from("-"),
             trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
+            auth_servers: cfg
+                .listeners
+                .iter()
+                .map(|l| l.value.auth_server.clone())
+                .collect(),
         })
     }
 
@@ -81,7 +91,15 @@ impl Proxy {
         let path = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
         let mut out = Outcome::default();
-        let resp = match self.handle_inner(req, conn, &mut out).await {
+        let answered = match self
+            .auth_servers
+            .get(conn.listener)
+            .and_then(Option::as_ref)
+        {
+            Some(a) => self.answer_auth_request(req, conn, a, &mut out).await,
+            None => self.handle_inner(req, conn, &mut out).await,
+        };
+        let resp = match answered {
             Ok(resp) => resp,
             Err(reject) => {
                 out.reason = Some(reject.description());
@@ -159,6 +177,7 @@ impl Proxy {
         if !route.forward_authorization {
             h.remove(header::AUTHORIZATION);
         }
+        headers::normalize_content_length(h);
         headers::set_forwarding(
             h,
             &conn.client,
@@ -204,7 +223,14 @@ impl Proxy {
             .await?;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && !upgrade {
+        // The backend must switch to a protocol the client offered and the
+        // route allows (RFC 9110 §15.2.2), never to one of its choosing.
+        let switched_to_allowed = resp
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| route.allows_upgrade(v));
+        if switching && !(upgrade && switched_to_allowed) {
             // A switch nobody asked for (or that the route does not allow)
             // would turn the connection into a pipe nobody judges.
             route.upstream.count_error("framing");

@@ -117,6 +117,11 @@ impl Proxy {
             .map_err(Reject::BadRequest)?
             .into_owned();
         let host = canonical_host(head)?;
+        if self.routes.case_insensitive_for(host.name()) {
+            if let Some(why) = canonical::case_fold_hazard(path.matched()) {
+                return Err(Reject::BadRequest(why));
+            }
+        }
         // A request for a host the connection's certificate does not serve
         // (SNI says one site, Host another) is not judged by either.
         if let Some(names) = &conn.cert_names {

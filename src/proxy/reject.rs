@@ -28,6 +28,9 @@ pub enum Reject {
     /// the route's required scopes for the `scope` attribute.
     InsufficientScope(String),
     BodyTooLarge,
+    /// An auth-server request from an address that is not a configured
+    /// ingress (`trusted_proxies`): it may not describe requests.
+    UntrustedIngress,
     BadGateway,
     GatewayTimeout,
 }
@@ -44,6 +47,7 @@ impl Reject {
             Reject::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::UntrustedIngress => StatusCode::FORBIDDEN,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -65,6 +69,7 @@ impl Reject {
             Reject::RevocationUnavailable => "revocation_unavailable",
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::BodyTooLarge => "body_too_large",
+            Reject::UntrustedIngress => "untrusted_ingress",
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout => "gateway_timeout",
         }
@@ -94,6 +99,10 @@ impl Reject {
                 "the token lacks a required scope or role",
             ),
             Reject::BodyTooLarge => ("request_too_large", "request body is too large"),
+            Reject::UntrustedIngress => (
+                "forbidden",
+                "only a configured ingress may ask this auth server",
+            ),
             Reject::BadGateway => ("bad_gateway", "the backend could not be reached"),
             Reject::GatewayTimeout => ("gateway_timeout", "the backend did not answer in time"),
         }

@@ -88,6 +88,9 @@ pub struct RouteTable {
     /// route (a backend may trust one a route never sets), and from
     /// untrusted clients the forwarding family and the operator's list.
     pub strip_rules: StripRules,
+    /// Some route has `case_insensitive` (a shortcut for
+    /// [`RouteTable::case_insensitive_for`]).
+    any_case_insensitive: bool,
 }
 
 impl RouteTable {
@@ -127,9 +130,21 @@ impl RouteTable {
             cfg.strip_untrusted_headers.iter().map(String::as_str),
         );
         Ok(RouteTable {
+            any_case_insensitive: routes.iter().any(|r| r.case_insensitive),
             routes,
             strip_rules,
         })
+    }
+
+    /// Whether a route that may serve `host` (its hosts name it, or it has
+    /// none) is `case_insensitive`: then that host's backends may ignore
+    /// case, and paths they would read as another are refused.
+    pub fn case_insensitive_for(&self, host: &str) -> bool {
+        self.any_case_insensitive
+            && self.routes.iter().any(|r| {
+                r.case_insensitive
+                    && (r.hosts.is_empty() || r.hosts.iter().any(|h| h.score(host).is_some()))
+            })
     }
 
     /// The most specific host match first (exact, then wildcard, then a

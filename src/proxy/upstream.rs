@@ -190,7 +190,8 @@ impl Upstream {
                 self.count_error("timeout");
                 Err(Reject::GatewayTimeout)
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                super::headers::normalize_content_length(resp.headers_mut());
                 if let Some(why) = ambiguous_framing(resp.headers()) {
                     tracing::warn!(backend = %backend.authority, why, "backend response refused");
                     self.count_error("framing");

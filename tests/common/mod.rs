@@ -182,8 +182,13 @@ async fn backend_handle(
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut()
-            .insert("upgrade", "echo".parse().expect("hv"));
+        // Switches to the protocol the client asked for (RFC 9110 §7.8).
+        let asked = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .cloned()
+            .unwrap_or_else(|| "echo".parse().expect("hv"));
+        resp.headers_mut().insert("upgrade", asked);
         resp.headers_mut()
             .insert("connection", "upgrade".parse().expect("hv"));
         return Ok(resp);
