@@ -27,12 +27,17 @@ authority:
   listen: 127.0.0.1:{port}
   path: {store}
   admin_token: {{ file: admin.token }}
-  purge_interval: 1s
+{purge}
 {extra}
 logging: {{ format: json, level: info }}
 "#,
         jwks = fixture("jwks.json").display(),
         store = dir.join("authority.redb").display(),
+        purge = if extra.contains("purge_interval") {
+            ""
+        } else {
+            "  purge_interval: 1s"
+        },
     )
 }
 
@@ -956,4 +961,395 @@ async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
     )
     .await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+}
+
+/// The admin listener's address of a gateway process (from its log).
+async fn admin_addr_of(p: &Proc) -> SocketAddr {
+    let found = within(Duration::from_secs(10), || async {
+        admin_line(p).is_some()
+    })
+    .await;
+    assert!(found.is_some(), "gateway logged no admin address");
+    admin_line(p).expect("admin address")
+}
+
+fn admin_line(p: &Proc) -> Option<SocketAddr> {
+    p.lines.lock().ok()?.iter().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "admin listening")
+            .then(|| v["address"].as_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The value of one metric line (name with labels) on the admin listener.
+async fn metric(admin: SocketAddr, line: &str) -> f64 {
+    let a = send(
+        admin,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/metrics", None, &[]),
+    )
+    .await;
+    a.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An impostor on the feed's path (or a store restored from a backup):
+/// answers every feed request with the body it is given, and counts them.
+struct FakeFeed {
+    addr: SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeFeed {
+    async fn start(body: String) -> FakeFeed {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (b, h) = (b.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let text = b.lock().map(|t| t.clone()).unwrap_or_default();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeFeed { addr, body, hits }
+    }
+
+    fn answer(&self, body: String) {
+        *self.body.lock().expect("lock") = body;
+        self.hits.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn empty_snapshot(cursor: &str) -> String {
+    format!("{{\"type\":\"snapshot\",\"cursor\":\"{cursor}\"}}\n{{\"type\":\"end\",\"cursor\":\"{cursor}\"}}\n")
+}
+
+/// The cursor a gateway's state file ends at.
+fn state_cursor(state: &Path) -> String {
+    let text = std::fs::read_to_string(state).expect("state file");
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["type"] == "end").then(|| v["cursor"].as_str().map(str::to_owned))?
+        })
+        .expect("a cursor in the state file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_or_foreign_snapshot_never_unrevokes_and_is_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (mut auth, _cfg) = authority_process(dir.path());
+    let fake = FakeFeed::start(String::new()).await;
+    // The real authority first, the impostor second.
+    let yaml = revocation_gateway_yaml(
+        backend.addr,
+        &[
+            format!("http://{}", auth.addr),
+            format!("http://{}", fake.addr),
+        ],
+        &state,
+        "admin:\n  listen: 127.0.0.1:0",
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let admin_addr = admin_addr_of(&gw).await;
+    let revoked = token_with(|c| {
+        c.insert("sid".into(), json!("held-session"));
+    });
+    for i in 0..3 {
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"jti": format!("pad-{i}")})),
+        )
+        .await;
+    }
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sid": "held-session"})),
+    )
+    .await;
+    refused_within_a_second(gw.addr, &revoked).await;
+    let held = state_cursor(&state);
+    let epoch = held.split('-').next().expect("epoch").to_owned();
+
+    // Same epoch, an older position, nothing in it: refused and counted.
+    fake.answer(empty_snapshot(&format!("{epoch}-1")));
+    auth.kill();
+    let counted = within(Duration::from_secs(10), || async {
+        metric(
+            admin_addr,
+            "gatehouse_revocation_feed_refused_total{reason=\"older\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(counted.is_some(), "older snapshot counted as refused");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(state_cursor(&state), held, "state file kept");
+
+    // Another epoch (a wiped store), nothing in it: merged, so what was
+    // held is still enforced, also after a restart from the state file.
+    fake.answer(empty_snapshot("0123456789ab-0"));
+    let merged = within(Duration::from_secs(10), || async {
+        fake.hits() > 0 && state_cursor(&state) == "0123456789ab-0"
+    })
+    .await;
+    assert!(merged.is_some(), "new-epoch snapshot applied");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    drop(gw);
+    let gw = Proc::start("run", &yaml, "listening");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&state)
+            .expect("state")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state file readable by its owner only");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_restored_from_a_backup_never_unrevokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let store = dir.path().join("authority.redb");
+    let backup = dir.path().join("backup.redb");
+    let (mut auth, cfg) = authority_process(dir.path());
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let tok = |jti: &str| {
+        token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+        })
+    };
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "in-backup"})),
+    )
+    .await;
+    refused_within_a_second(gw, &tok("in-backup")).await;
+    auth.kill();
+    std::fs::copy(&store, &backup).expect("backup");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    for jti in ["after-backup-1", "after-backup-2"] {
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"jti": jti})),
+        )
+        .await;
+        assert!(
+            within(Duration::from_secs(8), || async {
+                status_of(gw, &tok(jti)).await.0 == StatusCode::UNAUTHORIZED
+            })
+            .await
+            .is_some(),
+            "gateway caught up"
+        );
+    }
+    // The store goes back in time: the gateway holds a cursor ahead of it.
+    auth.kill();
+    std::fs::copy(&backup, &store).expect("restore");
+    let auth = Proc::start_with("authority", &cfg, "authority listening");
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "after-restore"})),
+    )
+    .await;
+    let synced = within(Duration::from_secs(10), || async {
+        status_of(gw, &tok("after-restore")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        synced.is_some(),
+        "changes after the restore reach the gateway"
+    );
+    for jti in ["in-backup", "after-backup-1", "after-backup-2"] {
+        assert_eq!(
+            status_of(gw, &tok(jti)).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{jti} still refused after the restore"
+        );
+    }
+    // And what is written next still arrives.
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "later"})),
+    )
+    .await;
+    let later = within(Duration::from_secs(8), || async {
+        status_of(gw, &tok("later")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(later.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_line_is_logged_and_recovered_from_the_authority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (auth, _cfg) = authority_process(dir.path());
+    let yaml = gateway_yaml(backend.addr, auth.addr, &state, "");
+    let tok = |jti: &str| {
+        token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+        })
+    };
+    {
+        let gw = Proc::start("run", &yaml, "listening");
+        for jti in ["damaged-1", "intact-1"] {
+            admin(
+                auth.addr,
+                "POST",
+                "/v1/revocations",
+                Some(json!({"jti": jti})),
+            )
+            .await;
+            refused_within_a_second(gw.addr, &tok(jti)).await;
+        }
+    } // gateway process killed here
+    let text = std::fs::read_to_string(&state).expect("state");
+    let mut damaged_at = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if l.contains("\"damaged-1\"") {
+                damaged_at = i + 1;
+                l.replace("\"damaged-1\"", "\"damaged-1").replace('}', "")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(damaged_at > 0, "entry found in the state file");
+    std::fs::write(&state, lines.join("\n") + "\n").expect("damage");
+
+    let gw = Proc::start("run", &yaml, "listening");
+    let back = within(Duration::from_secs(8), || async {
+        status_of(gw.addr, &tok("damaged-1")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the damaged entry came back from the authority"
+    );
+    assert_eq!(
+        status_of(gw.addr, &tok("intact-1")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let logged = gw.lines.lock().expect("lines").iter().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("damaged revocation state line"))
+            && v["line"] == damaged_at
+            && v["file"].as_str() == Some(state.to_str().expect("utf-8"))
+    });
+    assert!(logged, "file and line logged");
+}
+
+#[tokio::test]
+async fn revoking_again_after_expiry_creates_the_entry_anew() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    // The purger does not run during the test: the expired entry stays.
+    let auth = authority_task(dir.path(), "  purge_interval: 1h").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("short-lived"));
+        c.insert("sid".into(), json!("short-session"));
+    });
+    let n = now() as i64;
+    for body in [
+        json!({"jti": "short-lived", "expires_at": n + 2}),
+        json!({"sid": "short-session", "expires_at": n + 2}),
+    ] {
+        let a = admin(auth.addr(), "POST", "/v1/revocations", Some(body)).await;
+        assert_eq!(a.status, StatusCode::CREATED);
+    }
+    refused_within_a_second(gw, &token).await;
+    let expired = within(Duration::from_secs(10), || async {
+        status_of(gw, &token).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(expired.is_some(), "entries expired");
+    for body in [
+        json!({"jti": "short-lived"}),
+        json!({"sid": "short-session"}),
+    ] {
+        let a = admin(auth.addr(), "POST", "/v1/revocations", Some(body)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+        assert_eq!(a.json()["revocations"][0]["outcome"], "created");
+    }
+    refused_within_a_second(gw, &token).await;
 }

@@ -64,6 +64,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -231,6 +236,8 @@ pub struct Metrics {
     pub revocation_feed_lag: Gauge<f64, AtomicU64>,
     pub revocation_cursor: Gauge,
     pub revocation_stale: Gauge,
+    /// Feed responses refused because they were behind the held state.
+    pub revocation_feed_refused: Family<ReasonLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     pub open_connections: Gauge,
     pub tasks_alive: Gauge,
@@ -258,6 +265,7 @@ impl Metrics {
         let revocation_cursor = Gauge::default();
         let revocation_stale = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let revocation_feed_refused = Family::<ReasonLabel, Counter>::default();
         let open_connections = Gauge::default();
         let mut r = Registry::with_prefix("gatehouse");
         r.register(
@@ -311,6 +319,11 @@ impl Metrics {
             revocation_stale.clone(),
         );
         r.register(
+            "revocation_feed_refused",
+            "Feed responses refused because they were behind the revocation state held (reason: older, changes_without_base)",
+            revocation_feed_refused.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reloads by result (ok, failed)",
             reloads.clone(),
@@ -338,6 +351,7 @@ impl Metrics {
             revocation_feed_lag,
             revocation_cursor,
             revocation_stale,
+            revocation_feed_refused,
             reloads,
             open_connections,
             registry: r,

@@ -686,7 +686,10 @@ impl Api {
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
-        let since = q.get("since").and_then(|c| self.store.parse_cursor(c));
+        let since = match q.get("since") {
+            Some(c) => self.store.parse_cursor_fresh(c).await,
+            None => None,
+        };
         if let Some(since) = since {
             let mut rx = self.seq.subscribe();
             if *rx.borrow() <= since && !wait.is_zero() {

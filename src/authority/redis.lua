@@ -42,8 +42,14 @@ end
 local function put_one(key, rev)
   local old = redis.call('HGET', E, key)
   local enc, outcome, exp
+  local o = old and cjson.decode(old)
+  if o and o.expires_at <= rev.created_at then
+    -- Past its expiry but not purged yet: gone for every gateway, so
+    -- revoking again creates it anew.
+    redis.call('HDEL', B, o.id)
+    old = nil
+  end
   if old then
-    local o = cjson.decode(old)
     if not has_before(rev.kind) or (o.before ~= nil and rev.before <= o.before) then
       return old, 'unchanged'
     end
@@ -171,12 +177,25 @@ elseif op == 'purge' then
     end
   end
   return { removed, #due }
-elseif op == 'changes' then
-  -- ARGV[3]: since (a log id); ARGV[4]: most records to return; ARGV[5]:
-  -- a new epoch, taken if the store has none (Redis was wiped).
-  -- Returns epoch, last, floor, then id and change of each record.
+elseif op == 'epoch' then
+  -- ARGV[3]: a new epoch, taken if the store has none (Redis was wiped).
+  -- Returns the epoch and the newest log id, read together (a snapshot's
+  -- cursor).
   local epoch = redis.call('GET', P .. 'epoch')
   if not epoch then
+    epoch = ARGV[3]
+    redis.call('SET', P .. 'epoch', epoch)
+  end
+  return { epoch, last() }
+elseif op == 'changes' then
+  -- ARGV[3]: since (a log id); ARGV[4]: most records to return; ARGV[5]:
+  -- a new epoch, taken if the store has none (Redis was wiped) or if
+  -- `since` of epoch ARGV[6] is past the log's end (Redis went back in
+  -- time: restored, or a replica promoted without the latest writes), so
+  -- no log id is handed out twice in one epoch.
+  -- Returns epoch, last, floor, then id and change of each record.
+  local epoch = redis.call('GET', P .. 'epoch')
+  if not epoch or (epoch == ARGV[6] and id_less(last(), ARGV[3])) then
     epoch = ARGV[5]
     redis.call('SET', P .. 'epoch', epoch)
   end

@@ -403,6 +403,25 @@ impl RedisStore {
             .unwrap_or_default())
     }
 
+    /// The store's epoch and newest log position, read together from
+    /// Redis (a wiped Redis gets a new epoch here), and remembered: every
+    /// replica tags cursors with the epoch Redis has now, not the one it
+    /// saw at start.
+    pub async fn refresh_epoch(&self) -> anyhow::Result<(String, Pos)> {
+        let out = self
+            .run("epoch", &[crate::token::random_id()[..12].to_owned()])
+            .await?;
+        let (Some(epoch), Some(last)) = (out.first(), out.get(1)) else {
+            bail!("Redis store script `epoch`: short answer");
+        };
+        if *epoch != self.epoch() {
+            if let Ok(mut e) = self.epoch.write() {
+                e.clone_from(epoch);
+            }
+        }
+        Ok((epoch.clone(), parse_id(last).unwrap_or_default()))
+    }
+
     /// Changes after `since`, or `None` when they are no longer kept, the
     /// cursor is ahead of the log, or Redis has been wiped since (a new
     /// epoch): the caller then sends a snapshot.
@@ -418,6 +437,7 @@ impl RedisStore {
                     id_arg(since),
                     max.to_string(),
                     crate::token::random_id()[..12].to_owned(),
+                    self.epoch(),
                 ],
             )
             .await?;
@@ -453,8 +473,7 @@ impl RedisStore {
     /// the scan may or may not be in it, and comes again in the changes
     /// after the cursor, which the gateway asks for next.
     pub async fn snapshot(&self, tx: mpsc::Sender<Bytes>) -> anyhow::Result<()> {
-        let pos = self.current().await?;
-        let epoch = self.epoch();
+        let (epoch, pos) = self.refresh_epoch().await?;
         let mut chunk = Vec::with_capacity(80 * 1024);
         super::api::push_line(
             &mut chunk,

@@ -62,7 +62,9 @@ pub struct Store {
     /// `None` only between a failed reopen and the next attempt.
     db: std::sync::RwLock<Option<Database>>,
     path: std::path::PathBuf,
-    epoch: String,
+    /// Replaced when a gateway shows a cursor ahead of the store (it was
+    /// restored from a backup), so no sequence number is reused in one epoch.
+    epoch: std::sync::RwLock<String>,
     change_retention: u64,
 }
 
@@ -74,6 +76,20 @@ impl Store {
     pub fn open(path: &Path, change_retention: u64) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Created empty with mode 0600 first (redb initializes an empty
+        // file), so the store is never readable by others, not even briefly.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            create.mode(0o600);
+        }
+        match create.open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating store {}", path.display())),
         }
         let db =
             Database::create(path).with_context(|| format!("opening store {}", path.display()))?;
@@ -101,10 +117,11 @@ impl Store {
             }
         };
         tx.commit()?;
+        restrict_mode(path)?;
         Ok(Store {
             db: std::sync::RwLock::new(Some(db)),
             path: path.to_owned(),
-            epoch,
+            epoch: std::sync::RwLock::new(epoch),
             change_retention: change_retention.max(1),
         })
     }
@@ -139,18 +156,34 @@ impl Store {
         }
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> String {
+        self.epoch.read().map(|e| e.clone()).unwrap_or_default()
     }
 
     pub fn cursor(&self, seq: u64) -> String {
-        format!("{}-{}", self.epoch, seq)
+        format!("{}-{}", self.epoch(), seq)
     }
 
     /// Parses a cursor of this store; `None` for another store's or garbage.
     pub fn parse_cursor(&self, c: &str) -> Option<u64> {
         let (epoch, seq) = c.rsplit_once('-')?;
-        (epoch == self.epoch).then(|| seq.parse().ok()).flatten()
+        (epoch == self.epoch()).then(|| seq.parse().ok()).flatten()
+    }
+
+    /// Gives the store a new epoch, durably. Called when a gateway holds a
+    /// cursor ahead of the change log: the store went back in time
+    /// (restored from a backup), and the sequence numbers past its end
+    /// would otherwise be handed out again for other changes. Gateways
+    /// then take a snapshot of the new epoch, which they merge.
+    pub fn new_epoch(&self) -> anyhow::Result<String> {
+        let e = crate::token::random_id()[..12].to_owned();
+        let tx = self.db()?.begin_write()?;
+        tx.open_table(META_STR)?.insert("epoch", e.as_str())?;
+        tx.commit()?;
+        if let Ok(mut g) = self.epoch.write() {
+            g.clone_from(&e);
+        }
+        Ok(e)
     }
 
     pub fn current_seq(&self) -> anyhow::Result<u64> {
@@ -275,7 +308,14 @@ impl Store {
         let meta = tx.open_table(META)?;
         let seq = get_u64(&meta, "seq")?;
         let min_seq = get_u64(&meta, "min_seq")?;
-        if since > seq || since + 1 < min_seq {
+        if since > seq {
+            drop(meta);
+            drop(tx);
+            let e = self.new_epoch()?;
+            tracing::warn!(since, seq, epoch = %e, "a gateway holds a cursor ahead of this store (restored from a backup?): new epoch, gateways merge a fresh snapshot");
+            return Ok(None);
+        }
+        if since + 1 < min_seq {
             return Ok(None);
         }
         let changes = tx.open_table(CHANGES)?;
@@ -403,6 +443,20 @@ impl Store {
     }
 }
 
+/// The store lists every revoked session and subject: readable by the
+/// authority's user only (mode 0600).
+fn restrict_mode(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
 
 impl std::ops::Deref for DbGuard<'_> {
@@ -431,11 +485,22 @@ fn put_tx(
         let mut meta = tx.open_table(META)?;
         let mut next_seq = get_u64(&meta, "seq")?;
         let mut next_id = get_u64(&meta, "next_id")?;
+        let now = crate::revocation::model::now_unix();
         for n in news {
             let key = natural_key(&n.issuer, n.kind, &n.value);
             let existing: Option<Revocation> = match entries.get(key.as_str())? {
                 Some(v) => Some(serde_json::from_slice(v.value())?),
                 None => None,
+            };
+            // An entry past its expiry that the purger has not reached yet
+            // is gone for every gateway: revoking again creates it anew.
+            let existing = match existing {
+                Some(old) if old.expires_at <= now => {
+                    by_id.remove(old.id)?;
+                    expiry.remove((old.expires_at, key.as_str()))?;
+                    None
+                }
+                e => e,
             };
             let (rev, outcome) = match existing {
                 Some(old) if !n.kind.has_before() || n.before <= old.before => {

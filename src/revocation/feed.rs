@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 
-use super::model::{Change, FeedMarker};
+use super::model::{cursor_relation, Change, CursorRelation, FeedMarker};
 use super::set::{Counts, Hit, RevocationSet};
 use super::state::StateFile;
 use crate::auth::Identity;
@@ -130,18 +130,25 @@ impl Revocations {
             .map(|p| StateFile::new(loaded.resolve(p)));
         let mut set = RevocationSet::new();
         let mut cursor = None;
+        let mut has_state = false;
         if let Some(st) = state.as_mut() {
-            cursor = st.load(&mut set)?;
-            if let Some(c) = &cursor {
+            let loaded = st.load(&mut set)?;
+            has_state = loaded.has_state;
+            if has_state {
                 let n = set.counts();
-                tracing::info!(cursor = %c, entries = n.total(), "revocation state loaded from file");
+                tracing::info!(
+                    cursor = loaded.cursor.as_deref().unwrap_or("-"),
+                    entries = n.total(),
+                    "revocation state loaded from file"
+                );
             }
+            cursor = loaded.cursor;
         }
         let me = Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
             last_contact_ms: AtomicI64::new(0),
             cursor_seq: AtomicU64::new(0),
-            ready: AtomicBool::new(cursor.is_some()),
+            ready: AtomicBool::new(has_state),
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
             _embedded: embedded,
@@ -288,10 +295,47 @@ impl Feed {
             }
         }
         let (cursor, parsed) = parser.finish()?;
+        // Never un-revoke by accident: a response behind what this gateway
+        // holds (a store restored from a backup, a lagging replica, or not
+        // the real authority) is refused; a snapshot is always merged with
+        // what is held (entries then expire on their own), never a
+        // replacement: a wiped or restored store (another epoch) would
+        // otherwise drop them, and so would a later snapshot of that same
+        // new epoch. Only an explicit deletion (a `del` change) removes an
+        // entry; one missed because the gateway fell behind the change
+        // log's retention keeps the entry until it expires (refusing too
+        // much, never too little).
+        let relation = cursor_relation(self.cursor.as_deref(), &cursor);
+        let refused = match (&parsed, relation) {
+            (_, CursorRelation::Older) => Some("older"),
+            (Parsed::Changes(_), CursorRelation::NoneHeld | CursorRelation::OtherEpoch) => {
+                Some("changes_without_base")
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            crate::admin::metrics::metrics()
+                .revocation_feed_refused
+                .get_or_create(&crate::admin::metrics::ReasonLabel { reason })
+                .inc();
+            tracing::error!(held = self.cursor.as_deref().unwrap_or("-"), got = %cursor, reason, "feed response refused: it is behind the revocation state this gateway holds (authority store restored from a backup, a lagging replica, or not the real authority)");
+            anyhow::bail!("feed response at {cursor} is behind the held state");
+        }
         // What a gateway enforces it can restore after a crash: state is
         // persisted before it becomes visible to requests.
         match parsed {
-            Parsed::Snapshot(set) => {
+            Parsed::Snapshot(mut set) => {
+                let held = me.set.load_full();
+                let had = held.counts().total();
+                set = tokio::task::spawn_blocking(move || {
+                    held.for_each(|r| set.apply_building(&Change::Put(r)));
+                    set.finish_building();
+                    set
+                })
+                .await?;
+                if relation == CursorRelation::OtherEpoch && had > 0 {
+                    tracing::warn!(cursor = %cursor, held = had, "revocation snapshot of a new store epoch (store wiped or restored) merged with the entries held; they expire on their own");
+                }
                 let n = set.counts();
                 let set = Arc::new(set);
                 if let Some(st) = self.state.take() {
