@@ -294,6 +294,13 @@ pub struct AuthorityConfig {
     /// behind gets a snapshot.
     #[serde(default = "default_change_retention")]
     pub change_retention: u64,
+    /// The authority listener's limits: the same keys and defaults as the
+    /// gateway's top-level `limits` (header read timeout, header size and
+    /// count, idle timeout, connections); `max_body_bytes` bounds admin
+    /// batch writes (`POST /v1/revocations`). Logout, back-channel logout
+    /// and session bodies have a fixed small limit of their own.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1353,3 +1353,156 @@ async fn revoking_again_after_expiry_creates_the_entry_anew() {
     }
     refused_within_a_second(gw, &token).await;
 }
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("rss field")
+}
+
+/// `gatehouse authority` as a process with extra `authority:` keys.
+fn authority_process_with(dir: &Path, extra: &str) -> Proc {
+    let cfg = dir.join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir, free_port(), extra)).expect("write");
+    Proc::start_with("authority", &cfg, "authority listening")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_at_the_authority_are_cut_off_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "  limits:\n    header_read_timeout: 1s");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(auth.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"POST /v1/logout HTTP/1.1\r\nHost: authority\r\nX-Slow: ")
+            .await
+            .expect("write");
+        conns.push(s);
+    }
+    for mut s in conns {
+        let mut buf = [0u8; 512];
+        // Closed by the authority (EOF, a 408, or a reset), never left open.
+        let r = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "slow-header connection still open after 30 s");
+    }
+    let a = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/healthz", None, None),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "");
+    let pid = auth.pid();
+    // Warm up the runtime and allocator with one ordinary call.
+    let a = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/logout", None, Some(&json!({"token": "x"}))),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let baseline = rss_kib(pid, "VmRSS:");
+    const EIGHT_MIB: usize = 8 * 1024 * 1024;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let addr = auth.addr;
+        tasks.push(tokio::spawn(async move {
+            let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut rd, mut wr) = s.into_split();
+            // Half declare their length, half stream chunks; none finishes.
+            let chunked = i % 2 == 1;
+            let head = if chunked {
+                "POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned()
+            } else {
+                format!("POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nContent-Length: {EIGHT_MIB}\r\n\r\n")
+            };
+            let writer = tokio::spawn(async move {
+                if wr.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut sent = 0;
+                while sent + chunk.len() < EIGHT_MIB {
+                    let r = if chunked {
+                        let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+                        c.extend_from_slice(&chunk);
+                        c.extend_from_slice(b"\r\n");
+                        wr.write_all(&c).await
+                    } else {
+                        wr.write_all(&chunk).await
+                    };
+                    if r.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+                // Unfinished: hold the connection open, never send the rest.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let r = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            writer.abort();
+            assert!(r.is_ok(), "unfinished body neither refused nor closed");
+            let text = String::from_utf8_lossy(&got).to_string();
+            assert!(
+                text.is_empty() || text.starts_with("HTTP/1.1 413"),
+                "answered {text}"
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let peak = rss_kib(pid, "VmHWM:");
+    assert!(
+        peak < baseline + 32 * 1024,
+        "peak RSS {peak} KiB against a baseline of {baseline} KiB"
+    );
+    // The abusive clients are gone: memory is back near the baseline.
+    let settled = within(Duration::from_secs(10), || async {
+        rss_kib(pid, "VmRSS:") < baseline + 8 * 1024
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "RSS {} KiB after the clients left, baseline {baseline} KiB",
+        rss_kib(pid, "VmRSS:")
+    );
+}

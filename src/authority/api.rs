@@ -36,8 +36,10 @@ use crate::config::{AuthorityConfig, LoadedConfig};
 use crate::proxy::{BoxError, ProxyBody};
 use crate::revocation::model::{now_unix, FeedMarker, Kind, Revocation};
 
-/// Admin request bodies above this are refused (a batch of ~50k entries).
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Bodies of logout, back-channel logout and session calls: a token or a
+/// logout token is a few KiB. Logout is unauthenticated until its token is
+/// verified, so an unfinished large body must cost nothing.
+const SMALL_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Changes sent in one incremental response; a client further behind
@@ -56,6 +58,8 @@ pub struct Api {
     admin_token: Vec<u8>,
     feed_token: Option<Vec<u8>>,
     max_sessions: Option<usize>,
+    /// Largest admin batch body (`limits.max_body_bytes`).
+    max_batch_body: usize,
     /// The newest change-log position known; long-polls wait on it.
     seq: Arc<watch::Sender<Pos>>,
 }
@@ -183,6 +187,7 @@ impl Api {
                 .map(|t| t.read(loaded))
                 .transpose()?,
             max_sessions: cfg.max_sessions_per_subject,
+            max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
             seq,
         })
     }
@@ -360,7 +365,7 @@ impl Api {
     }
 
     async fn create(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let body = match read_body(req, self.max_batch_body).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -450,7 +455,7 @@ impl Api {
     }
 
     async fn session(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -499,7 +504,7 @@ impl Api {
         let token = match header_token {
             Some(t) => t,
             None => {
-                let body = match read_body(req).await {
+                let body = match read_body(req, SMALL_BODY).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
@@ -586,7 +591,7 @@ impl Api {
     /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
     /// a session (`sid`) and/or a subject (`sub`).
     async fn backchannel_logout(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -779,14 +784,29 @@ fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
         .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(error(
+/// The whole body, up to `limit` bytes. A declared `Content-Length` over
+/// the limit is refused before anything is read (RFC 9110 §15.5.14, 413);
+/// so is a body that grows past it. Either way hyper then closes the
+/// connection rather than reading the rest.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request",
             "body too large or unreadable",
-        )),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(too_large()),
     }
 }
 
