@@ -184,6 +184,30 @@ pub struct IssuerConfig {
     /// forgotten this long after the newest token it matches was issued.
     #[serde(default = "default_max_token_lifetime", with = "duration")]
     pub max_token_lifetime: Duration,
+    /// The client ids back-channel logout tokens are addressed to (their
+    /// `aud`, OIDC Back-Channel Logout 1.0 §2.4), checked by the authority
+    /// only; `audiences` stays the resource's own, so the gateway never
+    /// accepts a logout or ID token as a bearer token. Empty: logout
+    /// tokens must carry one of `audiences` (the behaviour before this key).
+    #[serde(default)]
+    pub logout_audiences: Vec<String>,
+    /// What a back-channel logout naming a session ends. `subject` (the
+    /// default, safe whether or not access tokens carry `sid`): the session
+    /// and every token of the subject issued at or before the logout
+    /// token's `iat`. `session`: only the `sid` (a logout token without
+    /// `sid` still ends the subject's tokens up to its `iat`); choose it
+    /// only when every access token of this issuer carries `sid`.
+    #[serde(default)]
+    pub backchannel_logout: BackchannelScope,
+}
+
+/// See [`IssuerConfig::backchannel_logout`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackchannelScope {
+    Session,
+    #[default]
+    Subject,
 }
 
 impl IssuerConfig {
@@ -294,6 +318,11 @@ pub struct AuthorityConfig {
     /// behind gets a snapshot.
     #[serde(default = "default_change_retention")]
     pub change_retention: u64,
+    /// A back-channel logout token whose `iat` is older than this is
+    /// refused, and its `jti` is remembered (replays refused) until its
+    /// `exp`, or for this long when it has none.
+    #[serde(default = "default_logout_token_max_age", with = "duration")]
+    pub logout_token_max_age: Duration,
     /// The authority listener's limits: the same keys and defaults as the
     /// gateway's top-level `limits` (header read timeout, header size and
     /// count, idle timeout, connections); `max_body_bytes` bounds admin
@@ -662,6 +691,9 @@ fn default_poll_wait() -> Duration {
 }
 fn default_purge_interval() -> Duration {
     Duration::from_secs(60)
+}
+fn default_logout_token_max_age() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_change_retention() -> u64 {
     100_000

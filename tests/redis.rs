@@ -466,3 +466,37 @@ async fn revoking_again_after_expiry_creates_the_entry_anew_on_redis() {
         assert_eq!(r.json()["revocations"][0]["outcome"], "created");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_token_replayed_to_another_replica_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("replay");
+    let a = replica(dir.path(), "a", &redis.url(), &p, "");
+    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let n = now() as i64;
+    let claims = json!({"iss": ISS, "aud": AUD, "iat": n, "exp": n + 120, "jti": "lt-shared",
+        "sid": "shared-logout", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    h.typ = Some("logout+jwt".into());
+    let lt = jsonwebtoken::encode(&h, &claims, &key_for(jsonwebtoken::Algorithm::RS256))
+        .expect("logout token");
+    let post = |addr: SocketAddr| {
+        let req = http::Request::post("/backchannel-logout")
+            .header("host", "authority")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(format!("logout_token={lt}"))),
+                    |n| match n {},
+                ),
+            ))
+            .expect("req");
+        send(addr, Proto::Plain, "authority", req)
+    };
+    assert_eq!(post(a.addr).await.status, StatusCode::OK);
+    let replay = post(b.addr).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert!(replay.text().contains("replayed"), "{}", replay.text());
+}

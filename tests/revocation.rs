@@ -14,6 +14,11 @@ use serde_json::json;
 
 /// Issuers and an `authority` section; the store lives in `dir`.
 fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
+    authority_yaml_with(dir, port, "", extra)
+}
+
+/// With extra keys for the issuer too.
+fn authority_yaml_with(dir: &Path, port: u16, issuer_extra: &str, extra: &str) -> String {
     std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
     format!(
         r#"
@@ -23,6 +28,7 @@ issuers:
     algorithms: [RS256, ES256]
     jwks: {{ file: {jwks} }}
     max_token_lifetime: 1h
+{issuer_extra}
 authority:
   listen: 127.0.0.1:{port}
   path: {store}
@@ -1505,4 +1511,222 @@ async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bound
         "RSS {} KiB after the clients left, baseline {baseline} KiB",
         rss_kib(pid, "VmRSS:")
     );
+}
+
+/// A logout token signed by the test issuer's key.
+fn logout_token(claims: serde_json::Value, typ: Option<&str>) -> String {
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    h.typ = typ.map(str::to_owned);
+    jsonwebtoken::encode(&h, &claims, &key_for(Algorithm::RS256)).expect("logout token")
+}
+
+fn logout_claims(jti: &str, iat: i64, f: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let mut c = json!({"iss": ISS, "aud": AUD, "iat": iat, "exp": iat + 120, "jti": jti,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    f(&mut c);
+    c
+}
+
+async fn post_logout_token(authority: SocketAddr, token: &str) -> Answer {
+    let req = http::Request::post("/backchannel-logout")
+        .header("host", "authority")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::BodyExt::map_err(
+                http_body_util::Full::new(bytes::Bytes::from(format!("logout_token={token}"))),
+                |n| match n {},
+            ),
+        ))
+        .expect("req");
+    send(authority, Proto::Plain, "authority", req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_stale_or_mistyped_logout_tokens_are_refused_and_the_reason_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "  logout_token_max_age: 5m");
+    let n = now() as i64;
+    let good = logout_token(
+        logout_claims("lt-replay", n, |c| c["sid"] = json!("s-replay")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr, &good).await.status,
+        StatusCode::OK
+    );
+    let again = post_logout_token(auth.addr, &good).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert!(again.text().contains("replayed"), "{}", again.text());
+
+    // Issued an hour ago and no `exp`: older than logout_token_max_age.
+    let stale = logout_token(
+        logout_claims("lt-stale", n - 3600, |c| {
+            c["sid"] = json!("s-stale");
+            c.as_object_mut().expect("object").remove("exp");
+        }),
+        None,
+    );
+    let a = post_logout_token(auth.addr, &stale).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.text().contains("older"), "{}", a.text());
+
+    // An ID token (typ JWT) is not a logout token.
+    let typed = logout_token(
+        logout_claims("lt-typ", n, |c| c["sid"] = json!("s-typ")),
+        Some("JWT"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr, &typed).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let a = admin(auth.addr, "GET", "/v1/revocations?subject=s-stale", None).await;
+    assert_eq!(a.json()["revocations"], json!([]));
+
+    let logged: Vec<String> = within(Duration::from_secs(5), || async {
+        auth.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.contains("back-channel logout refused"))
+            .count()
+            >= 3
+    })
+    .await
+    .map(|_| auth.lines.lock().expect("lines").clone())
+    .expect("refusals logged");
+    let reasons: Vec<String> = logged
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "back-channel logout refused")
+        .filter_map(|v| v["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("replayed")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("older")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("typ")), "{reasons:?}");
+    for t in [&good, &stale, &typed] {
+        assert!(
+            !logged.iter().any(|l| l.contains(t.as_str())),
+            "token logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subject_logout_never_ends_a_session_started_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    let user = |iat: i64| {
+        token_with(|c| {
+            c.insert("sub".into(), json!("dave"));
+            c.insert("iat".into(), json!(iat));
+            c.remove("jti");
+        })
+    };
+    let before_logout = user(n - 60);
+    let at_logout = user(n - 30);
+    let after_logout = user(n);
+    // The provider logged dave out 30 s ago; the logout arrives now.
+    let lt = logout_token(
+        logout_claims("lt-dave-1", n - 30, |c| c["sub"] = json!("dave")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &lt).await.status,
+        StatusCode::OK
+    );
+    refused_within_a_second(gw, &before_logout).await;
+    refused_within_a_second(gw, &at_logout).await;
+    assert_eq!(status_of(gw, &after_logout).await.0, StatusCode::OK);
+    // Replayed, or a late delivery of an older logout: the later session lives on.
+    assert_eq!(
+        post_logout_token(auth.addr(), &lt).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let older = logout_token(
+        logout_claims("lt-dave-0", n - 50, |c| c["sub"] = json!("dave")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &older).await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(gw, &after_logout).await.0, StatusCode::OK);
+    assert_eq!(status_of(gw, &at_logout).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn logout_tokens_use_logout_audiences_and_sessions_without_sid_end_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    crypto();
+    let path = dir.path().join("authority.yaml");
+    std::fs::write(
+        &path,
+        authority_yaml_with(dir.path(), 0, "    logout_audiences: [client-1]", ""),
+    )
+    .expect("write");
+    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
+        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
+    let section = loaded.config.authority.clone().expect("authority section");
+    let auth = gatehouse::authority::start(&section.value, &loaded)
+        .await
+        .expect("authority starts");
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    // Access tokens without sid (many providers put sid in ID tokens only).
+    let access = token_with(|c| {
+        c.insert("sub".into(), json!("erin"));
+        c.insert("iat".into(), json!(n - 10));
+    });
+    assert_eq!(status_of(gw, &access).await.0, StatusCode::OK);
+    // Addressed to the resource, not the client: refused.
+    let to_resource = logout_token(
+        logout_claims("lt-aud-1", n, |c| {
+            c["sub"] = json!("erin");
+            c["sid"] = json!("erin-session");
+        }),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &to_resource).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // A logout token is never a bearer token at the gateway.
+    let to_client = logout_token(
+        logout_claims("lt-aud-2", n, |c| {
+            c["aud"] = json!("client-1");
+            c["sub"] = json!("erin");
+            c["sid"] = json!("erin-session");
+        }),
+        Some("logout+jwt"),
+    );
+    assert_eq!(status_of(gw, &to_client).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post_logout_token(auth.addr(), &to_client).await.status,
+        StatusCode::OK
+    );
+    // The default `backchannel_logout: subject` ends erin's sid-less tokens.
+    refused_within_a_second(gw, &access).await;
 }

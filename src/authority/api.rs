@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use super::backend::{Backend, Pos};
 use super::store::{NewRevocation, PutOutcome};
 use crate::auth::{Bearer, Identity, Verifier};
-use crate::config::{AuthorityConfig, LoadedConfig};
+use crate::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
 use crate::proxy::{BoxError, ProxyBody};
 use crate::revocation::model::{now_unix, FeedMarker, Kind, Revocation};
 
@@ -49,11 +49,17 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 
 struct IssuerInfo {
     max_lifetime: i64,
+    backchannel: BackchannelScope,
 }
 
 pub struct Api {
     store: Backend,
     verifier: Verifier,
+    /// For back-channel logout tokens: each issuer's `logout_audiences`
+    /// instead of its `audiences` (`None`: no issuer sets them).
+    logout_verifier: Option<Verifier>,
+    /// `logout_token_max_age` in seconds.
+    logout_max_age: i64,
     issuers: HashMap<String, IssuerInfo>,
     admin_token: Vec<u8>,
     feed_token: Option<Vec<u8>>,
@@ -172,13 +178,32 @@ impl Api {
                     i.value.issuer.clone(),
                     IssuerInfo {
                         max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
+                        backchannel: i.value.backchannel_logout,
                     },
                 )
             })
             .collect();
+        let logout_verifier = if loaded
+            .config
+            .issuers
+            .iter()
+            .any(|i| !i.value.logout_audiences.is_empty())
+        {
+            let mut l = loaded.clone();
+            for i in &mut l.config.issuers {
+                if !i.value.logout_audiences.is_empty() {
+                    i.value.audiences = i.value.logout_audiences.clone();
+                }
+            }
+            Some(Verifier::from_config(&l).await?)
+        } else {
+            None
+        };
         Ok(Api {
             store,
             verifier: Verifier::from_config(loaded).await?,
+            logout_verifier,
+            logout_max_age: cfg.logout_token_max_age.as_secs() as i64,
             issuers,
             admin_token: cfg.admin_token.read(loaded)?,
             feed_token: cfg
@@ -522,7 +547,10 @@ impl Api {
         };
         let id = match self.verifier.verify_any_age(&token).await {
             Ok(id) => id,
-            Err(e) => return error(StatusCode::UNAUTHORIZED, "invalid_token", e.description()),
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::authority", reason = e.description(), "logout refused");
+                return error(StatusCode::UNAUTHORIZED, "invalid_token", e.description());
+            }
         };
         let now = now_unix();
         let expired = id
@@ -589,22 +617,43 @@ impl Api {
     }
 
     /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
-    /// a session (`sid`) and/or a subject (`sub`).
+    /// a session (`sid`) and/or a subject (`sub`). Beyond §2.6's checks: a
+    /// `typ` header, if present, must be `logout+jwt` (§2.4, RFC 8725
+    /// §3.11); `iat` older than `logout_token_max_age` is refused; each
+    /// `jti` is accepted once (remembered until `exp`, or for the max age;
+    /// on Redis, across replicas); a subject is logged out up to the
+    /// token's `iat`, never "now", so a replayed or late token cannot end a
+    /// session that started after the logout. Every refusal is logged with
+    /// its reason (never the token).
     async fn backchannel_logout(&self, req: Request<Incoming>) -> Resp {
+        let refuse = |reason: &str| {
+            tracing::warn!(target: "gatehouse::authority", reason, "back-channel logout refused");
+            error(StatusCode::BAD_REQUEST, "invalid_request", reason)
+        };
         let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => {
+                tracing::warn!(target: "gatehouse::authority", reason = "body too large or unreadable", "back-channel logout refused");
+                return r;
+            }
         };
         let Some(token) = form_field(&body, "logout_token") else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "logout_token is required",
-            );
+            return refuse("logout_token is required");
         };
-        let id = match self.verifier.verify_any_age(&token).await {
+        let typ_ok = match jsonwebtoken::decode_header(&token) {
+            Ok(h) => h.typ.as_deref().is_none_or(|t| {
+                let t = t.to_ascii_lowercase();
+                t == "logout+jwt" || t == "application/logout+jwt"
+            }),
+            Err(_) => false,
+        };
+        if !typ_ok {
+            return refuse("logout token typ must be logout+jwt");
+        }
+        let verifier = self.logout_verifier.as_ref().unwrap_or(&self.verifier);
+        let id = match verifier.verify_any_age(&token).await {
             Ok(id) => id,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.description()),
+            Err(e) => return refuse(e.description()),
         };
         let now = now_unix();
         let c = &id.claims;
@@ -613,58 +662,80 @@ impl Api {
             .and_then(Value::as_object)
             .and_then(|e| e.get(BACKCHANNEL_EVENT))
             .is_some_and(Value::is_object);
+        let exp = c.get("exp").and_then(Value::as_i64);
         let problem = if !events_ok {
             Some("logout token lacks the back-channel logout event")
         } else if c.contains_key("nonce") {
             Some("logout token must not carry a nonce")
         } else if id.jti.is_none() {
             Some("logout token lacks jti")
-        } else if id.issued_at.is_none() {
-            Some("logout token lacks iat")
         } else if id.sid.is_none() && id.subject.is_none() {
             Some("logout token names neither sid nor sub")
-        } else if c
-            .get("exp")
-            .and_then(Value::as_i64)
-            .is_some_and(|e| e + 60 < now)
-        {
+        } else if exp.is_some_and(|e| e + 60 < now) {
             Some("logout token has expired")
         } else {
-            None
-        };
-        if let Some(p) = problem {
-            return error(StatusCode::BAD_REQUEST, "invalid_request", p);
-        }
-        let max_lifetime = self
-            .issuers
-            .get(&*id.iss)
-            .map_or(86_400, |i| i.max_lifetime);
-        let new = match (&id.sid, &id.subject) {
-            (Some(sid), _) => NewRevocation {
-                issuer: id.iss.to_string(),
-                kind: Kind::Sid,
-                value: sid.clone(),
-                before: None,
-                reason: "logout".into(),
-                created_at: now,
-                expires_at: now + max_lifetime,
-            },
-            (None, Some(sub)) => NewRevocation {
-                issuer: id.iss.to_string(),
-                kind: Kind::Sub,
-                value: sub.clone(),
-                before: Some(now + 1),
-                reason: "logout".into(),
-                created_at: now,
-                expires_at: now + max_lifetime,
-            },
-            (None, None) => {
-                return error(StatusCode::BAD_REQUEST, "invalid_request", "no sid or sub")
+            match id.issued_at {
+                None => Some("logout token lacks iat"),
+                Some(iat) if iat > now + 60 => Some("logout token issued in the future"),
+                Some(iat) if now - iat > self.logout_max_age => {
+                    Some("logout token is older than logout_token_max_age")
+                }
+                Some(_) => None,
             }
         };
-        match self.put(vec![new]).await {
+        if let Some(p) = problem {
+            return refuse(p);
+        }
+        let (Some(iat), Some(jti)) = (id.issued_at, id.jti.as_deref()) else {
+            return refuse("logout token lacks iat or jti");
+        };
+        let info = self.issuers.get(&*id.iss);
+        let max_lifetime = info.map_or(86_400, |i| i.max_lifetime);
+        let scope = info.map_or(BackchannelScope::Subject, |i| i.backchannel);
+        // Replays are refused for as long as the token could be accepted.
+        let until = exp
+            .unwrap_or(iat + self.logout_max_age)
+            .max(iat + self.logout_max_age)
+            + 60;
+        let replay_key = format!("{}\u{0}{jti}", id.iss);
+        match self
+            .store
+            .remember_logout(replay_key.clone(), until, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return refuse("logout token replayed (jti already used)"),
+            Err(e) => return internal(e),
+        }
+        let entry = |kind: Kind, value: &str, before: Option<i64>| NewRevocation {
+            issuer: id.iss.to_string(),
+            kind,
+            value: value.to_owned(),
+            before,
+            reason: "logout".into(),
+            created_at: now,
+            expires_at: before.unwrap_or(now) + max_lifetime,
+        };
+        let mut news = Vec::new();
+        if let Some(sid) = &id.sid {
+            news.push(entry(Kind::Sid, sid, None));
+        }
+        // Tokens issued at or before the logout token: `iat < before`.
+        if let Some(sub) = &id.subject {
+            if id.sid.is_none() || scope == BackchannelScope::Subject {
+                news.push(entry(Kind::Sub, sub, Some(iat + 1)));
+            }
+        }
+        match self.put(news).await {
             Ok(_) => json_resp(StatusCode::OK, &json!({})),
-            Err(e) => internal(e),
+            Err(e) => {
+                // Not kept: the identity provider's retry must not be
+                // refused as a replay.
+                if let Err(f) = self.store.forget_logout(replay_key).await {
+                    tracing::error!(error = %format!("{f:#}"), "cannot forget a logout token id");
+                }
+                internal(e)
+            }
         }
     }
 

@@ -197,6 +197,25 @@ impl Backend {
         }
     }
 
+    /// Remembers a back-channel logout token's `jti` (keyed with its
+    /// issuer) until `until`; false for a replay. On Redis the memory is
+    /// shared by every replica.
+    pub async fn remember_logout(&self, key: String, until: i64, now: i64) -> anyhow::Result<bool> {
+        match self {
+            Backend::Embedded(s) => {
+                Self::blocking(s, move |s| s.remember_logout(&key, until, now)).await
+            }
+            Backend::Redis(r) => r.remember_logout(&key, until).await,
+        }
+    }
+
+    pub async fn forget_logout(&self, key: String) -> anyhow::Result<()> {
+        match self {
+            Backend::Embedded(s) => Self::blocking(s, move |s| s.forget_logout(&key)).await,
+            Backend::Redis(r) => r.forget_logout(&key).await,
+        }
+    }
+
     pub async fn purge(&self, now: i64) -> anyhow::Result<usize> {
         match self {
             Backend::Embedded(s) => Self::blocking(s, move |s| s.purge(now)).await,

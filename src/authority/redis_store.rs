@@ -306,6 +306,34 @@ impl RedisStore {
         Ok((results.into_iter().map(|(r, _)| r).collect(), pos))
     }
 
+    /// Remembers a logout token's `jti` until `until` (Unix seconds), in
+    /// Redis, so every replica refuses its replay; false when it is already
+    /// remembered.
+    pub async fn remember_logout(&self, key: &str, until: i64) -> anyhow::Result<bool> {
+        let mut con = self.con.clone();
+        let r = redis::cmd("SET")
+            .arg(self.key(&format!("logout:{key}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until.max(1))
+            .query_async::<Option<String>>(&mut con)
+            .await;
+        let set = self.noted(r).context("Redis SET logout jti")?;
+        self.durable().await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn forget_logout(&self, key: &str) -> anyhow::Result<()> {
+        let mut con = self.con.clone();
+        let r = redis::cmd("DEL")
+            .arg(self.key(&format!("logout:{key}")))
+            .query_async::<i64>(&mut con)
+            .await;
+        self.noted(r).context("Redis DEL logout jti")?;
+        Ok(())
+    }
+
     async fn hget(&self, hash: &str, field: &str) -> anyhow::Result<Option<String>> {
         let mut con = self.con.clone();
         let r = redis::cmd("HGET")

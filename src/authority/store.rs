@@ -22,6 +22,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_STR: TableDefinition<&str, &str> = TableDefinition::new("meta_str");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Back-channel logout token ids seen (`issuer\0jti`), until when.
+const LOGOUT_JTIS: TableDefinition<&str, i64> = TableDefinition::new("logout_jtis");
 
 /// A revocation as asked for, before the store gives it an id.
 #[derive(Debug, Clone)]
@@ -103,6 +105,7 @@ impl Store {
             tx.open_table(META)?;
             tx.open_table(SESSIONS)?;
             tx.open_table(AUDIT)?;
+            tx.open_table(LOGOUT_JTIS)?;
             let mut m = tx.open_table(META_STR)?;
             let existing = m.get("epoch")?.map(|v| v.value().to_owned());
             match existing {
@@ -376,6 +379,7 @@ impl Store {
                     removed += 1;
                 }
             }
+            tx.open_table(LOGOUT_JTIS)?.retain(|_, until| until > now)?;
             let mut meta = tx.open_table(META)?;
             let seq = get_u64(&meta, "seq")?;
             let keep_from = seq.saturating_sub(self.change_retention) + 1;
@@ -388,6 +392,32 @@ impl Store {
         }
         tx.commit()?;
         Ok(removed)
+    }
+
+    /// Remembers a logout token's `jti` until `until` (Unix seconds);
+    /// false when it is already remembered (a replay).
+    pub fn remember_logout(&self, key: &str, until: i64, now: i64) -> anyhow::Result<bool> {
+        let tx = self.db()?.begin_write()?;
+        let fresh;
+        {
+            let mut t = tx.open_table(LOGOUT_JTIS)?;
+            let seen = t.get(key)?.map(|v| v.value());
+            fresh = seen.is_none_or(|u| u <= now);
+            if fresh {
+                t.insert(key, until)?;
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Forgets a remembered `jti` (its logout could not be stored, so the
+    /// identity provider's retry must not count as a replay).
+    pub fn forget_logout(&self, key: &str) -> anyhow::Result<()> {
+        let tx = self.db()?.begin_write()?;
+        tx.open_table(LOGOUT_JTIS)?.remove(key)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a login's session and, over `limit`, revokes the oldest
