@@ -1111,6 +1111,12 @@ async fn an_older_or_foreign_snapshot_never_unrevokes_and_is_counted() {
     )
     .await;
     refused_within_a_second(gw.addr, &revoked).await;
+    // Tokens without sid are counted: session logouts cannot match them.
+    let no_sid = token_with(|c| {
+        c.remove("sid");
+    });
+    assert_eq!(status_of(gw.addr, &no_sid).await.0, StatusCode::OK);
+    assert!(metric(admin_addr, "gatehouse_admitted_tokens_without_sid_total").await >= 1.0);
     let held = state_cursor(&state);
     let epoch = held.split('-').next().expect("epoch").to_owned();
 

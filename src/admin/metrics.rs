@@ -238,6 +238,10 @@ pub struct Metrics {
     pub revocation_stale: Gauge,
     /// Feed responses refused because they were behind the held state.
     pub revocation_feed_refused: Family<ReasonLabel, Counter>,
+    /// Admitted tokens that carry no `sid`: a session logout cannot match them.
+    pub admitted_without_sid: ShardedCounter,
+    /// Admitted tokens that carry no `jti`: a per-token logout cannot match them.
+    pub admitted_without_jti: ShardedCounter,
     pub reloads: Family<ResultLabel, Counter>,
     pub open_connections: Gauge,
     pub tasks_alive: Gauge,
@@ -323,6 +327,18 @@ impl Metrics {
             "Feed responses refused because they were behind the revocation state held (reason: older, changes_without_base)",
             revocation_feed_refused.clone(),
         );
+        let admitted_without_sid = ShardedCounter::default();
+        r.register(
+            "admitted_tokens_without_sid",
+            "Tokens admitted that carry no sid (a back-channel logout by session cannot end them; see issuers[].backchannel_logout)",
+            admitted_without_sid.clone(),
+        );
+        let admitted_without_jti = ShardedCounter::default();
+        r.register(
+            "admitted_tokens_without_jti",
+            "Tokens admitted that carry no jti (a logout of that one token revokes its subject up to its iat instead)",
+            admitted_without_jti.clone(),
+        );
         r.register(
             "config_reloads",
             "Config reloads by result (ok, failed)",
@@ -352,6 +368,8 @@ impl Metrics {
             revocation_cursor,
             revocation_stale,
             revocation_feed_refused,
+            admitted_without_sid,
+            admitted_without_jti,
             reloads,
             open_connections,
             registry: r,

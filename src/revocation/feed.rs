@@ -71,7 +71,16 @@ impl Revocations {
         }
         match self.set.load().check(id) {
             Some(hit) => Err(Refusal::Revoked(hit)),
-            None => Ok(()),
+            None => {
+                // What logouts can match among the tokens actually seen.
+                if id.sid.is_none() {
+                    crate::admin::metrics::metrics().admitted_without_sid.inc();
+                }
+                if id.jti.is_none() {
+                    crate::admin::metrics::metrics().admitted_without_jti.inc();
+                }
+                Ok(())
+            }
         }
     }
 
