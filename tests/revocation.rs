@@ -1736,3 +1736,67 @@ async fn logout_tokens_use_logout_audiences_and_sessions_without_sid_end_too() {
     // The default `backchannel_logout: subject` ends erin's sid-less tokens.
     refused_within_a_second(gw, &access).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_200_from_the_state_file_with_the_authority_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (mut auth, _cfg) = authority_process(dir.path());
+    // The authority says "ok" to anyone, and its size only to admins.
+    let h = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/healthz", None, None),
+    )
+    .await;
+    assert_eq!(h.json(), json!({"status": "ok"}));
+    let s = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/v1/status", None, None),
+    )
+    .await;
+    assert_eq!(s.status, StatusCode::UNAUTHORIZED);
+    assert!(admin(auth.addr, "GET", "/v1/status", None).await.json()["cursor"].is_string());
+
+    let yaml = gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &state,
+        "admin:\n  listen: 127.0.0.1:0",
+    )
+    .replace("max_staleness: 4s", "max_staleness: 1h");
+    let revoked = token_with(|c| {
+        c.insert("sid".into(), json!("ready-from-file"));
+    });
+    {
+        let gw = Proc::start("run", &yaml, "listening");
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"sid": "ready-from-file"})),
+        )
+        .await;
+        refused_within_a_second(gw.addr, &revoked).await;
+    }
+    auth.kill();
+    let gw = Proc::start("run", &yaml, "listening");
+    let admin_addr = admin_addr_of(&gw).await;
+    let r = send(
+        admin_addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/readyz", None, &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["revocation"]["source"], "state_file");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}

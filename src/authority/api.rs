@@ -10,7 +10,8 @@
 //! | `POST /v1/logout` | the token itself | revoke its `jti`/`sid`; always 200 for a genuine token |
 //! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
 //! | `GET /v1/feed?since=&wait=` | feed or admin token | changes since a cursor, or a snapshot |
-//! | `GET /healthz` | anyone | liveness and size |
+//! | `GET /v1/status` | admin | entry count and cursor |
+//! | `GET /healthz` | anyone | liveness: `{"status":"ok"}` only |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -257,6 +258,10 @@ impl Api {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => self.healthz().await,
+            (&Method::GET, ["v1", "status"]) => match self.authorize(&req, false) {
+                Ok(()) => self.status().await,
+                Err(r) => *r,
+            },
             (&Method::GET, ["v1", "feed"]) => match self.authorize(&req, true) {
                 Ok(()) => self.feed(&req).await,
                 Err(r) => *r,
@@ -739,7 +744,17 @@ impl Api {
         }
     }
 
+    /// Liveness for anyone: "ok" when the store answers, nothing more
+    /// (entry counts and the cursor are behind the admin token, `/v1/status`).
     async fn healthz(&self) -> Resp {
+        match self.store.current().await {
+            Ok(_) => json_resp(StatusCode::OK, &json!({"status": "ok"})),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// Entry count and cursor, for admins.
+    async fn status(&self) -> Resp {
         let state = async {
             Ok::<_, anyhow::Error>((self.store.len().await?, self.store.current().await?))
         };

@@ -33,6 +33,13 @@ pub struct Revocations {
     set: ArcSwap<RevocationSet>,
     /// Unix milliseconds of the last successful feed response; 0 = never.
     last_contact_ms: AtomicI64,
+    /// Since when the state held counts as current: the last feed
+    /// response, or the moment it was loaded from the state file (it held
+    /// everything the gateway had applied when it stopped). Staleness and
+    /// readiness count from here; 0 = no state.
+    fresh_since_ms: AtomicI64,
+    /// Where the state came from: 0 none, 1 the state file, 2 the authority.
+    source: std::sync::atomic::AtomicU8,
     /// Sequence part of the last applied cursor (for metrics).
     cursor_seq: AtomicU64,
     ready: AtomicBool,
@@ -47,6 +54,10 @@ pub struct Revocations {
 pub struct Status {
     pub ready: bool,
     pub stale: bool,
+    /// `authority`, `state_file` (not synced since start) or `none`.
+    pub source: &'static str,
+    /// Seconds since the state was last current (see `is_stale`).
+    pub seconds_since_fresh: Option<f64>,
     pub seconds_since_contact: Option<f64>,
     pub cursor_seq: u64,
     pub entries: Counts,
@@ -84,16 +95,25 @@ impl Revocations {
         }
     }
 
+    /// No word from the authority within `max_staleness` of the state
+    /// becoming current (a feed response, or loading the state file).
     pub fn is_stale(&self) -> bool {
-        let last = self.last_contact_ms.load(Ordering::Relaxed);
-        last == 0 || now_ms() - last > self.max_staleness.as_millis() as i64
+        let since = self.fresh_since_ms.load(Ordering::Relaxed);
+        since == 0 || now_ms() - since > self.max_staleness.as_millis() as i64
     }
 
     pub fn status(&self) -> Status {
         let last = self.last_contact_ms.load(Ordering::Relaxed);
+        let since = self.fresh_since_ms.load(Ordering::Relaxed);
         Status {
             ready: self.ready.load(Ordering::Acquire),
             stale: self.is_stale(),
+            source: match self.source.load(Ordering::Relaxed) {
+                1 => "state_file",
+                2 => "authority",
+                _ => "none",
+            },
+            seconds_since_fresh: (since > 0).then(|| (now_ms() - since) as f64 / 1000.0),
             seconds_since_contact: (last > 0).then(|| (now_ms() - last) as f64 / 1000.0),
             cursor_seq: self.cursor_seq.load(Ordering::Relaxed),
             entries: self.set.load().counts(),
@@ -156,6 +176,8 @@ impl Revocations {
         let me = Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
             last_contact_ms: AtomicI64::new(0),
+            fresh_since_ms: AtomicI64::new(if has_state { now_ms() } else { 0 }),
+            source: std::sync::atomic::AtomicU8::new(u8::from(has_state)),
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(has_state),
             max_staleness: cfg.max_staleness,
@@ -411,7 +433,10 @@ impl Feed {
             me.cursor_seq.store(seq, Ordering::Relaxed);
         }
         self.cursor = Some(cursor);
-        me.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        let t = now_ms();
+        me.last_contact_ms.store(t, Ordering::Relaxed);
+        me.fresh_since_ms.store(t, Ordering::Relaxed);
+        me.source.store(2, Ordering::Relaxed);
         me.ready.store(true, Ordering::Release);
         Ok(())
     }
