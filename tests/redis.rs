@@ -500,3 +500,23 @@ async fn a_logout_token_replayed_to_another_replica_is_refused() {
     assert_eq!(replay.status, StatusCode::BAD_REQUEST);
     assert!(replay.text().contains("replayed"), "{}", replay.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_second_logins_evict_the_one_that_arrived_first_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("arrival");
+    let extra = "  max_sessions_per_subject: 3";
+    let a = replica(dir.path(), "a", &redis.url(), &p, extra);
+    let b = replica(dir.path(), "b", &redis.url(), &p, extra);
+    let n = now() as i64;
+    let mut replaced = Vec::new();
+    for (i, sid) in ["z1", "z2", "z3", "a4"].iter().enumerate() {
+        let via = if i % 2 == 0 { a.addr } else { b.addr };
+        let body = json!({"sub": "frank", "sid": sid, "started_at": n});
+        let r = admin(via, "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        replaced.push(r.json()["replaced"].clone());
+    }
+    assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
+}

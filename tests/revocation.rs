@@ -1800,3 +1800,45 @@ async fn readyz_is_200_from_the_state_file_with_the_authority_down() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("feed.token"), "feed-token-0123456789").expect("feed token");
+    let auth = authority_task(dir.path(), "  feed_token: { file: feed.token }").await;
+    let with = |token: &'static str, path: &'static str| {
+        send(
+            auth.addr(),
+            Proto::Plain,
+            "authority",
+            json_req("GET", path, Some(token), None),
+        )
+    };
+    assert_eq!(
+        with("feed-token-0123456789", "/v1/feed").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(with(ADMIN, "/v1/feed").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        with("feed-token-0123456789", "/v1/revocations")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(with(ADMIN, "/v1/revocations").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn same_second_logins_evict_the_one_that_arrived_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_task(dir.path(), "  max_sessions_per_subject: 3").await;
+    let n = now() as i64;
+    let mut replaced = Vec::new();
+    for sid in ["z1", "z2", "z3", "a4"] {
+        let body = json!({"sub": "frank", "sid": sid, "started_at": n});
+        let a = admin(auth.addr(), "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(a.status, StatusCode::OK);
+        replaced.push(a.json()["replaced"].clone());
+    }
+    assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
+}

@@ -166,7 +166,11 @@ struct SessionRequest {
 }
 
 impl Api {
-    pub async fn new(cfg: &AuthorityConfig, loaded: &LoadedConfig) -> anyhow::Result<Api> {
+    pub async fn new(
+        cfg: &AuthorityConfig,
+        loaded: &LoadedConfig,
+        internal_feed_token: Option<Vec<u8>>,
+    ) -> anyhow::Result<Api> {
         let store = Backend::open(cfg, loaded).await?;
         let seq = Arc::new(watch::channel(Pos::default()).0);
         store.follow(&seq).await?;
@@ -184,6 +188,9 @@ impl Api {
                 )
             })
             .collect();
+        if cfg.feed_token.is_none() && internal_feed_token.is_none() {
+            tracing::warn!("authority.feed_token is not set: the feed accepts the admin token (deprecated; give gateways a feed_token of their own so a gateway's credential cannot write revocations)");
+        }
         let logout_verifier = if loaded
             .config
             .issuers
@@ -207,11 +214,10 @@ impl Api {
             logout_max_age: cfg.logout_token_max_age.as_secs() as i64,
             issuers,
             admin_token: cfg.admin_token.read(loaded)?,
-            feed_token: cfg
-                .feed_token
-                .as_ref()
-                .map(|t| t.read(loaded))
-                .transpose()?,
+            feed_token: match &cfg.feed_token {
+                Some(t) => Some(t.read(loaded)?),
+                None => internal_feed_token,
+            },
             max_sessions: cfg.max_sessions_per_subject,
             max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
             seq,
@@ -308,7 +314,13 @@ impl Api {
             }
         };
         let ok = |secret: &[u8]| bool::from(presented.ct_eq(secret));
-        let allowed = ok(&self.admin_token) || (feed && self.feed_token.as_deref().is_some_and(ok));
+        // Each endpoint its own credential: with a feed token, the feed
+        // takes only it and the admin API only the admin token. Without
+        // one (deprecated), the feed still takes the admin token.
+        let allowed = match (&self.feed_token, feed) {
+            (Some(f), true) => ok(f),
+            (None, true) | (_, false) => ok(&self.admin_token),
+        };
         if allowed {
             Ok(())
         } else {

@@ -32,7 +32,18 @@ pub async fn start(
     cfg: &AuthorityConfig,
     loaded: &LoadedConfig,
 ) -> anyhow::Result<AuthorityHandle> {
-    let api = Arc::new(api::Api::new(cfg, loaded).await?);
+    start_with(cfg, loaded, None).await
+}
+
+/// Like [`start`]; `internal_feed_token` is the feed credential of an
+/// embedded authority's own gateway when `feed_token` is not configured,
+/// so the admin token is never the feed's credential by default.
+pub async fn start_with(
+    cfg: &AuthorityConfig,
+    loaded: &LoadedConfig,
+    internal_feed_token: Option<Vec<u8>>,
+) -> anyhow::Result<AuthorityHandle> {
+    let api = Arc::new(api::Api::new(cfg, loaded, internal_feed_token).await?);
     let store_name = api.store_name(cfg, loaded);
     api.clone().spawn_purger(cfg.purge_interval);
     let tls = match &cfg.tls {

@@ -12,7 +12,10 @@
 --   floor    string id of the newest log entry trimmed away
 --   nextid   string id counter
 --   audit    stream un-revocations
---   sess:<issuer>\0<sub>  zset sid scored by started_at
+--   sess:<issuer>\0<sub>  zset sid scored by arrival (sessseq + 1e10;
+--                          older data: by started_at, which sorts first)
+--   sess:<issuer>\0<sub>\0t  zset sid scored by started_at (expiry)
+--   sessseq  string arrival counter of sessions
 local P = ARGV[1]
 local op = ARGV[2]
 local E, B, X, L = P .. 'entries', P .. 'byid', P .. 'expiry', P .. 'log'
@@ -97,16 +100,29 @@ elseif op == 'session' then
   local started, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
   local now, life = tonumber(ARGV[8]), tonumber(ARGV[9])
   local SK = P .. 'sess:' .. iss .. '\0' .. sub
+  local TK = SK .. '\0t'
   -- Sessions older than any token lifetime are gone anyway.
+  for _, s in ipairs(redis.call('ZRANGEBYSCORE', TK, '-inf', now - life)) do
+    redis.call('ZREM', SK, s)
+  end
+  redis.call('ZREMRANGEBYSCORE', TK, '-inf', now - life)
   redis.call('ZREMRANGEBYSCORE', SK, '-inf', now - life)
-  redis.call('ZADD', SK, 'NX', started, sid)
+  -- Ordered by arrival at the store, like the embedded store: whole-second
+  -- start times tie, and the sid's spelling must not decide.
+  if not redis.call('ZSCORE', SK, sid) then
+    local seq = redis.call('INCR', P .. 'sessseq') + 10000000000
+    redis.call('ZADD', SK, seq, sid)
+    redis.call('ZADD', TK, started, sid)
+  end
   redis.call('EXPIRE', SK, life)
+  redis.call('EXPIRE', TK, life)
   local out = { '' }
   local over = redis.call('ZCARD', SK) - limit
   if over > 0 then
     local popped = redis.call('ZPOPMIN', SK, over)
     for i = 1, #popped, 2 do
       local s = popped[i]
+      redis.call('ZREM', TK, s)
       local rev = {
         issuer = iss, kind = 'sid', value = s, reason = 'replaced',
         created_at = now, expires_at = now + life,

@@ -58,6 +58,11 @@ pub enum SnapshotItem<'a> {
 struct Session {
     sid: String,
     started_at: i64,
+    /// Arrival order at the store (a per-store counter): the session limit
+    /// replaces the session that arrived first, whatever `started_at` says
+    /// (whole seconds tie). 0 for sessions recorded before this field.
+    #[serde(default)]
+    seq: u64,
 }
 
 pub struct Store {
@@ -444,12 +449,16 @@ impl Store {
             // Sessions older than any token lifetime are gone anyway.
             list.retain(|s| s.started_at + max_lifetime > crate::revocation::model::now_unix());
             if !list.iter().any(|s| s.sid == sid) {
+                let mut meta = tx.open_table(META)?;
+                let seq = get_u64(&meta, "session_seq")? + 1;
+                meta.insert("session_seq", seq)?;
                 list.push(Session {
                     sid: sid.to_owned(),
                     started_at,
+                    seq,
                 });
             }
-            list.sort_by_key(|s| s.started_at);
+            list.sort_by_key(|s| (s.seq, s.started_at));
             let over = list.len().saturating_sub(limit);
             evicted = list.drain(..over).map(|s| s.sid).collect::<Vec<_>>();
             sessions.insert(key.as_str(), serde_json::to_vec(&list)?.as_slice())?;

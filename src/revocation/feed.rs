@@ -139,14 +139,16 @@ impl Revocations {
                 None,
             ),
             (None, Some(e)) => {
-                let handle = crate::authority::start(e, loaded)
+                // Without a configured feed token the gateway and its
+                // embedded authority share a random one: never the admin token.
+                let token = match &e.feed_token {
+                    Some(t) => t.read(loaded)?,
+                    None => crate::token::random_id().into_bytes(),
+                };
+                let internal = e.feed_token.is_none().then(|| token.clone());
+                let handle = crate::authority::start_with(e, loaded, internal)
                     .await
                     .context("embedded authority")?;
-                let token = e
-                    .feed_token
-                    .as_ref()
-                    .unwrap_or(&e.admin_token)
-                    .read(loaded)?;
                 let scheme = if e.tls.is_some() { "https" } else { "http" };
                 let base = format!("{scheme}://{}", handle.addr());
                 (vec![base], Some(token), None, Some(handle))
