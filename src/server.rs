@@ -143,6 +143,22 @@ impl Gateway {
         if fingerprint(o) != fingerprint(n) {
             return Err("the revocation or admin section, or limits.max_connections, changed; restart to apply".into());
         }
+        // An embedded authority verifies logout tokens with the issuers it
+        // started with: a changed issuer would silently not reach it.
+        let embedded = |c: &crate::config::Config| {
+            c.revocation
+                .as_ref()
+                .is_some_and(|r| r.value.embedded.is_some())
+        };
+        let issuers = |c: &crate::config::Config| {
+            c.issuers
+                .iter()
+                .map(|i| format!("{:?}", i.value))
+                .collect::<Vec<_>>()
+        };
+        if embedded(o) && issuers(o) != issuers(n) {
+            return Err("issuers changed and the embedded authority (revocation.embedded) verifies logout tokens with them; restart to apply".into());
+        }
         let generation = Generation::build(loaded, self.revocations.clone())
             .await
             .map_err(|e| format!("{e:#}"))?;

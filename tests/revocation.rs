@@ -1842,3 +1842,44 @@ async fn same_second_logins_evict_the_one_that_arrived_first() {
     }
     assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
 }
+
+#[tokio::test]
+async fn a_reload_changing_issuers_under_an_embedded_authority_says_restart_to_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    std::fs::write(dir.path().join("admin.token"), ADMIN).expect("token");
+    let yaml = |audience: &str| {
+        format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{audience}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+revocation:
+  embedded:
+    listen: 127.0.0.1:0
+    path: {store}
+    admin_token: {{ file: {token} }}
+  state_file: {state}
+"#,
+            jwks = fixture("jwks.json").display(),
+            backend = backend.addr,
+            store = dir.path().join("a.redb").display(),
+            token = dir.path().join("admin.token").display(),
+            state = dir.path().join("gw.state").display(),
+        )
+    };
+    let (gw, gdir) = start_gateway(&yaml(AUD)).await;
+    let token = mint(Algorithm::RS256, "henry");
+    assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+    std::fs::write(gdir.path().join("gatehouse.yaml"), yaml("other-app")).expect("write");
+    let err = gw.reload().await.expect_err("refused");
+    assert!(err.contains("restart to apply"), "{err}");
+    // The running config keeps serving.
+    assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+}
