@@ -9,7 +9,7 @@
 //! | `POST /v1/sessions` | admin (login service) | a new session; enforces the session limit |
 //! | `POST /v1/logout` | the token itself | revoke its `jti`/`sid`; always 200 for a genuine token |
 //! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
-//! | `GET /v1/feed?since=&wait=` | feed or admin token | changes since a cursor, or a snapshot |
+//! | `GET /v1/feed?since=&wait=` | feed token (admin token only while `feed_token` is unset) | changes since a cursor, or a snapshot |
 //! | `GET /v1/status` | admin | entry count and cursor |
 //! | `GET /healthz` | anyone | liveness: `{"status":"ok"}` only |
 
