@@ -790,15 +790,19 @@ impl Api {
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
         let since = match q.get("since") {
-            Some(c) => self.store.parse_cursor_fresh(c).await,
+            Some(c) => self.store.parse_cursor_fresh(c).await.map(|p| {
+                // Epochs are hex: the cursor's epoch ends at its first `-`.
+                let epoch = c.split('-').next().unwrap_or_default().to_owned();
+                (p, epoch)
+            }),
             None => None,
         };
-        if let Some(since) = since {
+        if let Some((since, epoch)) = since {
             let mut rx = self.seq.subscribe();
             if *rx.borrow() <= since && !wait.is_zero() {
                 let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s > since)).await;
             }
-            match self.store.changes_since(since, MAX_CHANGES).await {
+            match self.store.changes_since(since, epoch, MAX_CHANGES).await {
                 Ok(Some((changes, upto))) => {
                     let cursor = self.store.cursor(upto);
                     let mut out = Vec::with_capacity(64 + changes.len() * 200);

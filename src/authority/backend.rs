@@ -184,16 +184,24 @@ impl Backend {
         }
     }
 
+    /// Changes after `since`, a position of the cursor epoch `epoch` (as
+    /// the caller parsed it: the store's epoch may have moved since, and a
+    /// store only starts a new epoch for a cursor of its current one).
     pub async fn changes_since(
         &self,
         since: Pos,
+        epoch: String,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, Pos)>> {
         match self {
-            Backend::Embedded(s) => Ok(Self::blocking(s, move |s| s.changes_since(since.1, max))
-                .await?
-                .map(|(c, n)| (c, Pos(0, n)))),
-            Backend::Redis(r) => r.changes_since(since, max).await,
+            Backend::Embedded(s) => {
+                Ok(
+                    Self::blocking(s, move |s| s.changes_since(since.1, &epoch, max))
+                        .await?
+                        .map(|(c, n)| (c, Pos(0, n))),
+                )
+            }
+            Backend::Redis(r) => r.changes_since(since, &epoch, max).await,
         }
     }
 

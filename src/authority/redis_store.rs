@@ -456,6 +456,7 @@ impl RedisStore {
     pub async fn changes_since(
         &self,
         since: Pos,
+        since_epoch: &str,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, Pos)>> {
         let out = self
@@ -465,7 +466,7 @@ impl RedisStore {
                     id_arg(since),
                     max.to_string(),
                     crate::token::random_id()[..12].to_owned(),
-                    self.epoch(),
+                    since_epoch.to_owned(),
                 ],
             )
             .await?;
@@ -475,8 +476,10 @@ impl RedisStore {
         };
         if epoch != self.epoch() {
             if let Ok(mut e) = self.epoch.write() {
-                *e = epoch;
+                e.clone_from(&epoch);
             }
+        }
+        if epoch != since_epoch {
             return Ok(None);
         }
         let last = parse_id(&last).unwrap_or_default();

@@ -310,12 +310,16 @@ impl Store {
     pub fn changes_since(
         &self,
         since: u64,
+        since_epoch: &str,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, u64)>> {
         let tx = self.db()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = get_u64(&meta, "seq")?;
         let min_seq = get_u64(&meta, "min_seq")?;
+        if since_epoch != self.epoch() {
+            return Ok(None);
+        }
         if since > seq {
             drop(meta);
             drop(tx);
