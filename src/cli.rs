@@ -161,10 +161,35 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Validates as `gatehouse run` would and, when the file has an
+/// `authority` section, as `gatehouse authority` would: an authority-only
+/// config (no listeners) is checked as such.
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
+    let gateway = config::load(path);
+    let authority = config::load_for(path, config::Mode::Authority);
+    let result = match (gateway, authority) {
+        (Ok(_), Ok(_)) => Ok("gateway and authority"),
+        (Ok(l), Err(e)) if l.config.authority.is_some() => Err(e),
+        (Ok(_), Err(_)) => Ok("gateway"),
+        (Err(_), Ok(l)) if l.config.listeners.is_empty() => Ok("authority"),
+        // No listeners but an authority section: an authority-only config,
+        // whose own problems are the ones to report.
+        (Err(g), Err(a))
+            if g.issues
+                .iter()
+                .any(|i| i.reason.starts_with("at least one listener"))
+                && !a
+                    .issues
+                    .iter()
+                    .any(|i| i.reason.contains("needs an `authority` section")) =>
+        {
+            Err(a)
+        }
+        (Err(e), _) => Err(e),
+    };
+    match result {
+        Ok(what) => {
+            println!("{}: ok ({what})", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

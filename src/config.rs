@@ -196,6 +196,30 @@ pub struct IssuerConfig {
     /// forgotten this long after the newest token it matches was issued.
     #[serde(default = "default_max_token_lifetime", with = "duration")]
     pub max_token_lifetime: Duration,
+    /// The client ids back-channel logout tokens are addressed to (their
+    /// `aud`, OIDC Back-Channel Logout 1.0 §2.4), checked by the authority
+    /// only; `audiences` stays the resource's own, so the gateway never
+    /// accepts a logout or ID token as a bearer token. Empty: logout
+    /// tokens must carry one of `audiences` (the behaviour before this key).
+    #[serde(default)]
+    pub logout_audiences: Vec<String>,
+    /// What a back-channel logout naming a session ends. `subject` (the
+    /// default, safe whether or not access tokens carry `sid`): the session
+    /// and every token of the subject issued at or before the logout
+    /// token's `iat`. `session`: only the `sid` (a logout token without
+    /// `sid` still ends the subject's tokens up to its `iat`); choose it
+    /// only when every access token of this issuer carries `sid`.
+    #[serde(default)]
+    pub backchannel_logout: BackchannelScope,
+}
+
+/// See [`IssuerConfig::backchannel_logout`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackchannelScope {
+    Session,
+    #[default]
+    Subject,
 }
 
 impl IssuerConfig {
@@ -257,6 +281,11 @@ pub struct AuthorityClientConfig {
     pub token: Option<SecretSource>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Allow `http://` URLs to hosts other than loopback: anyone on the
+    /// path can then read the feed token and answer the feed. Logged as an
+    /// error at every start.
+    #[serde(default)]
+    pub allow_plaintext_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -306,6 +335,18 @@ pub struct AuthorityConfig {
     /// behind gets a snapshot.
     #[serde(default = "default_change_retention")]
     pub change_retention: u64,
+    /// A back-channel logout token whose `iat` is older than this is
+    /// refused, and its `jti` is remembered (replays refused) until its
+    /// `exp`, or for this long when it has none.
+    #[serde(default = "default_logout_token_max_age", with = "duration")]
+    pub logout_token_max_age: Duration,
+    /// The authority listener's limits: the same keys and defaults as the
+    /// gateway's top-level `limits` (header read timeout, header size and
+    /// count, idle timeout, connections); `max_body_bytes` bounds admin
+    /// batch writes (`POST /v1/revocations`). Logout, back-channel logout
+    /// and session bodies have a fixed small limit of their own.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -348,6 +389,10 @@ pub struct RedisStoreConfig {
     /// Connect and command timeout: past it a write answers 503.
     #[serde(default = "default_redis_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Allow `redis://` (no TLS) to a host other than loopback. Logged as
+    /// an error at every start.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn default_key_prefix() -> String {
@@ -386,6 +431,10 @@ pub struct JwksConfig {
     /// built-in web PKI roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Allow an `http://` URL to a host other than loopback: anyone on the
+    /// path can then inject keys. Logged as an error at every start.
+    #[serde(default)]
+    pub allow_plaintext_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -710,6 +759,9 @@ fn default_poll_wait() -> Duration {
 fn default_purge_interval() -> Duration {
     Duration::from_secs(60)
 }
+fn default_logout_token_max_age() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_change_retention() -> u64 {
     100_000
 }
@@ -907,6 +959,51 @@ pub fn interpolate_env(
     Ok(out)
 }
 
+/// Whether `host` (as in a URL: a name, an IPv4 address or a bracketed
+/// IPv6 address) is this machine.
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The transport rule: plain text only to loopback, or with the key's
+/// explicit opt-in (logged loudly). `None` when the URL may be used.
+fn plaintext_problem(
+    key: &str,
+    url: &str,
+    scheme_plain: &str,
+    host: Option<&str>,
+    opt_in: bool,
+    opt_in_key: &str,
+) -> Option<String> {
+    let plain = url
+        .get(..scheme_plain.len() + 3)
+        .is_some_and(|p| p.eq_ignore_ascii_case(&format!("{scheme_plain}://")));
+    if !plain || host.is_some_and(is_loopback_host) {
+        return None;
+    }
+    if opt_in {
+        tracing::error!(key, url, "plain-text {scheme_plain}:// to a host other than loopback ({opt_in_key}: true): anyone on the path can read and forge this traffic");
+        return None;
+    }
+    Some(format!(
+        "{key} `{url}`: {scheme_plain}:// is allowed only to loopback; use TLS, or set {opt_in_key}: true to accept the risk"
+    ))
+}
+
+/// The host of a `redis://[user@]host[:port][/db]` URL.
+fn redis_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hostport.starts_with('[') {
+        return hostport.split_once(']').map(|(h, _)| h);
+    }
+    Some(hostport.split(':').next().unwrap_or(hostport))
+}
+
 fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
     let cfg = &loaded.config;
     let mut issues = Vec::new();
@@ -964,6 +1061,15 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                     );
                 } else if r.url.contains('@') {
                     push(line, "store.redis.url must not carry credentials; use username/password (env or file)".into());
+                } else if let Some(p) = plaintext_problem(
+                    "store.redis.url",
+                    &r.url,
+                    "redis",
+                    redis_host(&r.url),
+                    r.allow_plaintext,
+                    "store.redis.allow_plaintext",
+                ) {
+                    push(line, p);
                 }
                 for s in r.username.iter().chain(r.password.iter()) {
                     if let Some(p) = secret_problem(s, loaded) {
@@ -1006,6 +1112,19 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                 }
                 if let Some(s) = &a.token {
                     if let Some(p) = secret_problem(s, loaded) {
+                        push(line, p);
+                    }
+                }
+                for u in a.url.iter().chain(a.urls.iter()) {
+                    let text = u.0.to_string();
+                    if let Some(p) = plaintext_problem(
+                        "revocation.authority.url",
+                        &text,
+                        "http",
+                        u.0.host(),
+                        a.allow_plaintext_http,
+                        "revocation.authority.allow_plaintext_http",
+                    ) {
                         push(line, p);
                     }
                 }
@@ -1118,7 +1237,18 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                         push(line, r);
                     }
                 }
-                (None, Some(_)) => {
+                (None, Some(u)) => {
+                    let text = u.0.to_string();
+                    if let Some(p) = plaintext_problem(
+                        "jwks.url",
+                        &text,
+                        "http",
+                        u.0.host(),
+                        j.allow_plaintext_http,
+                        "jwks.allow_plaintext_http",
+                    ) {
+                        push(line, p);
+                    }
                     if let Some(ca) = &j.ca_file {
                         if let Some(r) = file_must_exist(ca, "jwks ca_file") {
                             push(line, r);

@@ -143,6 +143,22 @@ impl Gateway {
         if fingerprint(o) != fingerprint(n) {
             return Err("the revocation or admin section, or limits.max_connections, changed; restart to apply".into());
         }
+        // An embedded authority verifies logout tokens with the issuers it
+        // started with: a changed issuer would silently not reach it.
+        let embedded = |c: &crate::config::Config| {
+            c.revocation
+                .as_ref()
+                .is_some_and(|r| r.value.embedded.is_some())
+        };
+        let issuers = |c: &crate::config::Config| {
+            c.issuers
+                .iter()
+                .map(|i| format!("{:?}", i.value))
+                .collect::<Vec<_>>()
+        };
+        if embedded(o) && issuers(o) != issuers(n) {
+            return Err("issuers changed and the embedded authority (revocation.embedded) verifies logout tokens with them; restart to apply".into());
+        }
         let generation = Generation::build(loaded, self.revocations.clone())
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -283,7 +299,11 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::T
     Ok(out)
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1 and HTTP/2 connection settings every listener shares (the
+/// gateway's and the authority's): header read timeout (slowloris, RFC 9112
+/// §2.2 leaves it to the server), header size and count limits, HTTP/2
+/// stream and reset limits (RFC 9113 §10.5).
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -306,26 +326,8 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        // Take a connection slot first: at the limit we stop accepting and
-        // let the kernel backlog hold new clients.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) = accept_limited(&listener, &slots, &mut shutdown).await
+    {
         let (current, shutdown) = (current.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -334,6 +336,93 @@ async fn accept_loop(
             handle_connection(stream, peer, index, current, shutdown).await;
             open.dec();
         });
+    }
+}
+
+/// The next connection, once a connection slot is free: at the limit a
+/// listener stops accepting and the kernel backlog holds new clients.
+/// `None` when shutting down. Shared by the gateway's and the authority's
+/// listeners.
+pub(crate) async fn accept_limited(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.changed() => return None,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        };
+        let _ = stream.set_nodelay(true);
+        return Some((stream, peer, permit));
+    }
+}
+
+/// Serves one accepted connection of a listener other than the gateway's
+/// own (the authority's) under the same limits: the TLS handshake within
+/// the header read timeout, [`http_builder`]'s header limits, and the idle
+/// timeout of [`serve_limited`].
+pub(crate) async fn serve_plain_or_tls<H, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::proxy::ProxyBody>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let tracked = Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    match tls {
+        None => {
+            serve_limited(
+                TokioIo::new(tracked),
+                peer,
+                &builder,
+                limits.idle_timeout,
+                activity,
+                shutdown,
+                handler,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await {
+                Ok(Ok(s)) => {
+                    serve_limited(
+                        TokioIo::new(s),
+                        peer,
+                        &builder,
+                        limits.idle_timeout,
+                        activity,
+                        shutdown,
+                        handler,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 
@@ -411,27 +500,58 @@ async fn serve<I>(
     generation: Arc<Generation>,
     current: Arc<ArcSwap<Generation>>,
     activity: Arc<Activity>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let act = activity.clone();
     let peer = info.peer;
     let info = Arc::new(info);
-    let svc = service_fn(move |req| {
+    let handler = move |req| {
         // Each request takes the generation current when it arrives.
         let proxy = current.load().proxy.clone();
-        let guard = InFlight::enter(act.clone());
         let info = info.clone();
+        async move { proxy.handle(req, &info).await }
+    };
+    serve_limited(
+        io,
+        peer,
+        &generation.builder,
+        generation.limits.idle_timeout,
+        activity,
+        shutdown,
+        handler,
+    )
+    .await
+}
+
+/// Drives one HTTP connection: requests go to `handler`; the connection is
+/// closed gracefully once idle (no request in flight, no bytes moving) for
+/// `idle`, or on shutdown. Shared by every listener.
+pub(crate) async fn serve_limited<I, H, Fut>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    idle: Duration,
+    activity: Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::proxy::ProxyBody>> + Send + 'static,
+{
+    let act = activity.clone();
+    let svc = service_fn(move |req| {
+        let guard = InFlight::enter(act.clone());
+        let fut = handler(req);
         async move {
-            let resp = proxy.handle(req, &info).await;
+            let resp = fut.await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = generation.builder.serve_connection_with_upgrades(io, svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let idle = generation.limits.idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
     let mut closing = false;
     loop {
@@ -554,7 +674,7 @@ fn now_ms() -> u64 {
 /// When a connection last moved bytes and how many requests it has in
 /// flight: idle means both "quiet" and "nothing being worked on", so a slow
 /// backend does not get its client cut off.
-struct Activity {
+pub(crate) struct Activity {
     /// Set whenever bytes move; cleared by the idle check. No clock is
     /// read on the I/O path: the check (every idle_timeout/4) keeps time.
     moved: AtomicBool,

@@ -281,3 +281,71 @@ async fn shipped_example_config_runs_with_its_embedded_authority() {
     .await;
     assert!(refused.is_some(), "forced logout enforced within a second");
 }
+
+fn check(yaml: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    std::fs::write(dir.path().join("admin.token"), "t0123456789abcdef").expect("token");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
+    let gateway = |jwks_extra: &str, authority_extra: &str| {
+        format!(
+            "listeners:\n  - address: 127.0.0.1:8080\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"http://idp.example.com/jwks\"{jwks_extra} }}\nroutes:\n  - backends: [http://127.0.0.1:9]\nrevocation:\n  authority: {{ url: \"http://authority.internal:7400\"{authority_extra} }}\n"
+        )
+    };
+    let (ok, err, file) = check(&gateway("", ""));
+    assert!(!ok);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:4: ")) && l.contains("jwks.url")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:11: "))
+                && l.contains("revocation.authority.url")),
+        "{err}"
+    );
+    // An explicit opt-in per URL is accepted (and logged at start).
+    let (ok, err, _) = check(&gateway(
+        ", allow_plaintext_http: true",
+        ", allow_plaintext_http: true",
+    ));
+    assert!(ok, "{err}");
+    // Loopback needs no opt-in.
+    let (ok, err, _) = check(
+        &gateway("", "")
+            .replace("idp.example.com", "127.0.0.1")
+            .replace("authority.internal", "localhost"),
+    );
+    assert!(ok, "{err}");
+
+    // An authority-only config is checked as `gatehouse authority` runs it.
+    let authority = |url: &str| {
+        format!(
+            "issuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"https://idp.example.com/jwks\" }}\nauthority:\n  listen: 127.0.0.1:7400\n  admin_token: {{ file: admin.token }}\n  store:\n    redis: {{ url: \"{url}\" }}\n"
+        )
+    };
+    let (ok, err, _) = check(&authority("rediss://redis.internal:6380"));
+    assert!(ok, "{err}");
+    let (ok, err, file) = check(&authority("redis://redis.internal:6379"));
+    assert!(!ok);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:7: ")) && l.contains("store.redis.url")),
+        "{err}"
+    );
+}

@@ -31,11 +31,16 @@ authority:
       key_prefix: "{prefix}"
       timeout: 1s
   admin_token: {{ file: admin.token }}
-  purge_interval: 1s
+{purge}
 {extra}
 logging: {{ format: json, level: info }}
 "#,
         jwks = fixture("jwks.json").display(),
+        purge = if extra.contains("purge_interval") {
+            ""
+        } else {
+            "  purge_interval: 1s"
+        },
     )
 }
 
@@ -332,4 +337,186 @@ async fn an_authority_refuses_to_start_on_redis_without_fsync_on_every_write() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("appendfsync"), "{text}");
+}
+
+/// The epoch of the cursor a replica's snapshot starts with.
+async fn snapshot_epoch(auth: SocketAddr) -> String {
+    let feed = admin(auth, "GET", "/v1/feed", None).await;
+    let first: Value =
+        serde_json::from_str(feed.text().lines().next().unwrap_or("")).expect("header");
+    first["cursor"]
+        .as_str()
+        .and_then(|c| c.split('-').next())
+        .expect("cursor")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_redis_leaves_every_gateway_enforcing_what_it_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A private server: the test empties it whole.
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let backend = Backend::start().await;
+    let p = prefix("flushall");
+    let a = replica(dir.path(), "a", &redis.url(), &p, "");
+    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    // Both gateways follow replica A; B serves no feed before the wipe.
+    let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    let mut gws = Vec::new();
+    for i in 0..2 {
+        let state = dir.path().join(format!("gw{i}.state"));
+        gws.push(start_gateway(&revocation_gateway_yaml(backend.addr, &urls, &state, "")).await);
+    }
+    let gw_addrs: Vec<SocketAddr> = gws.iter().map(|(g, _)| g.addrs()[0]).collect();
+    let n = now() as i64;
+    let held = [
+        (
+            json!({"jti": "held-jti"}),
+            token_with(|c| {
+                c.insert("jti".into(), json!("held-jti"));
+            }),
+        ),
+        (
+            json!({"sid": "held-sid"}),
+            token_with(|c| {
+                c.insert("sid".into(), json!("held-sid"));
+            }),
+        ),
+        (
+            json!({"sub": "held-sub", "before": n + 60}),
+            token_with(|c| {
+                c.insert("sub".into(), json!("held-sub"));
+            }),
+        ),
+    ];
+    for (body, token) in &held {
+        assert_eq!(
+            revoke(b.addr, body.clone()).await.status,
+            StatusCode::CREATED
+        );
+        for gw in &gw_addrs {
+            let took = within(Duration::from_secs(8), || async {
+                status_of(*gw, token).await.0 == StatusCode::UNAUTHORIZED
+            })
+            .await;
+            assert!(took.is_some(), "revocation reached the gateway");
+        }
+    }
+    let old_epoch = snapshot_epoch(a.addr).await;
+
+    // The AOF is lost: Redis comes back empty.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+
+    // A revocation made after the wipe reaches both gateways...
+    let after = token_with(|c| {
+        c.insert("jti".into(), json!("after-wipe"));
+    });
+    assert_eq!(
+        revoke(a.addr, json!({"jti": "after-wipe"})).await.status,
+        StatusCode::CREATED
+    );
+    for gw in &gw_addrs {
+        let took = within(Duration::from_secs(8), || async {
+            status_of(*gw, &after).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert!(took.is_some(), "gateway followed the wiped store");
+    }
+    // ...and everything they held before it is still refused.
+    for gw in &gw_addrs {
+        for (_, token) in &held {
+            assert_eq!(status_of(*gw, token).await.0, StatusCode::UNAUTHORIZED);
+        }
+    }
+    // Both replicas name the new epoch, also the one that served no feed.
+    let (ea, eb) = (snapshot_epoch(a.addr).await, snapshot_epoch(b.addr).await);
+    assert_ne!(ea, old_epoch);
+    assert_eq!(
+        ea, eb,
+        "replicas agree on the epoch (before the wipe: {old_epoch})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_again_after_expiry_creates_the_entry_anew_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("expired");
+    // The purger does not run during the test: the expired entry stays.
+    let a = replica(dir.path(), "a", &redis.url(), &p, "  purge_interval: 1h");
+    let n = now() as i64;
+    for body in [
+        json!({"jti": "short-lived", "expires_at": n + 3}),
+        json!({"sid": "short-session", "expires_at": n + 3}),
+    ] {
+        assert_eq!(revoke(a.addr, body).await.status, StatusCode::CREATED);
+    }
+    let past = within(Duration::from_secs(10), || async { now() as i64 > n + 3 }).await;
+    assert!(past.is_some());
+    for body in [
+        json!({"jti": "short-lived"}),
+        json!({"sid": "short-session"}),
+    ] {
+        let r = revoke(a.addr, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        assert_eq!(r.json()["revocations"][0]["outcome"], "created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_token_replayed_to_another_replica_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("replay");
+    let a = replica(dir.path(), "a", &redis.url(), &p, "");
+    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let n = now() as i64;
+    let claims = json!({"iss": ISS, "aud": AUD, "iat": n, "exp": n + 120, "jti": "lt-shared",
+        "sid": "shared-logout", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    h.typ = Some("logout+jwt".into());
+    let lt = jsonwebtoken::encode(&h, &claims, &key_for(jsonwebtoken::Algorithm::RS256))
+        .expect("logout token");
+    let post = |addr: SocketAddr| {
+        let req = http::Request::post("/backchannel-logout")
+            .header("host", "authority")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(format!("logout_token={lt}"))),
+                    |n| match n {},
+                ),
+            ))
+            .expect("req");
+        send(addr, Proto::Plain, "authority", req)
+    };
+    assert_eq!(post(a.addr).await.status, StatusCode::OK);
+    let replay = post(b.addr).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert!(replay.text().contains("replayed"), "{}", replay.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_second_logins_evict_the_one_that_arrived_first_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("arrival");
+    let extra = "  max_sessions_per_subject: 3";
+    let a = replica(dir.path(), "a", &redis.url(), &p, extra);
+    let b = replica(dir.path(), "b", &redis.url(), &p, extra);
+    let n = now() as i64;
+    let mut replaced = Vec::new();
+    for (i, sid) in ["z1", "z2", "z3", "a4"].iter().enumerate() {
+        let via = if i % 2 == 0 { a.addr } else { b.addr };
+        let body = json!({"sub": "frank", "sid": sid, "started_at": n});
+        let r = admin(via, "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        replaced.push(r.json()["replaced"].clone());
+    }
+    assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
 }

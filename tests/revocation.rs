@@ -14,6 +14,11 @@ use serde_json::json;
 
 /// Issuers and an `authority` section; the store lives in `dir`.
 fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
+    authority_yaml_with(dir, port, "", extra)
+}
+
+/// With extra keys for the issuer too.
+fn authority_yaml_with(dir: &Path, port: u16, issuer_extra: &str, extra: &str) -> String {
     std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
     format!(
         r#"
@@ -23,16 +28,22 @@ issuers:
     algorithms: [RS256, ES256]
     jwks: {{ file: {jwks} }}
     max_token_lifetime: 1h
+{issuer_extra}
 authority:
   listen: 127.0.0.1:{port}
   path: {store}
   admin_token: {{ file: admin.token }}
-  purge_interval: 1s
+{purge}
 {extra}
 logging: {{ format: json, level: info }}
 "#,
         jwks = fixture("jwks.json").display(),
         store = dir.join("authority.redb").display(),
+        purge = if extra.contains("purge_interval") {
+            ""
+        } else {
+            "  purge_interval: 1s"
+        },
     )
 }
 
@@ -956,4 +967,919 @@ async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
     )
     .await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+}
+
+/// The admin listener's address of a gateway process (from its log).
+async fn admin_addr_of(p: &Proc) -> SocketAddr {
+    let found = within(Duration::from_secs(10), || async {
+        admin_line(p).is_some()
+    })
+    .await;
+    assert!(found.is_some(), "gateway logged no admin address");
+    admin_line(p).expect("admin address")
+}
+
+fn admin_line(p: &Proc) -> Option<SocketAddr> {
+    p.lines.lock().ok()?.iter().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "admin listening")
+            .then(|| v["address"].as_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The value of one metric line (name with labels) on the admin listener.
+async fn metric(admin: SocketAddr, line: &str) -> f64 {
+    let a = send(
+        admin,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/metrics", None, &[]),
+    )
+    .await;
+    a.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An impostor on the feed's path (or a store restored from a backup):
+/// answers every feed request with the body it is given, and counts them.
+struct FakeFeed {
+    addr: SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeFeed {
+    async fn start(body: String) -> FakeFeed {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (b, h) = (b.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let text = b.lock().map(|t| t.clone()).unwrap_or_default();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeFeed { addr, body, hits }
+    }
+
+    fn answer(&self, body: String) {
+        *self.body.lock().expect("lock") = body;
+        self.hits.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn empty_snapshot(cursor: &str) -> String {
+    format!("{{\"type\":\"snapshot\",\"cursor\":\"{cursor}\"}}\n{{\"type\":\"end\",\"cursor\":\"{cursor}\"}}\n")
+}
+
+/// The cursor a gateway's state file ends at.
+fn state_cursor(state: &Path) -> String {
+    let text = std::fs::read_to_string(state).expect("state file");
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["type"] == "end").then(|| v["cursor"].as_str().map(str::to_owned))?
+        })
+        .expect("a cursor in the state file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_or_foreign_snapshot_never_unrevokes_and_is_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (mut auth, _cfg) = authority_process(dir.path());
+    let fake = FakeFeed::start(String::new()).await;
+    // The real authority first, the impostor second.
+    let yaml = revocation_gateway_yaml(
+        backend.addr,
+        &[
+            format!("http://{}", auth.addr),
+            format!("http://{}", fake.addr),
+        ],
+        &state,
+        "admin:\n  listen: 127.0.0.1:0",
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let admin_addr = admin_addr_of(&gw).await;
+    let revoked = token_with(|c| {
+        c.insert("sid".into(), json!("held-session"));
+    });
+    for i in 0..3 {
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"jti": format!("pad-{i}")})),
+        )
+        .await;
+    }
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sid": "held-session"})),
+    )
+    .await;
+    refused_within_a_second(gw.addr, &revoked).await;
+    // Tokens without sid are counted: session logouts cannot match them.
+    let no_sid = token_with(|c| {
+        c.remove("sid");
+    });
+    assert_eq!(status_of(gw.addr, &no_sid).await.0, StatusCode::OK);
+    assert!(metric(admin_addr, "gatehouse_admitted_tokens_without_sid_total").await >= 1.0);
+    let held = state_cursor(&state);
+    let epoch = held.split('-').next().expect("epoch").to_owned();
+
+    // Same epoch, an older position, nothing in it: refused and counted.
+    fake.answer(empty_snapshot(&format!("{epoch}-1")));
+    auth.kill();
+    let counted = within(Duration::from_secs(10), || async {
+        metric(
+            admin_addr,
+            "gatehouse_revocation_feed_refused_total{reason=\"older\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(counted.is_some(), "older snapshot counted as refused");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(state_cursor(&state), held, "state file kept");
+
+    // Another epoch (a wiped store), nothing in it: merged, so what was
+    // held is still enforced, also after a restart from the state file.
+    fake.answer(empty_snapshot("0123456789ab-0"));
+    let merged = within(Duration::from_secs(10), || async {
+        fake.hits() > 0 && state_cursor(&state) == "0123456789ab-0"
+    })
+    .await;
+    assert!(merged.is_some(), "new-epoch snapshot applied");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    drop(gw);
+    let gw = Proc::start("run", &yaml, "listening");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&state)
+            .expect("state")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state file readable by its owner only");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_restored_from_a_backup_never_unrevokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let store = dir.path().join("authority.redb");
+    let backup = dir.path().join("backup.redb");
+    let (mut auth, cfg) = authority_process(dir.path());
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let tok = |jti: &str| {
+        token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+        })
+    };
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "in-backup"})),
+    )
+    .await;
+    refused_within_a_second(gw, &tok("in-backup")).await;
+    auth.kill();
+    std::fs::copy(&store, &backup).expect("backup");
+    let mut auth = Proc::start_with("authority", &cfg, "authority listening");
+    for jti in ["after-backup-1", "after-backup-2"] {
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"jti": jti})),
+        )
+        .await;
+        assert!(
+            within(Duration::from_secs(8), || async {
+                status_of(gw, &tok(jti)).await.0 == StatusCode::UNAUTHORIZED
+            })
+            .await
+            .is_some(),
+            "gateway caught up"
+        );
+    }
+    // The store goes back in time: the gateway holds a cursor ahead of it.
+    auth.kill();
+    std::fs::copy(&backup, &store).expect("restore");
+    let auth = Proc::start_with("authority", &cfg, "authority listening");
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "after-restore"})),
+    )
+    .await;
+    let synced = within(Duration::from_secs(10), || async {
+        status_of(gw, &tok("after-restore")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        synced.is_some(),
+        "changes after the restore reach the gateway"
+    );
+    for jti in ["in-backup", "after-backup-1", "after-backup-2"] {
+        assert_eq!(
+            status_of(gw, &tok(jti)).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{jti} still refused after the restore"
+        );
+    }
+    // And what is written next still arrives.
+    admin(
+        auth.addr,
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "later"})),
+    )
+    .await;
+    let later = within(Duration::from_secs(8), || async {
+        status_of(gw, &tok("later")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(later.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_line_is_logged_and_recovered_from_the_authority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (auth, _cfg) = authority_process(dir.path());
+    let yaml = gateway_yaml(backend.addr, auth.addr, &state, "");
+    let tok = |jti: &str| {
+        token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+        })
+    };
+    {
+        let gw = Proc::start("run", &yaml, "listening");
+        for jti in ["damaged-1", "intact-1"] {
+            admin(
+                auth.addr,
+                "POST",
+                "/v1/revocations",
+                Some(json!({"jti": jti})),
+            )
+            .await;
+            refused_within_a_second(gw.addr, &tok(jti)).await;
+        }
+    } // gateway process killed here
+    let text = std::fs::read_to_string(&state).expect("state");
+    let mut damaged_at = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if l.contains("\"damaged-1\"") {
+                damaged_at = i + 1;
+                l.replace("\"damaged-1\"", "\"damaged-1").replace('}', "")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(damaged_at > 0, "entry found in the state file");
+    std::fs::write(&state, lines.join("\n") + "\n").expect("damage");
+
+    let gw = Proc::start("run", &yaml, "listening");
+    let back = within(Duration::from_secs(8), || async {
+        status_of(gw.addr, &tok("damaged-1")).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the damaged entry came back from the authority"
+    );
+    assert_eq!(
+        status_of(gw.addr, &tok("intact-1")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let logged = gw.lines.lock().expect("lines").iter().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("damaged revocation state line"))
+            && v["line"] == damaged_at
+            && v["file"].as_str() == Some(state.to_str().expect("utf-8"))
+    });
+    assert!(logged, "file and line logged");
+}
+
+#[tokio::test]
+async fn revoking_again_after_expiry_creates_the_entry_anew() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    // The purger does not run during the test: the expired entry stays.
+    let auth = authority_task(dir.path(), "  purge_interval: 1h").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("short-lived"));
+        c.insert("sid".into(), json!("short-session"));
+    });
+    let n = now() as i64;
+    for body in [
+        json!({"jti": "short-lived", "expires_at": n + 2}),
+        json!({"sid": "short-session", "expires_at": n + 2}),
+    ] {
+        let a = admin(auth.addr(), "POST", "/v1/revocations", Some(body)).await;
+        assert_eq!(a.status, StatusCode::CREATED);
+    }
+    refused_within_a_second(gw, &token).await;
+    let expired = within(Duration::from_secs(10), || async {
+        status_of(gw, &token).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(expired.is_some(), "entries expired");
+    for body in [
+        json!({"jti": "short-lived"}),
+        json!({"sid": "short-session"}),
+    ] {
+        let a = admin(auth.addr(), "POST", "/v1/revocations", Some(body)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+        assert_eq!(a.json()["revocations"][0]["outcome"], "created");
+    }
+    refused_within_a_second(gw, &token).await;
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("rss field")
+}
+
+/// `gatehouse authority` as a process with extra `authority:` keys.
+fn authority_process_with(dir: &Path, extra: &str) -> Proc {
+    let cfg = dir.join("authority.yaml");
+    std::fs::write(&cfg, authority_yaml(dir, free_port(), extra)).expect("write");
+    Proc::start_with("authority", &cfg, "authority listening")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_at_the_authority_are_cut_off_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "  limits:\n    header_read_timeout: 1s");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(auth.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"POST /v1/logout HTTP/1.1\r\nHost: authority\r\nX-Slow: ")
+            .await
+            .expect("write");
+        conns.push(s);
+    }
+    for mut s in conns {
+        let mut buf = [0u8; 512];
+        // Closed by the authority (EOF, a 408, or a reset), never left open.
+        let r = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "slow-header connection still open after 30 s");
+    }
+    let a = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/healthz", None, None),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "");
+    let pid = auth.pid();
+    // Warm up the runtime and allocator with one ordinary call.
+    let a = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/logout", None, Some(&json!({"token": "x"}))),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let baseline = rss_kib(pid, "VmRSS:");
+    const EIGHT_MIB: usize = 8 * 1024 * 1024;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let addr = auth.addr;
+        tasks.push(tokio::spawn(async move {
+            let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut rd, mut wr) = s.into_split();
+            // Half declare their length, half stream chunks; none finishes.
+            let chunked = i % 2 == 1;
+            let head = if chunked {
+                "POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned()
+            } else {
+                format!("POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nContent-Length: {EIGHT_MIB}\r\n\r\n")
+            };
+            let writer = tokio::spawn(async move {
+                if wr.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut sent = 0;
+                while sent + chunk.len() < EIGHT_MIB {
+                    let r = if chunked {
+                        let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+                        c.extend_from_slice(&chunk);
+                        c.extend_from_slice(b"\r\n");
+                        wr.write_all(&c).await
+                    } else {
+                        wr.write_all(&chunk).await
+                    };
+                    if r.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+                // Unfinished: hold the connection open, never send the rest.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let r = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            writer.abort();
+            assert!(r.is_ok(), "unfinished body neither refused nor closed");
+            let text = String::from_utf8_lossy(&got).to_string();
+            assert!(
+                text.is_empty() || text.starts_with("HTTP/1.1 413"),
+                "answered {text}"
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let peak = rss_kib(pid, "VmHWM:");
+    assert!(
+        peak < baseline + 32 * 1024,
+        "peak RSS {peak} KiB against a baseline of {baseline} KiB"
+    );
+    // The abusive clients are gone: memory is back near the baseline.
+    let settled = within(Duration::from_secs(10), || async {
+        rss_kib(pid, "VmRSS:") < baseline + 8 * 1024
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "RSS {} KiB after the clients left, baseline {baseline} KiB",
+        rss_kib(pid, "VmRSS:")
+    );
+}
+
+/// A logout token signed by the test issuer's key.
+fn logout_token(claims: serde_json::Value, typ: Option<&str>) -> String {
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    h.typ = typ.map(str::to_owned);
+    jsonwebtoken::encode(&h, &claims, &key_for(Algorithm::RS256)).expect("logout token")
+}
+
+fn logout_claims(jti: &str, iat: i64, f: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let mut c = json!({"iss": ISS, "aud": AUD, "iat": iat, "exp": iat + 120, "jti": jti,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    f(&mut c);
+    c
+}
+
+async fn post_logout_token(authority: SocketAddr, token: &str) -> Answer {
+    let req = http::Request::post("/backchannel-logout")
+        .header("host", "authority")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::BodyExt::map_err(
+                http_body_util::Full::new(bytes::Bytes::from(format!("logout_token={token}"))),
+                |n| match n {},
+            ),
+        ))
+        .expect("req");
+    send(authority, Proto::Plain, "authority", req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_stale_or_mistyped_logout_tokens_are_refused_and_the_reason_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), "  logout_token_max_age: 5m");
+    let n = now() as i64;
+    let good = logout_token(
+        logout_claims("lt-replay", n, |c| c["sid"] = json!("s-replay")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr, &good).await.status,
+        StatusCode::OK
+    );
+    let again = post_logout_token(auth.addr, &good).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert!(again.text().contains("replayed"), "{}", again.text());
+
+    // Issued an hour ago and no `exp`: older than logout_token_max_age.
+    let stale = logout_token(
+        logout_claims("lt-stale", n - 3600, |c| {
+            c["sid"] = json!("s-stale");
+            c.as_object_mut().expect("object").remove("exp");
+        }),
+        None,
+    );
+    let a = post_logout_token(auth.addr, &stale).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.text().contains("older"), "{}", a.text());
+
+    // An ID token (typ JWT) is not a logout token.
+    let typed = logout_token(
+        logout_claims("lt-typ", n, |c| c["sid"] = json!("s-typ")),
+        Some("JWT"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr, &typed).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let a = admin(auth.addr, "GET", "/v1/revocations?subject=s-stale", None).await;
+    assert_eq!(a.json()["revocations"], json!([]));
+
+    let logged: Vec<String> = within(Duration::from_secs(5), || async {
+        auth.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.contains("back-channel logout refused"))
+            .count()
+            >= 3
+    })
+    .await
+    .map(|_| auth.lines.lock().expect("lines").clone())
+    .expect("refusals logged");
+    let reasons: Vec<String> = logged
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "back-channel logout refused")
+        .filter_map(|v| v["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("replayed")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("older")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("typ")), "{reasons:?}");
+    for t in [&good, &stale, &typed] {
+        assert!(
+            !logged.iter().any(|l| l.contains(t.as_str())),
+            "token logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subject_logout_never_ends_a_session_started_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), "").await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    let user = |iat: i64| {
+        token_with(|c| {
+            c.insert("sub".into(), json!("dave"));
+            c.insert("iat".into(), json!(iat));
+            c.remove("jti");
+        })
+    };
+    let before_logout = user(n - 60);
+    let at_logout = user(n - 30);
+    let after_logout = user(n);
+    // The provider logged dave out 30 s ago; the logout arrives now.
+    let lt = logout_token(
+        logout_claims("lt-dave-1", n - 30, |c| c["sub"] = json!("dave")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &lt).await.status,
+        StatusCode::OK
+    );
+    refused_within_a_second(gw, &before_logout).await;
+    refused_within_a_second(gw, &at_logout).await;
+    assert_eq!(status_of(gw, &after_logout).await.0, StatusCode::OK);
+    // Replayed, or a late delivery of an older logout: the later session lives on.
+    assert_eq!(
+        post_logout_token(auth.addr(), &lt).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let older = logout_token(
+        logout_claims("lt-dave-0", n - 50, |c| c["sub"] = json!("dave")),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &older).await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(gw, &after_logout).await.0, StatusCode::OK);
+    assert_eq!(status_of(gw, &at_logout).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn logout_tokens_use_logout_audiences_and_sessions_without_sid_end_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    crypto();
+    let path = dir.path().join("authority.yaml");
+    std::fs::write(
+        &path,
+        authority_yaml_with(dir.path(), 0, "    logout_audiences: [client-1]", ""),
+    )
+    .expect("write");
+    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
+        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
+    let section = loaded.config.authority.clone().expect("authority section");
+    let auth = gatehouse::authority::start(&section.value, &loaded)
+        .await
+        .expect("authority starts");
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    // Access tokens without sid (many providers put sid in ID tokens only).
+    let access = token_with(|c| {
+        c.insert("sub".into(), json!("erin"));
+        c.insert("iat".into(), json!(n - 10));
+    });
+    assert_eq!(status_of(gw, &access).await.0, StatusCode::OK);
+    // Addressed to the resource, not the client: refused.
+    let to_resource = logout_token(
+        logout_claims("lt-aud-1", n, |c| {
+            c["sub"] = json!("erin");
+            c["sid"] = json!("erin-session");
+        }),
+        Some("logout+jwt"),
+    );
+    assert_eq!(
+        post_logout_token(auth.addr(), &to_resource).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // A logout token is never a bearer token at the gateway.
+    let to_client = logout_token(
+        logout_claims("lt-aud-2", n, |c| {
+            c["aud"] = json!("client-1");
+            c["sub"] = json!("erin");
+            c["sid"] = json!("erin-session");
+        }),
+        Some("logout+jwt"),
+    );
+    assert_eq!(status_of(gw, &to_client).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post_logout_token(auth.addr(), &to_client).await.status,
+        StatusCode::OK
+    );
+    // The default `backchannel_logout: subject` ends erin's sid-less tokens.
+    refused_within_a_second(gw, &access).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_200_from_the_state_file_with_the_authority_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let state = dir.path().join("gw.state");
+    let (mut auth, _cfg) = authority_process(dir.path());
+    // The authority says "ok" to anyone, and its size only to admins.
+    let h = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/healthz", None, None),
+    )
+    .await;
+    assert_eq!(h.json(), json!({"status": "ok"}));
+    let s = send(
+        auth.addr,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/v1/status", None, None),
+    )
+    .await;
+    assert_eq!(s.status, StatusCode::UNAUTHORIZED);
+    assert!(admin(auth.addr, "GET", "/v1/status", None).await.json()["cursor"].is_string());
+
+    let yaml = gateway_yaml(
+        backend.addr,
+        auth.addr,
+        &state,
+        "admin:\n  listen: 127.0.0.1:0",
+    )
+    .replace("max_staleness: 4s", "max_staleness: 1h");
+    let revoked = token_with(|c| {
+        c.insert("sid".into(), json!("ready-from-file"));
+    });
+    {
+        let gw = Proc::start("run", &yaml, "listening");
+        admin(
+            auth.addr,
+            "POST",
+            "/v1/revocations",
+            Some(json!({"sid": "ready-from-file"})),
+        )
+        .await;
+        refused_within_a_second(gw.addr, &revoked).await;
+    }
+    auth.kill();
+    let gw = Proc::start("run", &yaml, "listening");
+    let admin_addr = admin_addr_of(&gw).await;
+    let r = send(
+        admin_addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/readyz", None, &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["revocation"]["source"], "state_file");
+    assert_eq!(
+        status_of(gw.addr, &revoked).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("feed.token"), "feed-token-0123456789").expect("feed token");
+    let auth = authority_task(dir.path(), "  feed_token: { file: feed.token }").await;
+    let with = |token: &'static str, path: &'static str| {
+        send(
+            auth.addr(),
+            Proto::Plain,
+            "authority",
+            json_req("GET", path, Some(token), None),
+        )
+    };
+    assert_eq!(
+        with("feed-token-0123456789", "/v1/feed").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(with(ADMIN, "/v1/feed").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        with("feed-token-0123456789", "/v1/revocations")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(with(ADMIN, "/v1/revocations").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn same_second_logins_evict_the_one_that_arrived_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_task(dir.path(), "  max_sessions_per_subject: 3").await;
+    let n = now() as i64;
+    let mut replaced = Vec::new();
+    for sid in ["z1", "z2", "z3", "a4"] {
+        let body = json!({"sub": "frank", "sid": sid, "started_at": n});
+        let a = admin(auth.addr(), "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(a.status, StatusCode::OK);
+        replaced.push(a.json()["replaced"].clone());
+    }
+    assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
+}
+
+#[tokio::test]
+async fn a_reload_changing_issuers_under_an_embedded_authority_says_restart_to_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    std::fs::write(dir.path().join("admin.token"), ADMIN).expect("token");
+    let yaml = |audience: &str| {
+        format!(
+            r#"
+listeners:
+  - address: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{audience}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+revocation:
+  embedded:
+    listen: 127.0.0.1:0
+    path: {store}
+    admin_token: {{ file: {token} }}
+  state_file: {state}
+"#,
+            jwks = fixture("jwks.json").display(),
+            backend = backend.addr,
+            store = dir.path().join("a.redb").display(),
+            token = dir.path().join("admin.token").display(),
+            state = dir.path().join("gw.state").display(),
+        )
+    };
+    let (gw, gdir) = start_gateway(&yaml(AUD)).await;
+    let token = mint(Algorithm::RS256, "henry");
+    assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+    std::fs::write(gdir.path().join("gatehouse.yaml"), yaml("other-app")).expect("write");
+    let err = gw.reload().await.expect_err("refused");
+    assert!(err.contains("restart to apply"), "{err}");
+    // The running config keeps serving.
+    assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
 }

@@ -70,6 +70,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -238,6 +243,12 @@ pub struct Metrics {
     pub revocation_feed_lag: Gauge<f64, AtomicU64>,
     pub revocation_cursor: Gauge,
     pub revocation_stale: Gauge,
+    /// Feed responses refused because they were behind the held state.
+    pub revocation_feed_refused: Family<ReasonLabel, Counter>,
+    /// Admitted tokens that carry no `sid`: a session logout cannot match them.
+    pub admitted_without_sid: ShardedCounter,
+    /// Admitted tokens that carry no `jti`: a per-token logout cannot match them.
+    pub admitted_without_jti: ShardedCounter,
     pub reloads: Family<ResultLabel, Counter>,
     pub open_connections: Gauge,
     pub tasks_alive: Gauge,
@@ -266,6 +277,7 @@ impl Metrics {
         let revocation_cursor = Gauge::default();
         let revocation_stale = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let revocation_feed_refused = Family::<ReasonLabel, Counter>::default();
         let open_connections = Gauge::default();
         let mut r = Registry::with_prefix("gatehouse");
         r.register(
@@ -324,6 +336,23 @@ impl Metrics {
             revocation_stale.clone(),
         );
         r.register(
+            "revocation_feed_refused",
+            "Feed responses refused because they were behind the revocation state held (reason: older, changes_without_base)",
+            revocation_feed_refused.clone(),
+        );
+        let admitted_without_sid = ShardedCounter::default();
+        r.register(
+            "admitted_tokens_without_sid",
+            "Tokens admitted that carry no sid (a back-channel logout by session cannot end them; see issuers[].backchannel_logout)",
+            admitted_without_sid.clone(),
+        );
+        let admitted_without_jti = ShardedCounter::default();
+        r.register(
+            "admitted_tokens_without_jti",
+            "Tokens admitted that carry no jti (a logout of that one token revokes its subject up to its iat instead)",
+            admitted_without_jti.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reloads by result (ok, failed)",
             reloads.clone(),
@@ -352,6 +381,9 @@ impl Metrics {
             revocation_feed_lag,
             revocation_cursor,
             revocation_stale,
+            revocation_feed_refused,
+            admitted_without_sid,
+            admitted_without_jti,
             reloads,
             open_connections,
             registry: r,

@@ -80,13 +80,27 @@ fn handle(req: &Request<Incoming>, g: &Generation) -> Response<Full<Bytes>> {
         ),
         "/readyz" => {
             let reasons = not_ready_reasons(g);
-            let (status, body) = if reasons.is_empty() {
-                (StatusCode::OK, json!({"ready": true}))
+            let mut body = if reasons.is_empty() {
+                json!({"ready": true})
             } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"ready": false, "reasons": reasons}),
-                )
+                json!({"ready": false, "reasons": reasons})
+            };
+            if let Some(r) = g.proxy.revocations() {
+                let st = r.status();
+                body["revocation"] = json!({
+                    "source": st.source,
+                    "stale": st.stale,
+                    "seconds_since_contact": st.seconds_since_contact,
+                });
+            }
+            let warnings = warnings(g);
+            if !warnings.is_empty() {
+                body["warnings"] = json!(warnings);
+            }
+            let status = if reasons.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
             };
             respond(status, "application/json", body.to_string())
         }
@@ -123,16 +137,43 @@ fn not_ready_reasons(g: &Generation) -> Vec<String> {
                 "revocation state not loaded yet (no state file, authority not reached)".to_owned(),
             );
         } else if st.stale {
-            reasons.push(match st.seconds_since_contact {
-                Some(s) => {
+            reasons.push(match (st.seconds_since_contact, st.seconds_since_fresh) {
+                (Some(s), _) => {
                     format!("revocation set is stale: last word from the authority {s:.0}s ago")
                 }
-                None => "revocation set is stale: the authority has not been reached since start"
-                    .to_owned(),
+                (None, Some(s)) => format!(
+                    "revocation set is stale: loaded from the state file {s:.0}s ago, the authority not reached since start"
+                ),
+                (None, None) => {
+                    "revocation set is stale: the authority has not been reached since start"
+                        .to_owned()
+                }
             });
         }
     }
     reasons
+}
+
+/// Ready, but worth knowing: an issuer whose back-channel logouts end only
+/// the session (`backchannel_logout: session`) while admitted tokens carry
+/// no `sid`, which such a logout cannot match.
+fn warnings(g: &Generation) -> Vec<String> {
+    let without_sid = metrics().admitted_without_sid.get();
+    if without_sid == 0 {
+        return Vec::new();
+    }
+    g.loaded
+        .config
+        .issuers
+        .iter()
+        .filter(|i| i.value.backchannel_logout == crate::config::BackchannelScope::Session)
+        .map(|i| {
+            format!(
+                "issuer {}: backchannel_logout is `session`, but {without_sid} admitted tokens carried no sid; a back-channel logout cannot end them (use `subject`)",
+                i.value.display_name()
+            )
+        })
+        .collect()
 }
 
 fn refresh_state_gauges(g: &Generation) {

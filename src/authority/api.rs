@@ -9,8 +9,9 @@
 //! | `POST /v1/sessions` | admin (login service) | a new session; enforces the session limit |
 //! | `POST /v1/logout` | the token itself | revoke its `jti`/`sid`; always 200 for a genuine token |
 //! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
-//! | `GET /v1/feed?since=&wait=` | feed or admin token | changes since a cursor, or a snapshot |
-//! | `GET /healthz` | anyone | liveness and size |
+//! | `GET /v1/feed?since=&wait=` | feed token (admin token only while `feed_token` is unset) | changes since a cursor, or a snapshot |
+//! | `GET /v1/status` | admin | entry count and cursor |
+//! | `GET /healthz` | anyone | liveness: `{"status":"ok"}` only |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,12 +33,14 @@ use tokio::sync::{mpsc, watch};
 use super::backend::{Backend, Pos};
 use super::store::{NewRevocation, PutOutcome};
 use crate::auth::{Bearer, Identity, Verifier};
-use crate::config::{AuthorityConfig, LoadedConfig};
+use crate::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
 use crate::proxy::{BoxError, ProxyBody};
 use crate::revocation::model::{now_unix, FeedMarker, Kind, Revocation};
 
-/// Admin request bodies above this are refused (a batch of ~50k entries).
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Bodies of logout, back-channel logout and session calls: a token or a
+/// logout token is a few KiB. Logout is unauthenticated until its token is
+/// verified, so an unfinished large body must cost nothing.
+const SMALL_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Changes sent in one incremental response; a client further behind
@@ -47,15 +50,23 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 
 struct IssuerInfo {
     max_lifetime: i64,
+    backchannel: BackchannelScope,
 }
 
 pub struct Api {
     store: Backend,
     verifier: Verifier,
+    /// For back-channel logout tokens: each issuer's `logout_audiences`
+    /// instead of its `audiences` (`None`: no issuer sets them).
+    logout_verifier: Option<Verifier>,
+    /// `logout_token_max_age` in seconds.
+    logout_max_age: i64,
     issuers: HashMap<String, IssuerInfo>,
     admin_token: Vec<u8>,
     feed_token: Option<Vec<u8>>,
     max_sessions: Option<usize>,
+    /// Largest admin batch body (`limits.max_body_bytes`).
+    max_batch_body: usize,
     /// The newest change-log position known; long-polls wait on it.
     seq: Arc<watch::Sender<Pos>>,
 }
@@ -155,7 +166,11 @@ struct SessionRequest {
 }
 
 impl Api {
-    pub async fn new(cfg: &AuthorityConfig, loaded: &LoadedConfig) -> anyhow::Result<Api> {
+    pub async fn new(
+        cfg: &AuthorityConfig,
+        loaded: &LoadedConfig,
+        internal_feed_token: Option<Vec<u8>>,
+    ) -> anyhow::Result<Api> {
         let store = Backend::open(cfg, loaded).await?;
         let seq = Arc::new(watch::channel(Pos::default()).0);
         store.follow(&seq).await?;
@@ -168,21 +183,43 @@ impl Api {
                     i.value.issuer.clone(),
                     IssuerInfo {
                         max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
+                        backchannel: i.value.backchannel_logout,
                     },
                 )
             })
             .collect();
+        if cfg.feed_token.is_none() && internal_feed_token.is_none() {
+            tracing::warn!("authority.feed_token is not set: the feed accepts the admin token (deprecated; give gateways a feed_token of their own so a gateway's credential cannot write revocations)");
+        }
+        let logout_verifier = if loaded
+            .config
+            .issuers
+            .iter()
+            .any(|i| !i.value.logout_audiences.is_empty())
+        {
+            let mut l = loaded.clone();
+            for i in &mut l.config.issuers {
+                if !i.value.logout_audiences.is_empty() {
+                    i.value.audiences = i.value.logout_audiences.clone();
+                }
+            }
+            Some(Verifier::from_config(&l).await?)
+        } else {
+            None
+        };
         Ok(Api {
             store,
             verifier: Verifier::from_config(loaded).await?,
+            logout_verifier,
+            logout_max_age: cfg.logout_token_max_age.as_secs() as i64,
             issuers,
             admin_token: cfg.admin_token.read(loaded)?,
-            feed_token: cfg
-                .feed_token
-                .as_ref()
-                .map(|t| t.read(loaded))
-                .transpose()?,
+            feed_token: match &cfg.feed_token {
+                Some(t) => Some(t.read(loaded)?),
+                None => internal_feed_token,
+            },
             max_sessions: cfg.max_sessions_per_subject,
+            max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
             seq,
         })
     }
@@ -227,6 +264,10 @@ impl Api {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => self.healthz().await,
+            (&Method::GET, ["v1", "status"]) => match self.authorize(&req, false) {
+                Ok(()) => self.status().await,
+                Err(r) => *r,
+            },
             (&Method::GET, ["v1", "feed"]) => match self.authorize(&req, true) {
                 Ok(()) => self.feed(&req).await,
                 Err(r) => *r,
@@ -273,7 +314,13 @@ impl Api {
             }
         };
         let ok = |secret: &[u8]| bool::from(presented.ct_eq(secret));
-        let allowed = ok(&self.admin_token) || (feed && self.feed_token.as_deref().is_some_and(ok));
+        // Each endpoint its own credential: with a feed token, the feed
+        // takes only it and the admin API only the admin token. Without
+        // one (deprecated), the feed still takes the admin token.
+        let allowed = match (&self.feed_token, feed) {
+            (Some(f), true) => ok(f),
+            (None, true) | (_, false) => ok(&self.admin_token),
+        };
         if allowed {
             Ok(())
         } else {
@@ -360,7 +407,7 @@ impl Api {
     }
 
     async fn create(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let body = match read_body(req, self.max_batch_body).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -450,7 +497,7 @@ impl Api {
     }
 
     async fn session(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -499,7 +546,7 @@ impl Api {
         let token = match header_token {
             Some(t) => t,
             None => {
-                let body = match read_body(req).await {
+                let body = match read_body(req, SMALL_BODY).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
@@ -517,7 +564,10 @@ impl Api {
         };
         let id = match self.verifier.verify_any_age(&token).await {
             Ok(id) => id,
-            Err(e) => return error(StatusCode::UNAUTHORIZED, "invalid_token", e.description()),
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::authority", reason = e.description(), "logout refused");
+                return error(StatusCode::UNAUTHORIZED, "invalid_token", e.description());
+            }
         };
         let now = now_unix();
         let expired = id
@@ -584,22 +634,43 @@ impl Api {
     }
 
     /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
-    /// a session (`sid`) and/or a subject (`sub`).
+    /// a session (`sid`) and/or a subject (`sub`). Beyond §2.6's checks: a
+    /// `typ` header, if present, must be `logout+jwt` (§2.4, RFC 8725
+    /// §3.11); `iat` older than `logout_token_max_age` is refused; each
+    /// `jti` is accepted once (remembered until `exp`, or for the max age;
+    /// on Redis, across replicas); a subject is logged out up to the
+    /// token's `iat`, never "now", so a replayed or late token cannot end a
+    /// session that started after the logout. Every refusal is logged with
+    /// its reason (never the token).
     async fn backchannel_logout(&self, req: Request<Incoming>) -> Resp {
-        let body = match read_body(req).await {
+        let refuse = |reason: &str| {
+            tracing::warn!(target: "gatehouse::authority", reason, "back-channel logout refused");
+            error(StatusCode::BAD_REQUEST, "invalid_request", reason)
+        };
+        let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => {
+                tracing::warn!(target: "gatehouse::authority", reason = "body too large or unreadable", "back-channel logout refused");
+                return r;
+            }
         };
         let Some(token) = form_field(&body, "logout_token") else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "logout_token is required",
-            );
+            return refuse("logout_token is required");
         };
-        let id = match self.verifier.verify_any_age(&token).await {
+        let typ_ok = match jsonwebtoken::decode_header(&token) {
+            Ok(h) => h.typ.as_deref().is_none_or(|t| {
+                let t = t.to_ascii_lowercase();
+                t == "logout+jwt" || t == "application/logout+jwt"
+            }),
+            Err(_) => false,
+        };
+        if !typ_ok {
+            return refuse("logout token typ must be logout+jwt");
+        }
+        let verifier = self.logout_verifier.as_ref().unwrap_or(&self.verifier);
+        let id = match verifier.verify_any_age(&token).await {
             Ok(id) => id,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.description()),
+            Err(e) => return refuse(e.description()),
         };
         let now = now_unix();
         let c = &id.claims;
@@ -608,62 +679,94 @@ impl Api {
             .and_then(Value::as_object)
             .and_then(|e| e.get(BACKCHANNEL_EVENT))
             .is_some_and(Value::is_object);
+        let exp = c.get("exp").and_then(Value::as_i64);
         let problem = if !events_ok {
             Some("logout token lacks the back-channel logout event")
         } else if c.contains_key("nonce") {
             Some("logout token must not carry a nonce")
         } else if id.jti.is_none() {
             Some("logout token lacks jti")
-        } else if id.issued_at.is_none() {
-            Some("logout token lacks iat")
         } else if id.sid.is_none() && id.subject.is_none() {
             Some("logout token names neither sid nor sub")
-        } else if c
-            .get("exp")
-            .and_then(Value::as_i64)
-            .is_some_and(|e| e + 60 < now)
-        {
+        } else if exp.is_some_and(|e| e + 60 < now) {
             Some("logout token has expired")
         } else {
-            None
-        };
-        if let Some(p) = problem {
-            return error(StatusCode::BAD_REQUEST, "invalid_request", p);
-        }
-        let max_lifetime = self
-            .issuers
-            .get(&*id.iss)
-            .map_or(86_400, |i| i.max_lifetime);
-        let new = match (&id.sid, &id.subject) {
-            (Some(sid), _) => NewRevocation {
-                issuer: id.iss.to_string(),
-                kind: Kind::Sid,
-                value: sid.clone(),
-                before: None,
-                reason: "logout".into(),
-                created_at: now,
-                expires_at: now + max_lifetime,
-            },
-            (None, Some(sub)) => NewRevocation {
-                issuer: id.iss.to_string(),
-                kind: Kind::Sub,
-                value: sub.clone(),
-                before: Some(now + 1),
-                reason: "logout".into(),
-                created_at: now,
-                expires_at: now + max_lifetime,
-            },
-            (None, None) => {
-                return error(StatusCode::BAD_REQUEST, "invalid_request", "no sid or sub")
+            match id.issued_at {
+                None => Some("logout token lacks iat"),
+                Some(iat) if iat > now + 60 => Some("logout token issued in the future"),
+                Some(iat) if now - iat > self.logout_max_age => {
+                    Some("logout token is older than logout_token_max_age")
+                }
+                Some(_) => None,
             }
         };
-        match self.put(vec![new]).await {
+        if let Some(p) = problem {
+            return refuse(p);
+        }
+        let (Some(iat), Some(jti)) = (id.issued_at, id.jti.as_deref()) else {
+            return refuse("logout token lacks iat or jti");
+        };
+        let info = self.issuers.get(&*id.iss);
+        let max_lifetime = info.map_or(86_400, |i| i.max_lifetime);
+        let scope = info.map_or(BackchannelScope::Subject, |i| i.backchannel);
+        // Replays are refused for as long as the token could be accepted.
+        let until = exp
+            .unwrap_or(iat + self.logout_max_age)
+            .max(iat + self.logout_max_age)
+            + 60;
+        let replay_key = format!("{}\u{0}{jti}", id.iss);
+        match self
+            .store
+            .remember_logout(replay_key.clone(), until, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return refuse("logout token replayed (jti already used)"),
+            Err(e) => return internal(e),
+        }
+        let entry = |kind: Kind, value: &str, before: Option<i64>| NewRevocation {
+            issuer: id.iss.to_string(),
+            kind,
+            value: value.to_owned(),
+            before,
+            reason: "logout".into(),
+            created_at: now,
+            expires_at: before.unwrap_or(now) + max_lifetime,
+        };
+        let mut news = Vec::new();
+        if let Some(sid) = &id.sid {
+            news.push(entry(Kind::Sid, sid, None));
+        }
+        // Tokens issued at or before the logout token: `iat < before`.
+        if let Some(sub) = &id.subject {
+            if id.sid.is_none() || scope == BackchannelScope::Subject {
+                news.push(entry(Kind::Sub, sub, Some(iat + 1)));
+            }
+        }
+        match self.put(news).await {
             Ok(_) => json_resp(StatusCode::OK, &json!({})),
+            Err(e) => {
+                // Not kept: the identity provider's retry must not be
+                // refused as a replay.
+                if let Err(f) = self.store.forget_logout(replay_key).await {
+                    tracing::error!(error = %format!("{f:#}"), "cannot forget a logout token id");
+                }
+                internal(e)
+            }
+        }
+    }
+
+    /// Liveness for anyone: "ok" when the store answers, nothing more
+    /// (entry counts and the cursor are behind the admin token, `/v1/status`).
+    async fn healthz(&self) -> Resp {
+        match self.store.current().await {
+            Ok(_) => json_resp(StatusCode::OK, &json!({"status": "ok"})),
             Err(e) => internal(e),
         }
     }
 
-    async fn healthz(&self) -> Resp {
+    /// Entry count and cursor, for admins.
+    async fn status(&self) -> Resp {
         let state = async {
             Ok::<_, anyhow::Error>((self.store.len().await?, self.store.current().await?))
         };
@@ -686,13 +789,20 @@ impl Api {
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
-        let since = q.get("since").and_then(|c| self.store.parse_cursor(c));
-        if let Some(since) = since {
+        let since = match q.get("since") {
+            Some(c) => self.store.parse_cursor_fresh(c).await.map(|p| {
+                // Epochs are hex: the cursor's epoch ends at its first `-`.
+                let epoch = c.split('-').next().unwrap_or_default().to_owned();
+                (p, epoch)
+            }),
+            None => None,
+        };
+        if let Some((since, epoch)) = since {
             let mut rx = self.seq.subscribe();
             if *rx.borrow() <= since && !wait.is_zero() {
                 let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s > since)).await;
             }
-            match self.store.changes_since(since, MAX_CHANGES).await {
+            match self.store.changes_since(since, epoch, MAX_CHANGES).await {
                 Ok(Some((changes, upto))) => {
                     let cursor = self.store.cursor(upto);
                     let mut out = Vec::with_capacity(64 + changes.len() * 200);
@@ -776,14 +886,29 @@ fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
         .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(error(
+/// The whole body, up to `limit` bytes. A declared `Content-Length` over
+/// the limit is refused before anything is read (RFC 9110 §15.5.14, 413);
+/// so is a body that grows past it. Either way hyper then closes the
+/// connection rather than reading the rest.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request",
             "body too large or unreadable",
-        )),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(too_large()),
     }
 }
 

@@ -96,6 +96,22 @@ impl Backend {
         }
     }
 
+    /// Like [`Backend::parse_cursor`], but a Redis replica that does not
+    /// know the cursor's epoch first asks Redis for the current one:
+    /// another replica may have seen the store wiped, and a gateway moving
+    /// over must not download a snapshot for that.
+    pub async fn parse_cursor_fresh(&self, c: &str) -> Option<Pos> {
+        if let Some(p) = self.parse_cursor(c) {
+            return Some(p);
+        }
+        match self {
+            Backend::Redis(r) if r.refresh_epoch().await.is_ok() => {
+                redis_store::parse_cursor(&r.epoch(), c)
+            }
+            _ => None,
+        }
+    }
+
     pub async fn current(&self) -> anyhow::Result<Pos> {
         match self {
             Backend::Embedded(s) => Self::blocking(s, |s| s.current_seq().map(|n| Pos(0, n))).await,
@@ -168,16 +184,43 @@ impl Backend {
         }
     }
 
+    /// Changes after `since`, a position of the cursor epoch `epoch` (as
+    /// the caller parsed it: the store's epoch may have moved since, and a
+    /// store only starts a new epoch for a cursor of its current one).
     pub async fn changes_since(
         &self,
         since: Pos,
+        epoch: String,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, Pos)>> {
         match self {
-            Backend::Embedded(s) => Ok(Self::blocking(s, move |s| s.changes_since(since.1, max))
-                .await?
-                .map(|(c, n)| (c, Pos(0, n)))),
-            Backend::Redis(r) => r.changes_since(since, max).await,
+            Backend::Embedded(s) => {
+                Ok(
+                    Self::blocking(s, move |s| s.changes_since(since.1, &epoch, max))
+                        .await?
+                        .map(|(c, n)| (c, Pos(0, n))),
+                )
+            }
+            Backend::Redis(r) => r.changes_since(since, &epoch, max).await,
+        }
+    }
+
+    /// Remembers a back-channel logout token's `jti` (keyed with its
+    /// issuer) until `until`; false for a replay. On Redis the memory is
+    /// shared by every replica.
+    pub async fn remember_logout(&self, key: String, until: i64, now: i64) -> anyhow::Result<bool> {
+        match self {
+            Backend::Embedded(s) => {
+                Self::blocking(s, move |s| s.remember_logout(&key, until, now)).await
+            }
+            Backend::Redis(r) => r.remember_logout(&key, until).await,
+        }
+    }
+
+    pub async fn forget_logout(&self, key: String) -> anyhow::Result<()> {
+        match self {
+            Backend::Embedded(s) => Self::blocking(s, move |s| s.forget_logout(&key)).await,
+            Backend::Redis(r) => r.forget_logout(&key).await,
         }
     }
 
@@ -241,16 +284,12 @@ fn embedded_snapshot(store: &Store, tx: mpsc::Sender<Bytes>) {
         let full = std::mem::replace(chunk, Vec::with_capacity(80 * 1024));
         tx.blocking_send(Bytes::from(full)).is_ok()
     };
-    let mut header_seq = None;
+    let mut header_cursor = None;
     let result = store.snapshot_with(|item| match item {
         SnapshotItem::Start(seq) => {
-            header_seq = Some(seq);
-            super::api::push_line(
-                &mut chunk,
-                &FeedMarker::Snapshot {
-                    cursor: store.cursor(seq),
-                },
-            );
+            let cursor = store.cursor(seq);
+            header_cursor = Some(cursor.clone());
+            super::api::push_line(&mut chunk, &FeedMarker::Snapshot { cursor });
             true
         }
         SnapshotItem::Entry(stored) => {
@@ -262,14 +301,9 @@ fn embedded_snapshot(store: &Store, tx: mpsc::Sender<Bytes>) {
             chunk.len() < 64 * 1024 || send(&mut chunk)
         }
     });
-    match (result, header_seq) {
-        (Ok(()), Some(seq)) => {
-            super::api::push_line(
-                &mut chunk,
-                &FeedMarker::End {
-                    cursor: store.cursor(seq),
-                },
-            );
+    match (result, header_cursor) {
+        (Ok(()), Some(cursor)) => {
+            super::api::push_line(&mut chunk, &FeedMarker::End { cursor });
             send(&mut chunk);
         }
         (Err(e), _) => tracing::error!(error = %format!("{e:#}"), "snapshot failed"),

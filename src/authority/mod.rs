@@ -7,14 +7,10 @@ pub mod backend;
 pub mod redis_store;
 pub mod store;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -36,7 +32,18 @@ pub async fn start(
     cfg: &AuthorityConfig,
     loaded: &LoadedConfig,
 ) -> anyhow::Result<AuthorityHandle> {
-    let api = Arc::new(api::Api::new(cfg, loaded).await?);
+    start_with(cfg, loaded, None).await
+}
+
+/// Like [`start`]; `internal_feed_token` is the feed credential of an
+/// embedded authority's own gateway when `feed_token` is not configured,
+/// so the admin token is never the feed's credential by default.
+pub async fn start_with(
+    cfg: &AuthorityConfig,
+    loaded: &LoadedConfig,
+    internal_feed_token: Option<Vec<u8>>,
+) -> anyhow::Result<AuthorityHandle> {
+    let api = Arc::new(api::Api::new(cfg, loaded, internal_feed_token).await?);
     let store_name = api.store_name(cfg, loaded);
     api.clone().spawn_purger(cfg.purge_interval);
     let tls = match &cfg.tls {
@@ -50,41 +57,30 @@ pub async fn start(
         .with_context(|| format!("authority cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, tls = tls.is_some(), store = %store_name, "authority listening");
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The gateway's listener limits, from the same code: header read
+    // timeout, header size and count, idle timeout, connection limit.
+    let limits = cfg.limits.clone();
+    let builder = Arc::new(crate::server::http_builder(&limits));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "authority accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop_rx.changed() => return,
-            };
-            let _ = stream.set_nodelay(true);
-            let (api, builder, tls) = (api.clone(), builder.clone(), tls.clone());
+        let mut stop = stop_rx.clone();
+        while let Some((stream, peer, permit)) =
+            crate::server::accept_limited(&listener, &slots, &mut stop).await
+        {
+            let (api, builder, tls, limits) =
+                (api.clone(), builder.clone(), tls.clone(), limits.clone());
+            let stop = stop_rx.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let _permit = permit;
+                let handler = move |req| {
                     let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
-                });
-                let result = match tls {
-                    None => builder.serve_connection(TokioIo::new(stream), svc).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                        Err(e) => {
-                            tracing::debug!(peer = %peer, error = %e, "authority TLS handshake failed");
-                            return;
-                        }
-                    },
+                    async move { api.handle(req, peer).await }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(peer = %peer, error = %e, "authority connection ended with an error");
-                }
+                crate::server::serve_plain_or_tls(
+                    stream, peer, tls, builder, limits, stop, handler,
+                )
+                .await;
             });
         }
     });

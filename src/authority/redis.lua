@@ -12,7 +12,10 @@
 --   floor    string id of the newest log entry trimmed away
 --   nextid   string id counter
 --   audit    stream un-revocations
---   sess:<issuer>\0<sub>  zset sid scored by started_at
+--   sess:<issuer>\0<sub>  zset sid scored by arrival (sessseq + 1e10;
+--                          older data: by started_at, which sorts first)
+--   sess:<issuer>\0<sub>\0t  zset sid scored by started_at (expiry)
+--   sessseq  string arrival counter of sessions
 local P = ARGV[1]
 local op = ARGV[2]
 local E, B, X, L = P .. 'entries', P .. 'byid', P .. 'expiry', P .. 'log'
@@ -42,8 +45,14 @@ end
 local function put_one(key, rev)
   local old = redis.call('HGET', E, key)
   local enc, outcome, exp
+  local o = old and cjson.decode(old)
+  if o and o.expires_at <= rev.created_at then
+    -- Past its expiry but not purged yet: gone for every gateway, so
+    -- revoking again creates it anew.
+    redis.call('HDEL', B, o.id)
+    old = nil
+  end
   if old then
-    local o = cjson.decode(old)
     if not has_before(rev.kind) or (o.before ~= nil and rev.before <= o.before) then
       return old, 'unchanged'
     end
@@ -91,16 +100,29 @@ elseif op == 'session' then
   local started, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
   local now, life = tonumber(ARGV[8]), tonumber(ARGV[9])
   local SK = P .. 'sess:' .. iss .. '\0' .. sub
+  local TK = SK .. '\0t'
   -- Sessions older than any token lifetime are gone anyway.
+  for _, s in ipairs(redis.call('ZRANGEBYSCORE', TK, '-inf', now - life)) do
+    redis.call('ZREM', SK, s)
+  end
+  redis.call('ZREMRANGEBYSCORE', TK, '-inf', now - life)
   redis.call('ZREMRANGEBYSCORE', SK, '-inf', now - life)
-  redis.call('ZADD', SK, 'NX', started, sid)
+  -- Ordered by arrival at the store, like the embedded store: whole-second
+  -- start times tie, and the sid's spelling must not decide.
+  if not redis.call('ZSCORE', SK, sid) then
+    local seq = redis.call('INCR', P .. 'sessseq') + 10000000000
+    redis.call('ZADD', SK, seq, sid)
+    redis.call('ZADD', TK, started, sid)
+  end
   redis.call('EXPIRE', SK, life)
+  redis.call('EXPIRE', TK, life)
   local out = { '' }
   local over = redis.call('ZCARD', SK) - limit
   if over > 0 then
     local popped = redis.call('ZPOPMIN', SK, over)
     for i = 1, #popped, 2 do
       local s = popped[i]
+      redis.call('ZREM', TK, s)
       local rev = {
         issuer = iss, kind = 'sid', value = s, reason = 'replaced',
         created_at = now, expires_at = now + life,
@@ -171,12 +193,25 @@ elseif op == 'purge' then
     end
   end
   return { removed, #due }
-elseif op == 'changes' then
-  -- ARGV[3]: since (a log id); ARGV[4]: most records to return; ARGV[5]:
-  -- a new epoch, taken if the store has none (Redis was wiped).
-  -- Returns epoch, last, floor, then id and change of each record.
+elseif op == 'epoch' then
+  -- ARGV[3]: a new epoch, taken if the store has none (Redis was wiped).
+  -- Returns the epoch and the newest log id, read together (a snapshot's
+  -- cursor).
   local epoch = redis.call('GET', P .. 'epoch')
   if not epoch then
+    epoch = ARGV[3]
+    redis.call('SET', P .. 'epoch', epoch)
+  end
+  return { epoch, last() }
+elseif op == 'changes' then
+  -- ARGV[3]: since (a log id); ARGV[4]: most records to return; ARGV[5]:
+  -- a new epoch, taken if the store has none (Redis was wiped) or if
+  -- `since` of epoch ARGV[6] is past the log's end (Redis went back in
+  -- time: restored, or a replica promoted without the latest writes), so
+  -- no log id is handed out twice in one epoch.
+  -- Returns epoch, last, floor, then id and change of each record.
+  local epoch = redis.call('GET', P .. 'epoch')
+  if not epoch or (epoch == ARGV[6] and id_less(last(), ARGV[3])) then
     epoch = ARGV[5]
     redis.call('SET', P .. 'epoch', epoch)
   end

@@ -306,6 +306,34 @@ impl RedisStore {
         Ok((results.into_iter().map(|(r, _)| r).collect(), pos))
     }
 
+    /// Remembers a logout token's `jti` until `until` (Unix seconds), in
+    /// Redis, so every replica refuses its replay; false when it is already
+    /// remembered.
+    pub async fn remember_logout(&self, key: &str, until: i64) -> anyhow::Result<bool> {
+        let mut con = self.con.clone();
+        let r = redis::cmd("SET")
+            .arg(self.key(&format!("logout:{key}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until.max(1))
+            .query_async::<Option<String>>(&mut con)
+            .await;
+        let set = self.noted(r).context("Redis SET logout jti")?;
+        self.durable().await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn forget_logout(&self, key: &str) -> anyhow::Result<()> {
+        let mut con = self.con.clone();
+        let r = redis::cmd("DEL")
+            .arg(self.key(&format!("logout:{key}")))
+            .query_async::<i64>(&mut con)
+            .await;
+        self.noted(r).context("Redis DEL logout jti")?;
+        Ok(())
+    }
+
     async fn hget(&self, hash: &str, field: &str) -> anyhow::Result<Option<String>> {
         let mut con = self.con.clone();
         let r = redis::cmd("HGET")
@@ -403,12 +431,32 @@ impl RedisStore {
             .unwrap_or_default())
     }
 
+    /// The store's epoch and newest log position, read together from
+    /// Redis (a wiped Redis gets a new epoch here), and remembered: every
+    /// replica tags cursors with the epoch Redis has now, not the one it
+    /// saw at start.
+    pub async fn refresh_epoch(&self) -> anyhow::Result<(String, Pos)> {
+        let out = self
+            .run("epoch", &[crate::token::random_id()[..12].to_owned()])
+            .await?;
+        let (Some(epoch), Some(last)) = (out.first(), out.get(1)) else {
+            bail!("Redis store script `epoch`: short answer");
+        };
+        if *epoch != self.epoch() {
+            if let Ok(mut e) = self.epoch.write() {
+                e.clone_from(epoch);
+            }
+        }
+        Ok((epoch.clone(), parse_id(last).unwrap_or_default()))
+    }
+
     /// Changes after `since`, or `None` when they are no longer kept, the
     /// cursor is ahead of the log, or Redis has been wiped since (a new
     /// epoch): the caller then sends a snapshot.
     pub async fn changes_since(
         &self,
         since: Pos,
+        since_epoch: &str,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, Pos)>> {
         let out = self
@@ -418,6 +466,7 @@ impl RedisStore {
                     id_arg(since),
                     max.to_string(),
                     crate::token::random_id()[..12].to_owned(),
+                    since_epoch.to_owned(),
                 ],
             )
             .await?;
@@ -427,8 +476,10 @@ impl RedisStore {
         };
         if epoch != self.epoch() {
             if let Ok(mut e) = self.epoch.write() {
-                *e = epoch;
+                e.clone_from(&epoch);
             }
+        }
+        if epoch != since_epoch {
             return Ok(None);
         }
         let last = parse_id(&last).unwrap_or_default();
@@ -453,8 +504,7 @@ impl RedisStore {
     /// the scan may or may not be in it, and comes again in the changes
     /// after the cursor, which the gateway asks for next.
     pub async fn snapshot(&self, tx: mpsc::Sender<Bytes>) -> anyhow::Result<()> {
-        let pos = self.current().await?;
-        let epoch = self.epoch();
+        let (epoch, pos) = self.refresh_epoch().await?;
         let mut chunk = Vec::with_capacity(80 * 1024);
         super::api::push_line(
             &mut chunk,

@@ -22,6 +22,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_STR: TableDefinition<&str, &str> = TableDefinition::new("meta_str");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Back-channel logout token ids seen (`issuer\0jti`), until when.
+const LOGOUT_JTIS: TableDefinition<&str, i64> = TableDefinition::new("logout_jtis");
 
 /// A revocation as asked for, before the store gives it an id.
 #[derive(Debug, Clone)]
@@ -56,13 +58,20 @@ pub enum SnapshotItem<'a> {
 struct Session {
     sid: String,
     started_at: i64,
+    /// Arrival order at the store (a per-store counter): the session limit
+    /// replaces the session that arrived first, whatever `started_at` says
+    /// (whole seconds tie). 0 for sessions recorded before this field.
+    #[serde(default)]
+    seq: u64,
 }
 
 pub struct Store {
     /// `None` only between a failed reopen and the next attempt.
     db: std::sync::RwLock<Option<Database>>,
     path: std::path::PathBuf,
-    epoch: String,
+    /// Replaced when a gateway shows a cursor ahead of the store (it was
+    /// restored from a backup), so no sequence number is reused in one epoch.
+    epoch: std::sync::RwLock<String>,
     change_retention: u64,
 }
 
@@ -74,6 +83,20 @@ impl Store {
     pub fn open(path: &Path, change_retention: u64) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Created empty with mode 0600 first (redb initializes an empty
+        // file), so the store is never readable by others, not even briefly.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            create.mode(0o600);
+        }
+        match create.open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating store {}", path.display())),
         }
         let db =
             Database::create(path).with_context(|| format!("opening store {}", path.display()))?;
@@ -87,6 +110,7 @@ impl Store {
             tx.open_table(META)?;
             tx.open_table(SESSIONS)?;
             tx.open_table(AUDIT)?;
+            tx.open_table(LOGOUT_JTIS)?;
             let mut m = tx.open_table(META_STR)?;
             let existing = m.get("epoch")?.map(|v| v.value().to_owned());
             match existing {
@@ -101,10 +125,11 @@ impl Store {
             }
         };
         tx.commit()?;
+        restrict_mode(path)?;
         Ok(Store {
             db: std::sync::RwLock::new(Some(db)),
             path: path.to_owned(),
-            epoch,
+            epoch: std::sync::RwLock::new(epoch),
             change_retention: change_retention.max(1),
         })
     }
@@ -139,18 +164,34 @@ impl Store {
         }
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> String {
+        self.epoch.read().map(|e| e.clone()).unwrap_or_default()
     }
 
     pub fn cursor(&self, seq: u64) -> String {
-        format!("{}-{}", self.epoch, seq)
+        format!("{}-{}", self.epoch(), seq)
     }
 
     /// Parses a cursor of this store; `None` for another store's or garbage.
     pub fn parse_cursor(&self, c: &str) -> Option<u64> {
         let (epoch, seq) = c.rsplit_once('-')?;
-        (epoch == self.epoch).then(|| seq.parse().ok()).flatten()
+        (epoch == self.epoch()).then(|| seq.parse().ok()).flatten()
+    }
+
+    /// Gives the store a new epoch, durably. Called when a gateway holds a
+    /// cursor ahead of the change log: the store went back in time
+    /// (restored from a backup), and the sequence numbers past its end
+    /// would otherwise be handed out again for other changes. Gateways
+    /// then take a snapshot of the new epoch, which they merge.
+    pub fn new_epoch(&self) -> anyhow::Result<String> {
+        let e = crate::token::random_id()[..12].to_owned();
+        let tx = self.db()?.begin_write()?;
+        tx.open_table(META_STR)?.insert("epoch", e.as_str())?;
+        tx.commit()?;
+        if let Ok(mut g) = self.epoch.write() {
+            g.clone_from(&e);
+        }
+        Ok(e)
     }
 
     pub fn current_seq(&self) -> anyhow::Result<u64> {
@@ -269,13 +310,24 @@ impl Store {
     pub fn changes_since(
         &self,
         since: u64,
+        since_epoch: &str,
         max: usize,
     ) -> anyhow::Result<Option<(Vec<Change>, u64)>> {
         let tx = self.db()?.begin_read()?;
         let meta = tx.open_table(META)?;
         let seq = get_u64(&meta, "seq")?;
         let min_seq = get_u64(&meta, "min_seq")?;
-        if since > seq || since + 1 < min_seq {
+        if since_epoch != self.epoch() {
+            return Ok(None);
+        }
+        if since > seq {
+            drop(meta);
+            drop(tx);
+            let e = self.new_epoch()?;
+            tracing::warn!(since, seq, epoch = %e, "a gateway holds a cursor ahead of this store (restored from a backup?): new epoch, gateways merge a fresh snapshot");
+            return Ok(None);
+        }
+        if since + 1 < min_seq {
             return Ok(None);
         }
         let changes = tx.open_table(CHANGES)?;
@@ -336,6 +388,7 @@ impl Store {
                     removed += 1;
                 }
             }
+            tx.open_table(LOGOUT_JTIS)?.retain(|_, until| until > now)?;
             let mut meta = tx.open_table(META)?;
             let seq = get_u64(&meta, "seq")?;
             let keep_from = seq.saturating_sub(self.change_retention) + 1;
@@ -348,6 +401,32 @@ impl Store {
         }
         tx.commit()?;
         Ok(removed)
+    }
+
+    /// Remembers a logout token's `jti` until `until` (Unix seconds);
+    /// false when it is already remembered (a replay).
+    pub fn remember_logout(&self, key: &str, until: i64, now: i64) -> anyhow::Result<bool> {
+        let tx = self.db()?.begin_write()?;
+        let fresh;
+        {
+            let mut t = tx.open_table(LOGOUT_JTIS)?;
+            let seen = t.get(key)?.map(|v| v.value());
+            fresh = seen.is_none_or(|u| u <= now);
+            if fresh {
+                t.insert(key, until)?;
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Forgets a remembered `jti` (its logout could not be stored, so the
+    /// identity provider's retry must not count as a replay).
+    pub fn forget_logout(&self, key: &str) -> anyhow::Result<()> {
+        let tx = self.db()?.begin_write()?;
+        tx.open_table(LOGOUT_JTIS)?.remove(key)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a login's session and, over `limit`, revokes the oldest
@@ -374,12 +453,16 @@ impl Store {
             // Sessions older than any token lifetime are gone anyway.
             list.retain(|s| s.started_at + max_lifetime > crate::revocation::model::now_unix());
             if !list.iter().any(|s| s.sid == sid) {
+                let mut meta = tx.open_table(META)?;
+                let seq = get_u64(&meta, "session_seq")? + 1;
+                meta.insert("session_seq", seq)?;
                 list.push(Session {
                     sid: sid.to_owned(),
                     started_at,
+                    seq,
                 });
             }
-            list.sort_by_key(|s| s.started_at);
+            list.sort_by_key(|s| (s.seq, s.started_at));
             let over = list.len().saturating_sub(limit);
             evicted = list.drain(..over).map(|s| s.sid).collect::<Vec<_>>();
             sessions.insert(key.as_str(), serde_json::to_vec(&list)?.as_slice())?;
@@ -401,6 +484,20 @@ impl Store {
         tx.commit()?;
         Ok((results.into_iter().map(|(r, _)| r).collect(), seq))
     }
+}
+
+/// The store lists every revoked session and subject: readable by the
+/// authority's user only (mode 0600).
+fn restrict_mode(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
@@ -431,11 +528,22 @@ fn put_tx(
         let mut meta = tx.open_table(META)?;
         let mut next_seq = get_u64(&meta, "seq")?;
         let mut next_id = get_u64(&meta, "next_id")?;
+        let now = crate::revocation::model::now_unix();
         for n in news {
             let key = natural_key(&n.issuer, n.kind, &n.value);
             let existing: Option<Revocation> = match entries.get(key.as_str())? {
                 Some(v) => Some(serde_json::from_slice(v.value())?),
                 None => None,
+            };
+            // An entry past its expiry that the purger has not reached yet
+            // is gone for every gateway: revoking again creates it anew.
+            let existing = match existing {
+                Some(old) if old.expires_at <= now => {
+                    by_id.remove(old.id)?;
+                    expiry.remove((old.expires_at, key.as_str()))?;
+                    None
+                }
+                e => e,
             };
             let (rev, outcome) = match existing {
                 Some(old) if !n.kind.has_before() || n.before <= old.before => {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 
-use super::model::{Change, FeedMarker};
+use super::model::{cursor_relation, Change, CursorRelation, FeedMarker};
 use super::set::{Counts, Hit, RevocationSet};
 use super::state::StateFile;
 use crate::auth::Identity;
@@ -33,6 +33,13 @@ pub struct Revocations {
     set: ArcSwap<RevocationSet>,
     /// Unix milliseconds of the last successful feed response; 0 = never.
     last_contact_ms: AtomicI64,
+    /// Since when the state held counts as current: the last feed
+    /// response, or the moment it was loaded from the state file (it held
+    /// everything the gateway had applied when it stopped). Staleness and
+    /// readiness count from here; 0 = no state.
+    fresh_since_ms: AtomicI64,
+    /// Where the state came from: 0 none, 1 the state file, 2 the authority.
+    source: std::sync::atomic::AtomicU8,
     /// Sequence part of the last applied cursor (for metrics).
     cursor_seq: AtomicU64,
     ready: AtomicBool,
@@ -47,6 +54,10 @@ pub struct Revocations {
 pub struct Status {
     pub ready: bool,
     pub stale: bool,
+    /// `authority`, `state_file` (not synced since start) or `none`.
+    pub source: &'static str,
+    /// Seconds since the state was last current (see `is_stale`).
+    pub seconds_since_fresh: Option<f64>,
     pub seconds_since_contact: Option<f64>,
     pub cursor_seq: u64,
     pub entries: Counts,
@@ -71,20 +82,38 @@ impl Revocations {
         }
         match self.set.load().check(id) {
             Some(hit) => Err(Refusal::Revoked(hit)),
-            None => Ok(()),
+            None => {
+                // What logouts can match among the tokens actually seen.
+                if id.sid.is_none() {
+                    crate::admin::metrics::metrics().admitted_without_sid.inc();
+                }
+                if id.jti.is_none() {
+                    crate::admin::metrics::metrics().admitted_without_jti.inc();
+                }
+                Ok(())
+            }
         }
     }
 
+    /// No word from the authority within `max_staleness` of the state
+    /// becoming current (a feed response, or loading the state file).
     pub fn is_stale(&self) -> bool {
-        let last = self.last_contact_ms.load(Ordering::Relaxed);
-        last == 0 || now_ms() - last > self.max_staleness.as_millis() as i64
+        let since = self.fresh_since_ms.load(Ordering::Relaxed);
+        since == 0 || now_ms() - since > self.max_staleness.as_millis() as i64
     }
 
     pub fn status(&self) -> Status {
         let last = self.last_contact_ms.load(Ordering::Relaxed);
+        let since = self.fresh_since_ms.load(Ordering::Relaxed);
         Status {
             ready: self.ready.load(Ordering::Acquire),
             stale: self.is_stale(),
+            source: match self.source.load(Ordering::Relaxed) {
+                1 => "state_file",
+                2 => "authority",
+                _ => "none",
+            },
+            seconds_since_fresh: (since > 0).then(|| (now_ms() - since) as f64 / 1000.0),
             seconds_since_contact: (last > 0).then(|| (now_ms() - last) as f64 / 1000.0),
             cursor_seq: self.cursor_seq.load(Ordering::Relaxed),
             entries: self.set.load().counts(),
@@ -107,6 +136,8 @@ impl Revocations {
         Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
             last_contact_ms: AtomicI64::new(if ready { now_ms() } else { 0 }),
+            fresh_since_ms: AtomicI64::new(if ready { now_ms() } else { 0 }),
+            source: std::sync::atomic::AtomicU8::new(if ready { 2 } else { 0 }),
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(ready),
             max_staleness: Duration::from_secs(u64::from(u32::MAX)),
@@ -134,14 +165,16 @@ impl Revocations {
                 None,
             ),
             (None, Some(e)) => {
-                let handle = crate::authority::start(e, loaded)
+                // Without a configured feed token the gateway and its
+                // embedded authority share a random one: never the admin token.
+                let token = match &e.feed_token {
+                    Some(t) => t.read(loaded)?,
+                    None => crate::token::random_id().into_bytes(),
+                };
+                let internal = e.feed_token.is_none().then(|| token.clone());
+                let handle = crate::authority::start_with(e, loaded, internal)
                     .await
                     .context("embedded authority")?;
-                let token = e
-                    .feed_token
-                    .as_ref()
-                    .unwrap_or(&e.admin_token)
-                    .read(loaded)?;
                 let scheme = if e.tls.is_some() { "https" } else { "http" };
                 let base = format!("{scheme}://{}", handle.addr());
                 (vec![base], Some(token), None, Some(handle))
@@ -154,18 +187,27 @@ impl Revocations {
             .map(|p| StateFile::new(loaded.resolve(p)));
         let mut set = RevocationSet::new();
         let mut cursor = None;
+        let mut has_state = false;
         if let Some(st) = state.as_mut() {
-            cursor = st.load(&mut set)?;
-            if let Some(c) = &cursor {
+            let loaded = st.load(&mut set)?;
+            has_state = loaded.has_state;
+            if has_state {
                 let n = set.counts();
-                tracing::info!(cursor = %c, entries = n.total(), "revocation state loaded from file");
+                tracing::info!(
+                    cursor = loaded.cursor.as_deref().unwrap_or("-"),
+                    entries = n.total(),
+                    "revocation state loaded from file"
+                );
             }
+            cursor = loaded.cursor;
         }
         let me = Arc::new(Revocations {
             set: ArcSwap::from_pointee(set),
             last_contact_ms: AtomicI64::new(0),
+            fresh_since_ms: AtomicI64::new(if has_state { now_ms() } else { 0 }),
+            source: std::sync::atomic::AtomicU8::new(u8::from(has_state)),
             cursor_seq: AtomicU64::new(0),
-            ready: AtomicBool::new(cursor.is_some()),
+            ready: AtomicBool::new(has_state),
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
             _embedded: embedded,
@@ -312,10 +354,47 @@ impl Feed {
             }
         }
         let (cursor, parsed) = parser.finish()?;
+        // Never un-revoke by accident: a response behind what this gateway
+        // holds (a store restored from a backup, a lagging replica, or not
+        // the real authority) is refused; a snapshot is always merged with
+        // what is held (entries then expire on their own), never a
+        // replacement: a wiped or restored store (another epoch) would
+        // otherwise drop them, and so would a later snapshot of that same
+        // new epoch. Only an explicit deletion (a `del` change) removes an
+        // entry; one missed because the gateway fell behind the change
+        // log's retention keeps the entry until it expires (refusing too
+        // much, never too little).
+        let relation = cursor_relation(self.cursor.as_deref(), &cursor);
+        let refused = match (&parsed, relation) {
+            (_, CursorRelation::Older) => Some("older"),
+            (Parsed::Changes(_), CursorRelation::NoneHeld | CursorRelation::OtherEpoch) => {
+                Some("changes_without_base")
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            crate::admin::metrics::metrics()
+                .revocation_feed_refused
+                .get_or_create(&crate::admin::metrics::ReasonLabel { reason })
+                .inc();
+            tracing::error!(held = self.cursor.as_deref().unwrap_or("-"), got = %cursor, reason, "feed response refused: it is behind the revocation state this gateway holds (authority store restored from a backup, a lagging replica, or not the real authority)");
+            anyhow::bail!("feed response at {cursor} is behind the held state");
+        }
         // What a gateway enforces it can restore after a crash: state is
         // persisted before it becomes visible to requests.
         match parsed {
-            Parsed::Snapshot(set) => {
+            Parsed::Snapshot(mut set) => {
+                let held = me.set.load_full();
+                let had = held.counts().total();
+                set = tokio::task::spawn_blocking(move || {
+                    held.for_each(|r| set.apply_building(&Change::Put(r)));
+                    set.finish_building();
+                    set
+                })
+                .await?;
+                if relation == CursorRelation::OtherEpoch && had > 0 {
+                    tracing::warn!(cursor = %cursor, held = had, "revocation snapshot of a new store epoch (store wiped or restored) merged with the entries held; they expire on their own");
+                }
                 let n = set.counts();
                 let set = Arc::new(set);
                 if let Some(st) = self.state.take() {
@@ -382,7 +461,10 @@ impl Feed {
             me.cursor_seq.store(seq, Ordering::Relaxed);
         }
         self.cursor = Some(cursor);
-        me.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        let t = now_ms();
+        me.last_contact_ms.store(t, Ordering::Relaxed);
+        me.fresh_since_ms.store(t, Ordering::Relaxed);
+        me.source.store(2, Ordering::Relaxed);
         me.ready.store(true, Ordering::Release);
         Ok(())
     }

@@ -88,6 +88,58 @@ pub enum FeedMarker {
     End { cursor: String },
 }
 
+/// Where a feed cursor stands, as a gateway compares two of them: the
+/// store's epoch (a new one after the store was wiped or restored) and the
+/// position in its change log (`epoch-seq` for the embedded store,
+/// `epoch-ms-seq` for Redis; epochs are hex, so never contain `-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorPos<'a> {
+    pub epoch: &'a str,
+    pub pos: Vec<u64>,
+}
+
+impl<'a> CursorPos<'a> {
+    /// `None` for a cursor in neither form.
+    pub fn parse(c: &'a str) -> Option<CursorPos<'a>> {
+        let (epoch, rest) = c.split_once('-')?;
+        let pos = rest
+            .split('-')
+            .map(|p| p.parse().ok())
+            .collect::<Option<Vec<u64>>>()?;
+        (!epoch.is_empty() && !pos.is_empty()).then_some(CursorPos { epoch, pos })
+    }
+}
+
+/// How a feed response's cursor relates to the one a gateway holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorRelation {
+    /// The gateway holds no cursor (first start, damaged state file).
+    NoneHeld,
+    /// Another epoch (or a cursor the gateway cannot read): the store was
+    /// wiped or restored; what it sends is merged, never a replacement.
+    OtherEpoch,
+    /// Same epoch, behind what the gateway holds: refused.
+    Older,
+    /// Same epoch, at or past what the gateway holds.
+    SameOrNewer,
+}
+
+pub fn cursor_relation(held: Option<&str>, got: &str) -> CursorRelation {
+    let Some(held) = held else {
+        return CursorRelation::NoneHeld;
+    };
+    match (CursorPos::parse(held), CursorPos::parse(got)) {
+        (Some(h), Some(g)) if h.epoch == g.epoch => {
+            if g.pos < h.pos {
+                CursorRelation::Older
+            } else {
+                CursorRelation::SameOrNewer
+            }
+        }
+        _ => CursorRelation::OtherEpoch,
+    }
+}
+
 /// The text a client sees for a revoked token: short, by kind and reason.
 pub fn description(kind: Kind, reason: &str) -> &'static str {
     match (kind, reason) {
@@ -106,4 +158,22 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_compare_within_an_epoch_only() {
+        use CursorRelation::*;
+        assert_eq!(cursor_relation(None, "ab-3"), NoneHeld);
+        assert_eq!(cursor_relation(Some("ab-3"), "ab-2"), Older);
+        assert_eq!(cursor_relation(Some("ab-3"), "ab-3"), SameOrNewer);
+        assert_eq!(cursor_relation(Some("ab-3"), "ab-10"), SameOrNewer);
+        assert_eq!(cursor_relation(Some("ab-3"), "cd-1"), OtherEpoch);
+        assert_eq!(cursor_relation(Some("ab-5-9"), "ab-5-8"), Older);
+        assert_eq!(cursor_relation(Some("ab-5-9"), "ab-6-0"), SameOrNewer);
+        assert_eq!(cursor_relation(Some("ab-5-9"), "garbage"), OtherEpoch);
+    }
 }

@@ -17,6 +17,20 @@ use anyhow::Context;
 use super::model::{Change, FeedMarker};
 use super::set::RevocationSet;
 
+/// What [`StateFile::load`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The cursor the file ends at; `None` without a file, or when a line
+    /// was damaged (the feed then takes a fresh snapshot, merged with what
+    /// was loaded, so the damaged entry comes back from the authority).
+    pub cursor: Option<String>,
+    /// Whether a complete snapshot or change group was loaded: the set
+    /// then holds a revocation state the gateway can enforce.
+    pub has_state: bool,
+    /// The first damaged line (1-based), if any.
+    pub damaged_line: Option<usize>,
+}
+
 pub struct StateFile {
     path: PathBuf,
     append: Option<File>,
@@ -36,12 +50,13 @@ impl StateFile {
         }
     }
 
-    /// Replays the file into `set`; returns the cursor it ends at, or
-    /// `None` when there is no file.
-    pub fn load(&mut self, set: &mut RevocationSet) -> anyhow::Result<Option<String>> {
+    /// Replays the file into `set`. A line that cannot be read is skipped
+    /// and logged with the file and line, and the cursor is dropped: the
+    /// entry it held would otherwise never be fetched again.
+    pub fn load(&mut self, set: &mut RevocationSet) -> anyhow::Result<Loaded> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
         };
         let mut cursor = None;
@@ -52,6 +67,8 @@ impl StateFile {
         // into one buffer. Appended change groups apply only when complete.
         let mut in_snapshot = false;
         let mut lines = 0u64;
+        let mut has_state = false;
+        let mut damaged_line = None;
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let line = line.with_context(|| format!("reading {}", self.path.display()))?;
             if line.is_empty() {
@@ -76,6 +93,7 @@ impl StateFile {
                             lines += 1;
                         }
                         cursor = Some(c);
+                        has_state = true;
                         in_group = false;
                     }
                 }
@@ -88,13 +106,21 @@ impl StateFile {
                 }
                 Ok(ch) if in_group => group.push(ch),
                 _ => {
-                    tracing::warn!(file = %self.path.display(), line = n + 1, "unreadable state line skipped")
+                    tracing::error!(file = %self.path.display(), line = n + 1, "damaged revocation state line skipped; a fresh snapshot will be merged from the authority");
+                    damaged_line.get_or_insert(n + 1);
                 }
             }
         }
         set.finish_building();
         self.snapshot_len = lines;
-        Ok(cursor)
+        if damaged_line.is_some() {
+            cursor = None;
+        }
+        Ok(Loaded {
+            cursor,
+            has_state,
+            damaged_line,
+        })
     }
 
     /// Replaces the file with the whole set, atomically.
@@ -102,7 +128,18 @@ impl StateFile {
         let tmp = tmp_path(&self.path);
         let mut n = 0u64;
         {
-            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let f = private_options()
+                .write(true)
+                .truncate(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            // A leftover temporary file keeps its old mode otherwise.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+            }
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let mut err = None;
             write_line(
@@ -156,8 +193,7 @@ impl StateFile {
     /// Appends changes as one group, fsync'd.
     pub fn append(&mut self, changes: &[Change], cursor: &str) -> anyhow::Result<()> {
         if self.append.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
+            let f = private_options()
                 .append(true)
                 .open(&self.path)
                 .with_context(|| format!("opening {}", self.path.display()))?;
@@ -189,6 +225,19 @@ impl StateFile {
         self.appended += changes.len() as u64;
         Ok(())
     }
+}
+
+/// Created readable by the gateway's user only (mode 0600): the file
+/// lists every revoked session and subject.
+fn private_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
 }
 
 fn write_line(w: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<()> {
