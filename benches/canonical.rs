@@ -26,7 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
 ];
 
 fn table() -> RouteTable {
-    let mut yaml = String::from("routes:\n");
+    let mut yaml = String::from("listeners: [{address: 127.0.0.1:0}]\nroutes:\n");
     for (i, (host, prefix)) in ROUTES.iter().enumerate() {
         yaml.push_str(&format!(
             "  - name: r{i}\n    path_prefix: {prefix}\n    backends: [http://127.0.0.1:9]\n    auth: off\n"
