@@ -202,25 +202,13 @@ async fn gatehouse_trusting(
 /// One GET through the ingress, with extra header lines; status, the
 /// whole answer.
 async fn through(port: u16, target: &str, headers: &[String]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect ingress");
     let mut head = format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
     for h in headers {
         head.push_str(h);
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    raw_request(([127, 0, 0, 1], port).into(), &head).await
 }
 
 fn auth(token: &str) -> String {
@@ -344,22 +332,6 @@ async fn caddy_forward_auth_to_gatehouse_enforces_tokens_revocations_and_identit
     ingress_scenarios("caddy").await;
 }
 
-/// A raw request to the auth listener, as an ingress would send it.
-async fn ask(addr: SocketAddr, head: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(head.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    (
-        text.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0),
-        text,
-    )
-}
-
 #[tokio::test]
 async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -377,7 +349,7 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
             token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"))
         )
     };
-    let (status, text) = ask(addr, &traefik("/orders?x=1", Some(&alice))).await;
+    let (status, text) = raw_request(addr, &traefik("/orders?x=1", Some(&alice))).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         text.to_ascii_lowercase().contains("x-auth-subject: alice"),
@@ -388,12 +360,17 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
             .contains("cache-control: no-store"),
         "{text}"
     );
-    assert_eq!(ask(addr, &traefik("/orders", None)).await.0, 401);
-    assert_eq!(ask(addr, &traefik("/%61dmin/x", Some(&alice))).await.0, 403);
-    assert_eq!(ask(addr, &traefik("/health", None)).await.0, 200);
-    assert_eq!(ask(addr, &traefik("/a%2fb", None)).await.0, 400);
+    assert_eq!(raw_request(addr, &traefik("/orders", None)).await.0, 401);
+    assert_eq!(
+        raw_request(addr, &traefik("/%61dmin/x", Some(&alice)))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(raw_request(addr, &traefik("/health", None)).await.0, 200);
+    assert_eq!(raw_request(addr, &traefik("/a%2fb", None)).await.0, 400);
     // Without the description, nothing is decided.
-    let (status, _) = ask(
+    let (status, _) = raw_request(
         addr,
         "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -411,11 +388,16 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
             token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"))
         )
     };
-    let (status, text) = ask(addr, &envoy("/orders?x=1", Some(&alice))).await;
+    let (status, text) = raw_request(addr, &envoy("/orders?x=1", Some(&alice))).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(ask(addr, &envoy("/orders", None)).await.0, 401);
-    assert_eq!(ask(addr, &envoy("/%61dmin/x", Some(&alice))).await.0, 403);
-    let (status, _) = ask(
+    assert_eq!(raw_request(addr, &envoy("/orders", None)).await.0, 401);
+    assert_eq!(
+        raw_request(addr, &envoy("/%61dmin/x", Some(&alice)))
+            .await
+            .0,
+        403
+    );
+    let (status, _) = raw_request(
         addr,
         "GET /elsewhere/orders HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -427,7 +409,7 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
 async fn an_auth_server_refuses_descriptions_from_an_address_that_is_not_an_ingress() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, _a, _g) = gatehouse_trusting("nginx", dir.path(), "10.9.9.9/32").await;
-    let (status, text) = ask(
+    let (status, text) = raw_request(
         gw.addrs()[0],
         "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
     )

@@ -147,23 +147,6 @@ fn admin_token() -> String {
     })
 }
 
-/// One HTTP/1.1 request written as raw bytes (so the target and headers
-/// are exactly what the test says), `Connection: close`; returns the
-/// status and the whole answer.
-async fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(head.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 async fn get_raw(addr: SocketAddr, target: &str, host: &str, token: Option<&str>) -> u16 {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     raw_request(
