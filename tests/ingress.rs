@@ -17,7 +17,6 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The fenced code block between `<!-- NAME-snippet-begin -->` and
