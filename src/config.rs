@@ -184,6 +184,11 @@ pub struct IssuerConfig {
     /// forgotten this long after the newest token it matches was issued.
     #[serde(default = "default_max_token_lifetime", with = "duration")]
     pub max_token_lifetime: Duration,
+    /// Accept as access tokens only JWTs typed `at+jwt` (RFC 9068 §2.1,
+    /// §4), so this issuer's ID tokens and other untyped JWTs are refused.
+    /// Off by default: then `typ` may also be absent or `JWT`.
+    #[serde(default)]
+    pub require_at_jwt: bool,
 }
 
 impl IssuerConfig {

@@ -597,7 +597,7 @@ impl Api {
                 "logout_token is required",
             );
         };
-        let id = match self.verifier.verify_any_age(&token).await {
+        let id = match self.verifier.verify_logout_token(&token).await {
             Ok(id) => id,
             Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.description()),
         };
