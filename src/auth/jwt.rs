@@ -326,10 +326,8 @@ impl Verifier {
             return self.verify_timed(token).await.map(|(id, _)| Arc::new(id));
         };
         let now = now_unix();
-        if let Some(hit) = recent::get(self.id, token, now) {
-            if hit.key_still_published() {
-                return Ok(hit.identity);
-            }
+        if let Some(identity) = recent::get(self.id, token, now) {
+            return Ok(identity);
         }
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
@@ -653,12 +651,13 @@ fn now_unix() -> i64 {
 /// picked from the token's last bytes (signature bytes: an attacker who
 /// makes tokens share a slot only evicts, a hit needs the identical
 /// token). Entries carry the same limits as the shared cache: never past
-/// `exp` or the TTL, only for the verifier that checked them, and the
-/// caller re-checks that the verifying key is still published.
+/// `exp` or the TTL, only for the verifier that checked them, and only
+/// while the verifying key is still published.
 mod recent {
     use std::cell::RefCell;
+    use std::sync::Arc;
 
-    use super::Cached;
+    use super::{Cached, Identity};
 
     const SLOTS: usize = 256;
 
@@ -681,12 +680,18 @@ mod recent {
         (h >> 56) as usize % SLOTS
     }
 
-    pub(super) fn get(verifier: u64, token: &str, now: i64) -> Option<Cached> {
+    /// The identity, if this exact token is remembered, current, and its
+    /// verifying key still published (checked here, so a hit clones only
+    /// the identity's `Arc`).
+    pub(super) fn get(verifier: u64, token: &str, now: i64) -> Option<Arc<Identity>> {
         MEMO.with(|m| {
             let m = m.borrow();
             let s = m.get(slot_of(token))?.as_ref()?;
-            (s.verifier == verifier && s.cached.until > now && *s.token == *token)
-                .then(|| s.cached.clone())
+            (s.verifier == verifier
+                && s.cached.until > now
+                && *s.token == *token
+                && s.cached.key_still_published())
+            .then(|| s.cached.identity.clone())
         })
     }
 
