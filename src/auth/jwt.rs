@@ -332,8 +332,9 @@ impl Verifier {
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
             if hit.key_still_published() {
-                recent::put(self.id, token, &hit);
-                return Ok(hit.identity);
+                let identity = hit.identity.clone();
+                recent::put(self.id, token, hit);
+                return Ok(identity);
             }
         }
         let (id, verified_by) = self.verify_timed(token).await?;
@@ -346,7 +347,7 @@ impl Verifier {
             verified_by,
         };
         if cached.until > now {
-            recent::put(self.id, token, &cached);
+            recent::put(self.id, token, cached.clone());
         }
         cache.insert(key, cached);
         Ok(id)
@@ -695,13 +696,13 @@ mod recent {
         })
     }
 
-    pub(super) fn put(verifier: u64, token: &str, cached: &Cached) {
+    pub(super) fn put(verifier: u64, token: &str, cached: Cached) {
         MEMO.with(|m| {
             if let Some(slot) = m.borrow_mut().get_mut(slot_of(token)) {
                 *slot = Some(Slot {
                     verifier,
                     token: token.into(),
-                    cached: cached.clone(),
+                    cached,
                 });
             }
         });
