@@ -145,7 +145,7 @@ fn bench(c: &mut Criterion) {
                     k,
                     gatehouse::auth::jwt::Cached {
                         identity: id.clone(),
-                        key_generation: 0,
+                        verified_by: None,
                         until: i64::MAX,
                     },
                 );

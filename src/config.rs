@@ -211,6 +211,11 @@ pub struct IssuerConfig {
     /// only when every access token of this issuer carries `sid`.
     #[serde(default)]
     pub backchannel_logout: BackchannelScope,
+    /// Accept as access tokens only JWTs typed `at+jwt` (RFC 9068 §2.1,
+    /// §4), so this issuer's ID tokens and other untyped JWTs are refused.
+    /// Off by default: then `typ` may also be absent or `JWT`.
+    #[serde(default)]
+    pub require_at_jwt: bool,
 }
 
 /// See [`IssuerConfig::backchannel_logout`].

@@ -872,6 +872,81 @@ async fn a_key_withdrawn_from_the_jwks_is_not_honoured_from_the_token_cache() {
     );
 }
 
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_is_not_honoured_from_the_token_cache() {
+    let backend = Backend::start().await;
+    let full = std::fs::read(fixture("jwks.json")).expect("jwks");
+    let jwks = JwksServer::start(full.clone()).await;
+    let src = format!(
+        "{{ url: \"http://{}/jwks\", min_refresh_interval: 100ms, refresh_interval: 300ms }}",
+        jwks.addr
+    );
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &src)).await;
+    let go = |token: String| {
+        send(
+            gw.addrs()[1],
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+    };
+    let old_token = mint(Algorithm::RS256, "cached");
+    assert_eq!(go(old_token.clone()).await.status, StatusCode::OK);
+    assert_eq!(
+        go(old_token.clone()).await.status,
+        StatusCode::OK,
+        "served from the verified-token cache"
+    );
+    // The identity provider replaces the key behind `test-rs256` (say, the
+    // old one leaked) without changing the kid: same kid, new material.
+    let mut doc: serde_json::Value = serde_json::from_slice(&full).expect("json");
+    let next: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("jwks-next.json")).expect("next"))
+            .expect("json");
+    let new_n = next["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["kid"] == "test-rs256-next"))
+        .map(|k| k["n"].clone())
+        .expect("next key");
+    for k in doc["keys"].as_array_mut().expect("keys") {
+        if k["kid"] == "test-rs256" {
+            k["n"] = new_n.clone();
+        }
+    }
+    jwks.publish(doc.to_string().into_bytes());
+    let next_key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(fixture("rs256-next.key.pem")).expect("key"),
+    )
+    .expect("rsa");
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("test-rs256".into());
+    let new_token = jsonwebtoken::encode(&h, &claims("renewed"), &next_key).expect("mint");
+    // Once the scheduled refresh has the new key, the new key's tokens
+    // pass, and the cached token of the replaced key does not.
+    let refreshed = within(Duration::from_secs(3), || async {
+        go(new_token.clone()).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(refreshed.is_some(), "the new key is used after a refresh");
+    let a = go(old_token.clone()).await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "a token verified with the replaced key is verified again"
+    );
+    assert_eq!(a.json()["error_description"], "token signature is invalid");
+    // A fresh token of the withdrawn key is refused the same way.
+    assert_eq!(
+        go(mint(Algorithm::RS256, "fresh")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Keys left as they were still pass.
+    assert_eq!(
+        go(mint(Algorithm::ES256, "unchanged")).await.status,
+        StatusCode::OK
+    );
+}
+
 /// A raw HTTP/1.1 backend: records each request line and the number of
 /// connections it accepted; with `close_after_each`, it hangs up after
 /// every response (without saying so), like a backend whose keep-alive

@@ -207,19 +207,19 @@ async fn rfc8725_attack_suite() {
         ("duplicate alg in header", rs(br#"{"alg":"RS256","kid":"test-rs256","alg":"none"}"#, &good_payload)),
         // Time claims of every wrong shape.
         ("exp string", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!((n + 600).to_string())))),
-        ("exp float", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n as f64 + 600.5)))),
+        ("exp fractional, half a second ahead (rounded down: expired)", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n as f64 + 0.5)))),
         ("exp negative", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(-1)))),
         ("exp huge", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(1e20)))),
         ("exp past u64", rs(&rs_header().to_string().into_bytes(), br#"{"iss":"https://issuer.test","aud":"app","sub":"victim","exp":184467440737095516160}"#)),
         ("exp beyond max_token_lifetime", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n + 30 * 86_400)))),
         ("exp null", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", Value::Null))),
         ("nbf string", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n.to_string())))),
-        ("nbf float", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n as f64 - 0.5)))),
+        ("nbf fractional, negative", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(-0.5)))),
         ("nbf negative", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(-5)))),
         ("nbf huge", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(1e20)))),
         ("nbf future", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n + 600)))),
         ("iat string", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n.to_string())))),
-        ("iat float", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n as f64 - 0.5)))),
+        ("iat fractional, huge", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(1e17 + 0.5)))),
         ("iat negative", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(-1)))),
         ("iat huge", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(1e20)))),
         ("iat in the future (dodges sub revocations)", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n + 3600)))),
@@ -229,6 +229,12 @@ async fn rfc8725_attack_suite() {
         ("aud empty array", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!([])))),
         ("aud number", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!(7)))),
         ("aud object", rs(&rs_header().to_string().into_bytes(), &payload_with("aud", json!({"app": true})))),
+        ("iss as an array naming the issuer", rs(&rs_header().to_string().into_bytes(), &payload_with("iss", json!([ISS])))),
+        ("iss with a trailing slash", rs(&rs_header().to_string().into_bytes(), &payload_with("iss", json!(format!("{ISS}/"))))),
+        // Genuine tokens of the issuer meant for something else.
+        ("typ logout+jwt", rs(&with_header(json!({"typ": "logout+jwt"})), &good_payload)),
+        ("typ id_token+jwt", rs(&with_header(json!({"typ": "id_token+jwt"})), &good_payload)),
+        ("events claim (a security event)", rs(&rs_header().to_string().into_bytes(), &payload_with("events", json!({"urn:x": {}})))),
         ("sub as array (dodges sub revocations)", rs(&rs_header().to_string().into_bytes(), &payload_with("sub", json!(["victim"])))),
         ("sid as object", rs(&rs_header().to_string().into_bytes(), &payload_with("sid", json!({"v": 1})))),
         // Encodings.
@@ -281,6 +287,27 @@ async fn rfc8725_attack_suite() {
                 &payload_with("aud", json!(AUD)),
             ),
         ),
+        (
+            "exp fractional (rounded down, still ahead)",
+            rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("exp", json!(n as f64 + 600.5)),
+            ),
+        ),
+        (
+            "nbf fractional, half a second ago (rounded up: now)",
+            rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("nbf", json!(n as f64 - 0.5)),
+            ),
+        ),
+        (
+            "iat fractional, half a second ago (rounded up: now)",
+            rs(
+                &rs_header().to_string().into_bytes(),
+                &payload_with("iat", json!(n as f64 - 0.5)),
+            ),
+        ),
         ("exactly at the size limit", at_limit.clone()),
         ("plain valid", valid.clone()),
     ];
@@ -319,4 +346,321 @@ async fn rfc8725_attack_suite() {
             );
         }
     }
+}
+
+/// A gateway process with the suite's config plus `issuer_extra` lines in
+/// the issuer block.
+fn gateway_with(backend: SocketAddr, issuer_extra: &str) -> Proc {
+    let cfg = config(backend).replace(
+        "    max_token_lifetime: 1h\n",
+        &format!("    max_token_lifetime: 1h\n{issuer_extra}"),
+    );
+    Proc::start("run", &cfg, "listening")
+}
+
+fn header_typ(typ: Value) -> Vec<u8> {
+    let mut h = json!({"alg": "RS256", "kid": "test-rs256"});
+    if !typ.is_null() {
+        h["typ"] = typ;
+    }
+    h.to_string().into_bytes()
+}
+
+/// OpenID Connect Back-Channel Logout 1.0 §2.4: what an identity provider
+/// posts to end a session, signed with the same key as its access tokens.
+fn logout_claims() -> Value {
+    let n = now();
+    json!({"iss": ISS, "aud": AUD, "iat": n, "exp": n + 120, "jti": format!("lt-{n}"),
+           "sub": "victim", "sid": "idp-session-1",
+           "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
+}
+
+#[tokio::test]
+async fn a_logout_token_presented_as_a_bearer_token_is_refused() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    let lt = logout_claims().to_string().into_bytes();
+    for typ in [
+        json!("logout+jwt"),
+        json!("application/logout+jwt"),
+        Value::Null,
+    ] {
+        let (status, description) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &lt)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "typ {typ}");
+        assert!(
+            description.contains("not an access token"),
+            "typ {typ}: {description}"
+        );
+    }
+    assert_eq!(backend.hits(), 0, "a logout token reached the backend");
+}
+
+#[tokio::test]
+async fn a_security_event_token_with_events_is_refused() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    // RFC 8417 §2.2: a SET carries `events`; here with every access-token
+    // claim too, and typed as a plain JWT or not at all.
+    let mut set = claims("victim");
+    set.insert(
+        "events".into(),
+        json!({"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}}),
+    );
+    let set = Value::Object(set).to_string().into_bytes();
+    for typ in [json!("JWT"), Value::Null, json!("secevent+jwt")] {
+        let (status, description) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &set)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "typ {typ}");
+        assert!(
+            description.contains("not an access token") || description.contains("security event"),
+            "typ {typ}: {description}"
+        );
+    }
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn access_tokens_typed_jwt_or_at_jwt_or_untyped_pass_and_other_types_are_refused() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    let payload = Value::Object(claims("victim")).to_string().into_bytes();
+    // RFC 7515 §4.1.9: media types compare case-insensitively and the
+    // `application/` prefix may be left out.
+    let accepted = [
+        Value::Null,
+        json!("JWT"),
+        json!("jwt"),
+        json!("at+jwt"),
+        json!("AT+JWT"),
+        json!("application/at+jwt"),
+        json!("Application/JWT"),
+    ];
+    for typ in &accepted {
+        let (status, d) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &payload)).await;
+        assert_eq!(status, StatusCode::OK, "typ {typ}: {d}");
+    }
+    assert_eq!(backend.hits(), accepted.len());
+    let refused = [
+        json!("id_token+jwt"),
+        json!("logout+jwt"),
+        json!("secevent+jwt"),
+        json!("dpop+jwt"),
+        json!("JOSE"),
+        json!("JOSE+JSON"),
+        json!("at+jwt; charset=utf-8"),
+        json!("application/application/at+jwt"),
+        json!(""),
+        json!(7),
+        json!(["at+jwt"]),
+    ];
+    for typ in &refused {
+        let (status, d) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &payload)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "typ {typ}");
+        assert!(!d.is_empty(), "typ {typ}: a reason is given");
+    }
+    // `"typ": null` is not "no typ".
+    let null_typ = rs(
+        json!({"alg": "RS256", "kid": "test-rs256", "typ": null})
+            .to_string()
+            .as_bytes(),
+        &payload,
+    );
+    assert_eq!(
+        status_of(gw.addr, &null_typ).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(backend.hits(), accepted.len());
+}
+
+#[tokio::test]
+async fn with_require_at_jwt_an_id_token_is_refused() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "    require_at_jwt: true\n");
+    // An OpenID Connect ID token (Core §2): audience is the client, a
+    // nonce, no `typ` (or `JWT`); signed with the same key.
+    let n = now();
+    let id_token = json!({"iss": ISS, "aud": AUD, "sub": "victim", "iat": n, "exp": n + 300,
+                          "nonce": "n-0S6_WzA2Mj", "azp": AUD, "auth_time": n})
+    .to_string()
+    .into_bytes();
+    for typ in [Value::Null, json!("JWT")] {
+        let (status, d) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &id_token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "typ {typ}");
+        assert!(d.contains("at+jwt"), "typ {typ}: {d}");
+    }
+    assert_eq!(backend.hits(), 0);
+    // RFC 9068 §2.1: the access token itself, typed.
+    let access = Value::Object(claims("victim")).to_string().into_bytes();
+    for typ in [json!("at+jwt"), json!("application/at+jwt")] {
+        let (status, d) = status_of(gw.addr, &rs(&header_typ(typ.clone()), &access)).await;
+        assert_eq!(status, StatusCode::OK, "typ {typ}: {d}");
+    }
+    assert_eq!(backend.hits(), 2);
+}
+
+#[tokio::test]
+async fn an_iss_array_naming_the_issuer_is_refused() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    let token = rs(
+        &rs_header().to_string().into_bytes(),
+        &payload_with("iss", json!([ISS])),
+    );
+    let (status, d) = status_of(gw.addr, &token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(d, "token issuer is not a string");
+    assert_eq!(backend.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_fractional_exp_is_accepted_and_rounded_down() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    let n = now() as f64;
+    let hour_and_a_half_second = rs(
+        &rs_header().to_string().into_bytes(),
+        &payload_with("exp", json!(n + 3599.5)),
+    );
+    let (status, d) = status_of(gw.addr, &hour_and_a_half_second).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(backend.hits(), 1);
+    // `exp = now + 0.5` rounds down to the current second: expired at once
+    // (RFC 7519 §4.1.4: not accepted on or after `exp`).
+    let half_a_second = rs(
+        &rs_header().to_string().into_bytes(),
+        &payload_with("exp", json!(now() as f64 + 0.5)),
+    );
+    let (status, d) = status_of(gw.addr, &half_a_second).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(d, "token has expired");
+    assert_eq!(backend.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_fractional_nbf_half_a_second_ahead_is_not_yet_valid() {
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    // `nbf = now + 0.5` rounds up to the next second. Whether the request
+    // lands before it depends on the clock, so the check counts only for an
+    // attempt that started and ended within one second (retried otherwise).
+    let mut judged = false;
+    let mut admitted_later = 0;
+    for _ in 0..20 {
+        let n = now();
+        let token = rs(
+            &rs_header().to_string().into_bytes(),
+            &payload_with("nbf", json!(n as f64 + 0.5)),
+        );
+        let (status, d) = status_of(gw.addr, &token).await;
+        if now() != n {
+            // It may have reached the gateway after `nbf`, rightly passing.
+            admitted_later += usize::from(status == StatusCode::OK);
+            continue;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(d, "token is not valid yet");
+        judged = true;
+        break;
+    }
+    assert!(judged, "no attempt fitted in one second");
+    assert_eq!(backend.hits(), admitted_later);
+}
+
+#[tokio::test]
+async fn logout_tokens_are_verified_as_logout_tokens_and_access_tokens_are_not() {
+    crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, config("127.0.0.1:9".parse().expect("addr"))).expect("config");
+    let loaded = gatehouse::config::load(&path).expect("load");
+    let v = gatehouse::auth::Verifier::from_config(&loaded)
+        .await
+        .expect("verifier");
+    let lt = |typ: Value, f: &dyn Fn(&mut Value)| {
+        let mut c = logout_claims();
+        f(&mut c);
+        rs(&header_typ(typ), c.to_string().as_bytes())
+    };
+    let id = v
+        .verify_logout_token(&lt(json!("logout+jwt"), &|_| {}))
+        .await
+        .expect("a logout token");
+    assert_eq!(id.sid.as_deref(), Some("idp-session-1"));
+    // Back-Channel Logout 1.0 §2.4: `typ` may be absent, `exp` too.
+    for (name, token) in [
+        ("untyped", lt(Value::Null, &|_| {})),
+        (
+            "application/ prefix",
+            lt(json!("application/logout+jwt"), &|_| {}),
+        ),
+        (
+            "no exp",
+            lt(json!("logout+jwt"), &|c| {
+                drop(c.as_object_mut().map(|o| o.remove("exp")))
+            }),
+        ),
+        (
+            "sid only",
+            lt(json!("logout+jwt"), &|c| {
+                drop(c.as_object_mut().map(|o| o.remove("sub")))
+            }),
+        ),
+    ] {
+        assert!(v.verify_logout_token(&token).await.is_ok(), "{name}");
+    }
+    for (name, token) in [
+        ("typed as an access token", lt(json!("at+jwt"), &|_| {})),
+        ("typed JWT", lt(json!("JWT"), &|_| {})),
+        (
+            "with a nonce",
+            lt(json!("logout+jwt"), &|c| c["nonce"] = json!("n")),
+        ),
+        (
+            "without events",
+            lt(json!("logout+jwt"), &|c| {
+                drop(c.as_object_mut().map(|o| o.remove("events")))
+            }),
+        ),
+        (
+            "another event",
+            lt(json!("logout+jwt"), &|c| c["events"] = json!({"urn:x": {}})),
+        ),
+        (
+            "event not an object",
+            lt(
+                json!("logout+jwt"),
+                &|c| {
+                    c["events"] =
+                        json!({"http://schemas.openid.net/event/backchannel-logout": true})
+                },
+            ),
+        ),
+        (
+            "neither sub nor sid",
+            lt(json!("logout+jwt"), &|c| {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("sub");
+                    o.remove("sid");
+                }
+            }),
+        ),
+        (
+            "iss as an array",
+            lt(json!("logout+jwt"), &|c| c["iss"] = json!([ISS])),
+        ),
+        ("an access token", mint(Algorithm::RS256, "victim")),
+    ] {
+        assert!(v.verify_logout_token(&token).await.is_err(), "{name}");
+    }
+    // And the other way round: the logout token is no access token, of any
+    // age.
+    let token = lt(json!("logout+jwt"), &|_| {});
+    assert!(v.verify_any_age(&token).await.is_err());
+    assert!(v.verify(&token).await.is_err());
 }

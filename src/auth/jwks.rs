@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,11 +51,86 @@ impl KeyKind {
     }
 }
 
+/// One usable public key of a key set.
+///
+/// Its identity is its `kid` plus its RFC 7638 JWK thumbprint, computed
+/// once when the set is loaded. A verified-token cache entry holds the
+/// `Arc<Key>` that verified it; a refresh that no longer publishes this
+/// key under this `kid` with this thumbprint marks it withdrawn, and every
+/// cache entry it vouched for is verified again (one atomic load per hit).
 pub struct Key {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it pins one.
     pub alg: Option<Algorithm>,
     pub decoding: DecodingKey,
+    kid: Option<Arc<str>>,
+    thumbprint: Box<str>,
+    withdrawn: AtomicBool,
+}
+
+impl Key {
+    /// The JWK's `kid`, if it had one.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// RFC 7638 JWK SHA-256 thumbprint, base64url without padding (43
+    /// characters).
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// True once a refresh of the key set published no key with this
+    /// `kid` and thumbprint (withdrawn, or replaced under the same `kid`).
+    /// Never goes back to false: a key published again is a new `Key`.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
+    }
+
+    /// Same material and same pinned algorithm: what was verified with one
+    /// would verify with the other, so the old one stays in use.
+    fn same_as(&self, other: &Key) -> bool {
+        self.thumbprint == other.thumbprint && self.alg == other.alg && self.kind == other.kind
+    }
+}
+
+/// RFC 7638 §3: SHA-256 over the JSON object of the key type's required
+/// members only (§3.2: RSA `e`, `kty`, `n`; EC `crv`, `kty`, `x`, `y`;
+/// RFC 8037 §2 OKP `crv`, `kty`, `x`), in lexicographic order, without
+/// whitespace, base64url-encoded without padding.
+pub fn jwk_thumbprint(jwk: &serde_json::Value) -> Result<String, String> {
+    let kty = jwk
+        .get("kty")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("JWK without a string kty")?;
+    let required: &[&str] = match kty {
+        "RSA" => &["e", "kty", "n"],
+        "EC" => &["crv", "kty", "x", "y"],
+        "OKP" => &["crv", "kty", "x"],
+        "oct" => &["k", "kty"],
+        _ => return Err(format!("no thumbprint for key type {kty}")),
+    };
+    let mut canonical = String::from("{");
+    for (i, name) in required.iter().enumerate() {
+        let value = jwk
+            .get(*name)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| format!("JWK lacks the string member {name}"))?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        // serde_json writes a string with exactly the escapes RFC 8259
+        // requires and no others, as RFC 7638 §3.3 asks.
+        canonical.push_str(&serde_json::to_string(name).map_err(|e| e.to_string())?);
+        canonical.push(':');
+        canonical.push_str(&serde_json::to_string(value).map_err(|e| e.to_string())?);
+    }
+    canonical.push('}');
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        digest.as_ref(),
+    ))
 }
 
 #[derive(Default)]
@@ -77,9 +152,9 @@ impl KeySet {
     /// By `kid` when the token has one; without one, only when exactly one
     /// unnamed key fits (guessing among several would be trying keys until
     /// one verifies).
-    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Key> {
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<Key>> {
         match kid {
-            Some(kid) => self.by_kid.get(kid).map(|k| &**k),
+            Some(kid) => self.by_kid.get(kid),
             None => {
                 let mut fitting = self.unnamed.iter().filter(|k| k.kind.fits(alg));
                 match (fitting.next(), fitting.next()) {
@@ -88,6 +163,43 @@ impl KeySet {
                 }
             }
         }
+    }
+
+    /// Takes over from `old`: a key published again under the same `kid`
+    /// with the same thumbprint keeps its `Arc` (and so its cached
+    /// verifications); every key of `old` not taken over is marked
+    /// withdrawn. Returns the `kid`s whose key was replaced by different
+    /// material, for the log.
+    fn take_over(&mut self, old: &KeySet) -> Vec<String> {
+        let mut kept: Vec<*const Key> = Vec::new();
+        let mut replaced = Vec::new();
+        for (kid, key) in self.by_kid.iter_mut() {
+            if let Some(prev) = old.by_kid.get(kid) {
+                if prev.same_as(key) {
+                    *key = prev.clone();
+                    kept.push(Arc::as_ptr(prev));
+                } else {
+                    replaced.push(kid.clone());
+                }
+            }
+        }
+        for key in self.unnamed.iter_mut() {
+            if let Some(prev) = old
+                .unnamed
+                .iter()
+                .find(|p| p.same_as(key) && !kept.contains(&Arc::as_ptr(p)))
+            {
+                *key = prev.clone();
+                kept.push(Arc::as_ptr(prev));
+            }
+        }
+        for prev in old.by_kid.values().chain(old.unnamed.iter()) {
+            if !kept.contains(&Arc::as_ptr(prev)) {
+                prev.withdrawn.store(true, Ordering::Release);
+            }
+        }
+        replaced.sort();
+        replaced
     }
 }
 
@@ -123,6 +235,7 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), String> {
 }
 
 fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
+    let thumbprint = jwk_thumbprint(&raw);
     let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("unreadable JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return Err("not a signature key (use != sig)".into());
@@ -153,12 +266,16 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
         }
     }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+    let thumbprint = thumbprint?.into_boxed_str();
     Ok((
-        jwk.common.key_id,
+        jwk.common.key_id.clone(),
         Key {
             kind,
             alg,
             decoding,
+            kid: jwk.common.key_id.map(Arc::from),
+            thumbprint,
+            withdrawn: AtomicBool::new(false),
         },
     ))
 }
@@ -240,11 +357,6 @@ pub struct KeySource {
     /// key we could not learn about, which the issuer's policy can answer
     /// with 503 instead of 401.
     healthy: AtomicBool,
-    /// Bumped whenever a refresh drops or replaces a `kid`: tokens the
-    /// verified-token cache remembers from an older generation are checked
-    /// again, so a key withdrawn from the JWKS stops being honoured at the
-    /// next refresh, not at the cache's TTL.
-    generation: AtomicU64,
     refresh_interval: Duration,
     min_refresh_interval: Duration,
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
@@ -276,7 +388,6 @@ impl KeySource {
             origin,
             current: ArcSwap::from_pointee(KeySet::default()),
             healthy: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
             refresh_interval: cfg.refresh_interval,
             min_refresh_interval: cfg.min_refresh_interval,
             last_attempt: tokio::sync::Mutex::new(None),
@@ -294,10 +405,6 @@ impl KeySource {
 
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.current.load()
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -325,18 +432,23 @@ impl KeySource {
             })
             .inc();
         match result {
-            Ok((set, skipped)) if !set.is_empty() => {
+            Ok((mut set, skipped)) if !set.is_empty() => {
                 for s in &skipped {
                     tracing::warn!(issuer = %self.issuer, "JWKS {s}");
                 }
                 let n = set.len();
-                let old = self.current.load();
-                let withdrawn = old.by_kid.keys().any(|k| !set.by_kid.contains_key(k))
-                    || old.unnamed.len() > set.unnamed.len();
-                if withdrawn {
-                    self.generation.fetch_add(1, Ordering::Release);
-                }
+                // Keys dropped or replaced under the same `kid` are marked
+                // withdrawn here, so the verified-token cache stops
+                // honouring what they verified at this refresh, not at
+                // its TTL (RFC 7638 thumbprints tell "same kid, same key"
+                // from "same kid, new key").
+                let old = self.current.load_full();
+                let replaced = set.take_over(&old);
                 self.current.store(Arc::new(set));
+                for kid in &replaced {
+                    tracing::warn!(issuer = %self.issuer, kid = %kid,
+                        "JWKS publishes a different key under a known kid; tokens verified with the previous key are verified again");
+                }
                 self.healthy.store(true, Ordering::Relaxed);
                 tracing::debug!(issuer = %self.issuer, keys = n, "JWKS loaded");
                 Ok(n)
@@ -385,5 +497,82 @@ impl KeySource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json")
+    }
+
+    fn parsed(doc: &serde_json::Value) -> KeySet {
+        let (set, skipped) = parse_jwks(doc.to_string().as_bytes()).expect("jwks");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        set
+    }
+
+    #[test]
+    fn thumbprint_of_the_rfc7638_example_key() {
+        // RFC 7638 §3.1; `alg` and `kid` are not part of the thumbprint.
+        let jwk = serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        let expected = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        assert_eq!(jwk_thumbprint(&jwk).expect("thumbprint"), expected);
+        let set = parsed(&serde_json::json!({ "keys": [jwk] }));
+        let key = set.find(Some("2011-04-29"), Algorithm::RS256).expect("key");
+        assert_eq!(key.thumbprint(), expected);
+        assert_eq!(key.kid(), Some("2011-04-29"));
+    }
+
+    #[test]
+    fn every_fixture_key_has_a_distinct_thumbprint() {
+        let set = parsed(&fixture("jwks.json"));
+        let mut seen: Vec<&str> = set
+            .by_kid
+            .values()
+            .map(|k| {
+                assert_eq!(k.thumbprint().len(), 43);
+                k.thumbprint()
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn a_key_replaced_under_the_same_kid_is_withdrawn_and_unchanged_keys_are_kept() {
+        let first = parsed(&fixture("jwks.json"));
+        let rs = first.by_kid["test-rs256"].clone();
+        let es = first.by_kid["test-es256"].clone();
+
+        // The same document again: every key carried over, none withdrawn.
+        let mut same = parsed(&fixture("jwks.json"));
+        assert!(same.take_over(&first).is_empty());
+        assert!(Arc::ptr_eq(&same.by_kid["test-rs256"], &rs));
+        assert!(!rs.is_withdrawn() && !es.is_withdrawn());
+
+        // `test-rs256` now names the other RSA key's material.
+        let mut doc = fixture("jwks.json");
+        let next = fixture("jwks-next.json");
+        doc["keys"][0]["n"] = next["keys"][1]["n"].clone();
+        let mut replaced = parsed(&doc);
+        assert_eq!(replaced.take_over(&same), vec!["test-rs256".to_string()]);
+        assert!(rs.is_withdrawn(), "the replaced key is withdrawn");
+        assert!(!es.is_withdrawn(), "an unchanged key is not");
+        assert!(Arc::ptr_eq(&replaced.by_kid["test-es256"], &es));
+        assert_ne!(replaced.by_kid["test-rs256"].thumbprint(), rs.thumbprint());
+        assert!(!replaced.by_kid["test-rs256"].is_withdrawn());
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Order matters and is cheap-first: size, shape, our own strict reading of
 //! the header (the crate does not refuse `crit` or embedded-key headers), the
-//! issuer, the algorithm allowed for *that* issuer, the key by `kid` and its
-//! type, and only then the signature and claims through jsonwebtoken.
+//! issuer, the token type (`typ`) for the purpose and issuer, the algorithm
+//! allowed for *that* issuer, the key by `kid` and its type, and only then
+//! the signature, `iss` and `aud` through jsonwebtoken, and our own strict
+//! reading of the claims (types, `iss`, NumericDates, `events`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::jwks::KeySource;
+use super::jwks::{Key, KeySource};
 use super::{AuthError, Identity};
 use crate::config::{self, IssuerConfig, LoadedConfig, UnknownKidPolicy};
 
@@ -32,10 +34,14 @@ pub struct Verifier {
 struct IssuerVerifier {
     name: Arc<str>,
     iss: Arc<str>,
-    /// The same checks without `exp`, for logout of dead tokens.
-    validations_any_age: Vec<(Algorithm, Validation)>,
-    /// One `Validation` per allowed algorithm, built once.
+    /// One `Validation` per allowed algorithm, built once: signature,
+    /// `iss` and `aud` only; the time claims are ours (see
+    /// [`Identity::from_claims`]).
     validations: Vec<(Algorithm, Validation)>,
+    /// `issuers[].leeway` in seconds, for `exp`, `nbf` and `iat`.
+    leeway: i64,
+    /// `issuers[].require_at_jwt`: access tokens must say `typ: at+jwt`.
+    require_at_jwt: bool,
     keys: Option<Arc<KeySource>>,
     hmac: Option<DecodingKey>,
     unknown_kid: UnknownKidPolicy,
@@ -56,6 +62,8 @@ struct RawHeader<'a> {
     kid: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     cty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, deserialize_with = "typ_member")]
+    typ: Typ,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
     #[serde(default, deserialize_with = "present")]
@@ -66,6 +74,121 @@ struct RawHeader<'a> {
     jwk: bool,
     #[serde(default, deserialize_with = "present")]
     x5c: bool,
+}
+
+/// The header's `typ` (RFC 7515 §4.1.9), as far as the type checks need.
+#[derive(Default)]
+enum Typ {
+    #[default]
+    Absent,
+    /// A string, lower-cased, with an `application/` prefix removed (RFC
+    /// 7515 §4.1.9: media types compare case-insensitively and the prefix
+    /// may be omitted).
+    Text(String),
+    /// `null`, a number, anything that is not a string: no type at all.
+    NotText,
+}
+
+fn typ_member<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Typ, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => {
+            let mut t = s.to_ascii_lowercase();
+            if t.starts_with("application/") {
+                t.drain(.."application/".len());
+            }
+            Typ::Text(t)
+        }
+        _ => Typ::NotText,
+    })
+}
+
+/// What a token is being verified as. Every JWT an issuer signs verifies
+/// against the same keys; only its type says what it is for (RFC 8725
+/// §3.11), so the purpose decides which types are accepted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    /// An access token presented to the gateway: current (`exp`, `nbf`,
+    /// `iat`, lifetime checked).
+    Access,
+    /// An access token being logged out: any age (no `exp` check).
+    AccessAnyAge,
+    /// An OpenID Connect Back-Channel Logout 1.0 logout token.
+    Logout,
+}
+
+/// OpenID Connect Back-Channel Logout 1.0 §2.4: the member of `events`
+/// that makes a JWT a logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+impl Purpose {
+    /// The header `typ` check, before any signature work.
+    ///
+    /// Access tokens (RFC 9068 §2.1, §4; RFC 8725 §3.11): absent, `JWT` or
+    /// `at+jwt` (each also with `application/`), or only `at+jwt` when the
+    /// issuer sets `require_at_jwt`. Anything else is a token meant for
+    /// someone else: `logout+jwt`, `secevent+jwt` (RFC 8417 §2.3),
+    /// `id_token+jwt`, `dpop+jwt`...
+    ///
+    /// Logout tokens (Back-Channel Logout 1.0 §2.4, §2.6): absent or
+    /// `logout+jwt`.
+    fn check_typ(self, typ: &Typ, require_at_jwt: bool) -> Result<(), AuthError> {
+        let t = match typ {
+            Typ::Absent => None,
+            Typ::Text(t) => Some(t.as_str()),
+            Typ::NotText => return Err(AuthError::WrongType("token type is malformed")),
+        };
+        match self {
+            Purpose::Access | Purpose::AccessAnyAge => match t {
+                Some("at+jwt") => Ok(()),
+                None | Some("jwt") if !require_at_jwt => Ok(()),
+                None | Some("jwt") => Err(AuthError::WrongType(
+                    "token is not typed as an access token (typ at+jwt)",
+                )),
+                Some(_) => Err(AuthError::WrongType("token is not an access token")),
+            },
+            Purpose::Logout => match t {
+                None | Some("logout+jwt") => Ok(()),
+                Some(_) => Err(AuthError::WrongType("token is not a logout token")),
+            },
+        }
+    }
+
+    /// The claims that tell token kinds apart. An access token carries no
+    /// `events` (a Security Event Token does, RFC 8417 §2.2, and a logout
+    /// token is one). A logout token (Back-Channel Logout 1.0 §2.4, §2.6
+    /// steps 4–6) carries the back-channel logout event as an object, no
+    /// `nonce` (which would make it usable as an ID token), and names a
+    /// `sub` or a `sid`.
+    fn check_claims(self, id: &Identity) -> Result<(), AuthError> {
+        match self {
+            Purpose::Access | Purpose::AccessAnyAge => {
+                if id.claims.contains_key("events") {
+                    return Err(AuthError::WrongType(
+                        "token is a security event, not an access token",
+                    ));
+                }
+            }
+            Purpose::Logout => {
+                let event = id
+                    .claims
+                    .get("events")
+                    .and_then(serde_json::Value::as_object)
+                    .and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT));
+                if !event.is_some_and(serde_json::Value::is_object) {
+                    return Err(AuthError::WrongType(
+                        "logout token lacks the back-channel logout event",
+                    ));
+                }
+                if id.claims.contains_key("nonce") {
+                    return Err(AuthError::WrongType("logout token must not carry a nonce"));
+                }
+                if id.subject.is_none() && id.sid.is_none() {
+                    return Err(AuthError::Claim("logout token names neither sid nor sub"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// True whenever the member is there at all, `null` included.
@@ -166,16 +289,8 @@ impl Verifier {
             issuers.push(IssuerVerifier {
                 max_lifetime: ic.max_token_lifetime.as_secs() as i64,
                 iss: Arc::from(ic.issuer.as_str()),
-                validations_any_age: ic
-                    .algorithms
-                    .iter()
-                    .map(|a| {
-                        let mut v = validation_for(ic, to_jwt_alg(*a));
-                        v.validate_exp = false;
-                        v.set_required_spec_claims(&["iss", "aud"]);
-                        (to_jwt_alg(*a), v)
-                    })
-                    .collect(),
+                leeway: i64::try_from(ic.leeway.as_secs()).unwrap_or(i64::MAX / 4),
+                require_at_jwt: ic.require_at_jwt,
                 validations: ic
                     .algorithms
                     .iter()
@@ -208,32 +323,31 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
         let Some(cache) = &self.cache else {
-            return self.verify_timed(token).await.map(Arc::new);
+            return self.verify_timed(token).await.map(|(id, _)| Arc::new(id));
         };
         let now = now_unix();
-        if let Some(hit) = recent::get(self.id, token, now) {
-            if hit.key_generation == self.key_generation(&hit.identity.issuer) {
-                return Ok(hit.identity);
-            }
+        if let Some(identity) = recent::get(self.id, token, now) {
+            return Ok(identity);
         }
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
-            if hit.key_generation == self.key_generation(&hit.identity.issuer) {
-                recent::put(self.id, token, &hit);
-                return Ok(hit.identity);
+            if hit.key_still_published() {
+                let identity = hit.identity.clone();
+                recent::put(self.id, token, hit);
+                return Ok(identity);
             }
         }
-        let id = Arc::new(self.verify_timed(token).await?);
-        let key_generation = self.key_generation(&id.issuer);
+        let (id, verified_by) = self.verify_timed(token).await?;
+        let id = Arc::new(id);
         let cached = Cached {
             until: id
                 .expires_at
                 .map_or(0, |e| e.min(now.saturating_add(cache.ttl_secs))),
             identity: id.clone(),
-            key_generation,
+            verified_by,
         };
         if cached.until > now {
-            recent::put(self.id, token, &cached);
+            recent::put(self.id, token, cached.clone());
         }
         cache.insert(key, cached);
         Ok(id)
@@ -241,30 +355,46 @@ impl Verifier {
 
     /// Full verification, timed for the metrics (cache hits are not: they
     /// would drown the figure that tells operators what a miss costs).
-    async fn verify_timed(&self, token: &str) -> Result<Identity, AuthError> {
+    async fn verify_timed(&self, token: &str) -> Result<Verified, AuthError> {
         let started = std::time::Instant::now();
-        let verified = self.verify_as(token, Age::Current).await;
+        let verified = self.verify_as(token, Purpose::Access).await;
         crate::admin::metrics::metrics()
             .validation_duration
             .observe(started.elapsed().as_secs_f64());
         verified
     }
 
-    /// Signature, issuer and audience checked, but not `exp`/`nbf`: for
-    /// logging out a token that may already be expired.
+    /// An access token of any age: signature, issuer, audience, type and
+    /// `nbf` checked, but not `exp`, `iat` or the lifetime: for logging out
+    /// a token that may already be expired.
     pub async fn verify_any_age(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify_as(token, Age::Any).await
+        self.verify_as(token, Purpose::AccessAnyAge)
+            .await
+            .map(|(id, _)| id)
     }
 
-    async fn verify_as(&self, token: &str, age: Age) -> Result<Identity, AuthError> {
-        match self.verify_known(token, age) {
+    /// An OpenID Connect Back-Channel Logout 1.0 logout token (§2.4, §2.6):
+    /// signature, `iss` and `aud` as for any token of the issuer; `typ`
+    /// absent or `logout+jwt`; `events` holding the back-channel logout
+    /// event as an object; no `nonce`; a `sub` or a `sid`. `exp` is
+    /// optional and not checked here (the caller decides how old a logout
+    /// token may be); `nbf` is checked when present. Never accepted by
+    /// [`Verifier::verify`], and no access token is accepted here.
+    pub async fn verify_logout_token(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_as(token, Purpose::Logout)
+            .await
+            .map(|(id, _)| id)
+    }
+
+    async fn verify_as(&self, token: &str, purpose: Purpose) -> Result<Verified, AuthError> {
+        match self.verify_known(token, purpose) {
             Err(AuthError::UnknownKey { issuer }) => {
                 let iv = &self.issuers[issuer];
                 let Some(src) = &iv.keys else {
                     return Err(AuthError::UnknownKey { issuer });
                 };
                 src.refresh_for_unknown_kid().await;
-                match self.verify_known(token, age) {
+                match self.verify_known(token, purpose) {
                     Err(AuthError::UnknownKey { .. }) if !src.is_healthy() => {
                         match iv.unknown_kid {
                             UnknownKidPolicy::Unavailable => Err(AuthError::KeysUnavailable),
@@ -280,10 +410,10 @@ impl Verifier {
 
     /// Everything that needs no I/O; the common path.
     pub fn verify_with_known_keys(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify_known(token, Age::Current)
+        self.verify_known(token, Purpose::Access).map(|(id, _)| id)
     }
 
-    fn verify_known(&self, token: &str, age: Age) -> Result<Identity, AuthError> {
+    fn verify_known(&self, token: &str, purpose: Purpose) -> Result<Verified, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
@@ -321,21 +451,24 @@ impl Verifier {
 
         let idx = self.pick_issuer(p64)?;
         let iv = &self.issuers[idx];
-        let validations = match age {
-            Age::Current => &iv.validations,
-            Age::Any => &iv.validations_any_age,
-        };
-        let validation = validations
+        // The type before any signature work: a logout token or an ID
+        // token costs no more than a malformed one.
+        purpose.check_typ(&header.typ, iv.require_at_jwt)?;
+        let validation = iv
+            .validations
             .iter()
             .find(|(a, _)| *a == alg)
             .map(|(_, v)| v)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
 
         let keys_guard;
-        let key: &DecodingKey = if alg_is_hmac(alg) {
+        let (key, verified_by): (&DecodingKey, Option<Arc<Key>>) = if alg_is_hmac(alg) {
             // Configured secret only; a `kid` cannot point an HS token at a
             // public key.
-            iv.hmac.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?
+            (
+                iv.hmac.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?,
+                None,
+            )
         } else {
             let src = iv.keys.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
             keys_guard = src.keys();
@@ -345,41 +478,50 @@ impl Verifier {
             if !k.kind.fits(alg) || k.alg.is_some_and(|a| a != alg) {
                 return Err(AuthError::KeyMismatch);
             }
-            &k.decoding
+            (&k.decoding, Some(k.clone()))
         };
 
         let data = jsonwebtoken::decode::<crate::auth::StrictClaims>(token, key, validation)
             .map_err(map_jwt_error)?;
+        crate::auth::check_iss(&data.claims.0, &iv.iss)?;
         let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims.0)?;
-        if matches!(age, Age::Current) {
-            let now = now_unix();
-            let leeway = validation.leeway as i64;
+        purpose.check_claims(&id)?;
+        let now = now_unix();
+        let leeway = iv.leeway;
+        // RFC 7519 §4.1.5: not accepted before `nbf` (rounded up when
+        // fractional, so never earlier than the token says).
+        if id
+            .not_before
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if purpose == Purpose::Access {
+            // RFC 7519 §4.1.4: not accepted *on or after* `exp` (rounded
+            // down when fractional, so never later than the token says).
+            let Some(exp) = id.expires_at else {
+                return Err(AuthError::Claim("token lacks a required claim"));
+            };
+            if exp.saturating_add(leeway) <= now {
+                return Err(AuthError::Expired);
+            }
             // Issued in the future: it would dodge every `sub`/`client`
             // revocation (`iat < before`) made until then.
-            if id.issued_at.is_some_and(|iat| iat > now + leeway) {
+            if id
+                .issued_at
+                .is_some_and(|iat| iat > now.saturating_add(leeway))
+            {
                 return Err(AuthError::Claim("token is issued in the future"));
             }
             // Longer-lived than the issuer's maximum: it would outlive the
             // revocation entries made for it, which expire by that maximum.
-            if id
-                .expires_at
-                .is_some_and(|e| e > now + iv.max_lifetime + leeway)
-            {
+            if exp > now.saturating_add(iv.max_lifetime).saturating_add(leeway) {
                 return Err(AuthError::Claim(
                     "token lifetime exceeds the issuer's maximum",
                 ));
             }
         }
-        // RFC 7519 §4.1.4: not accepted *on or after* `exp`. jsonwebtoken
-        // still accepts during the `exp` second itself; we do not.
-        if matches!(age, Age::Current)
-            && id
-                .expires_at
-                .is_some_and(|e| e + validation.leeway as i64 <= now_unix())
-        {
-            return Err(AuthError::Expired);
-        }
-        Ok(id)
+        Ok((id, verified_by))
     }
 
     /// With one issuer there is nothing to choose (its `iss` is still
@@ -406,15 +548,6 @@ impl Verifier {
             .ok_or(AuthError::UnknownIssuer)
     }
 
-    /// The key-set generation of the issuer (by configured name).
-    fn key_generation(&self, issuer: &str) -> u64 {
-        self.issuers
-            .iter()
-            .find(|i| &*i.name == issuer)
-            .and_then(|i| i.keys.as_ref())
-            .map_or(0, |k| k.generation())
-    }
-
     /// Each issuer's name and the size of its current key set (`None`
     /// for an HMAC-only issuer, which has no key set).
     pub fn key_counts(&self) -> Vec<(Arc<str>, Option<usize>)> {
@@ -435,14 +568,31 @@ pub struct TokenCache {
     ttl_secs: i64,
 }
 
-/// A verified token and the key-set generation it was verified under.
+/// A token's identity and the key that verified it.
+type Verified = (Identity, Option<Arc<Key>>);
+
+/// A verified token and the key that verified it.
 #[derive(Clone)]
 pub struct Cached {
     pub identity: Arc<Identity>,
-    pub key_generation: u64,
+    /// The JWKS key (its `kid` and RFC 7638 thumbprint) whose signature
+    /// check let the token in; `None` for the issuer's HMAC secret, which
+    /// changes only with the config (and so with the verifier).
+    pub verified_by: Option<Arc<Key>>,
     /// Unix seconds after which it must be verified again: `exp`, or the
     /// verification time plus the TTL if that is sooner.
     pub until: i64,
+}
+
+impl Cached {
+    /// Whether the key that verified this token is still published under
+    /// its `kid` with the same thumbprint. A key withdrawn or replaced under
+    /// the same `kid` at a refresh is marked so by the refresh itself, so a
+    /// hit costs one atomic load here, not a key-set lookup or a hash.
+    #[inline]
+    pub fn key_still_published(&self) -> bool {
+        self.verified_by.as_ref().is_none_or(|k| !k.is_withdrawn())
+    }
 }
 
 struct UntilExpiry {
@@ -502,12 +652,13 @@ fn now_unix() -> i64 {
 /// picked from the token's last bytes (signature bytes: an attacker who
 /// makes tokens share a slot only evicts, a hit needs the identical
 /// token). Entries carry the same limits as the shared cache: never past
-/// `exp` or the TTL, only for the verifier that checked them, and the
-/// caller re-checks the key-set generation.
+/// `exp` or the TTL, only for the verifier that checked them, and only
+/// while the verifying key is still published.
 mod recent {
     use std::cell::RefCell;
+    use std::sync::Arc;
 
-    use super::Cached;
+    use super::{Cached, Identity};
 
     const SLOTS: usize = 256;
 
@@ -530,32 +681,32 @@ mod recent {
         (h >> 56) as usize % SLOTS
     }
 
-    pub(super) fn get(verifier: u64, token: &str, now: i64) -> Option<Cached> {
+    /// The identity, if this exact token is remembered, current, and its
+    /// verifying key still published (checked here, so a hit clones only
+    /// the identity's `Arc`).
+    pub(super) fn get(verifier: u64, token: &str, now: i64) -> Option<Arc<Identity>> {
         MEMO.with(|m| {
             let m = m.borrow();
             let s = m.get(slot_of(token))?.as_ref()?;
-            (s.verifier == verifier && s.cached.until > now && *s.token == *token)
-                .then(|| s.cached.clone())
+            (s.verifier == verifier
+                && s.cached.until > now
+                && *s.token == *token
+                && s.cached.key_still_published())
+            .then(|| s.cached.identity.clone())
         })
     }
 
-    pub(super) fn put(verifier: u64, token: &str, cached: &Cached) {
+    pub(super) fn put(verifier: u64, token: &str, cached: Cached) {
         MEMO.with(|m| {
             if let Some(slot) = m.borrow_mut().get_mut(slot_of(token)) {
                 *slot = Some(Slot {
                     verifier,
                     token: token.into(),
-                    cached: cached.clone(),
+                    cached,
                 });
             }
         });
     }
-}
-
-#[derive(Clone, Copy)]
-enum Age {
-    Current,
-    Any,
 }
 
 fn alg_is_hmac(a: Algorithm) -> bool {
@@ -567,9 +718,13 @@ fn validation_for(ic: &IssuerConfig, alg: Algorithm) -> Validation {
     v.algorithms = vec![alg];
     v.set_issuer(&[&ic.issuer]);
     v.set_audience(&ic.audiences);
-    v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    v.validate_exp = true;
-    v.validate_nbf = true;
+    // `exp` and `nbf` are read and checked by us: jsonwebtoken reads them
+    // as `u64` and rounds a fractional NumericDate to the *nearest* second,
+    // which can make a token live up to half a second longer than it says
+    // (RFC 7519 §2 allows fractions; see `Identity::from_claims`).
+    v.set_required_spec_claims(&["iss", "aud"]);
+    v.validate_exp = false;
+    v.validate_nbf = false;
     v.validate_aud = true;
     v.leeway = ic.leeway.as_secs();
     v

@@ -35,6 +35,10 @@ pub enum AuthError {
     Expired,
     NotYetValid,
     Claim(&'static str),
+    /// A genuine token of the issuer, but of another kind than asked for
+    /// (RFC 8725 §3.11): a logout token, a Security Event Token or an ID
+    /// token presented as an access token, or the other way round.
+    WrongType(&'static str),
 }
 
 impl AuthError {
@@ -52,6 +56,7 @@ impl AuthError {
             AuthError::Expired => "token has expired",
             AuthError::NotYetValid => "token is not valid yet",
             AuthError::Claim(d) => d,
+            AuthError::WrongType(d) => d,
         }
     }
 }
@@ -98,11 +103,13 @@ pub struct Identity {
     pub subject: Option<String>,
     pub jti: Option<String>,
     pub sid: Option<String>,
-    /// `iat` in Unix seconds, when present and numeric.
+    /// `iat` in Unix seconds, rounded up when fractional.
     pub issued_at: Option<i64>,
+    /// `nbf` in Unix seconds, rounded up when fractional.
+    pub not_before: Option<i64>,
     /// `azp`, or else `client_id`.
     pub client: Option<String>,
-    /// `exp` in Unix seconds, when present and numeric.
+    /// `exp` in Unix seconds, rounded down when fractional.
     pub expires_at: Option<i64>,
     pub claims: Map<String, Value>,
 }
@@ -111,6 +118,10 @@ impl Identity {
     /// Pulls out the claims the gateway uses itself. A claim that is there
     /// with the wrong type refuses the token: a revocation keyed by `sid`
     /// must not be dodged by sending `"sid": ["x"]`.
+    ///
+    /// `sub`, `jti`, `sid`, `azp`, `client_id` must be strings when
+    /// present; NumericDates follow [`numeric_date`]. `iss` is the
+    /// verifier's to check ([`check_iss`]).
     pub fn from_claims(
         issuer: Arc<str>,
         iss: Arc<str>,
@@ -121,25 +132,17 @@ impl Identity {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(AuthError::Claim("token has a malformed claim")),
         };
-        // NumericDates as whole, non-negative seconds only: a float or a
-        // value past i64 would otherwise be rounded or saturated into
-        // something the token's signer never meant (RFC 8725 §3.10).
-        let time = |name: &str| match claims.get(name) {
+        let time = |name: &str, round: Round| match claims.get(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .filter(|t| *t >= 0)
+            Some(v) => numeric_date(v, round)
                 .map(Some)
                 .ok_or(AuthError::Claim("token has a malformed time claim")),
-            Some(_) => Err(AuthError::Claim("token has a malformed time claim")),
         };
-        if let Some(n) = claims.get("nbf") {
-            if n.as_i64().is_none_or(|t| t < 0) {
-                return Err(AuthError::Claim("token has a malformed time claim"));
-            }
-        }
-        let issued_at = time("iat")?;
-        let expires_at = time("exp")?;
+        // Conservative rounding: a token never lives longer, nor starts or
+        // counts as issued earlier, than it says.
+        let not_before = time("nbf", Round::Up)?;
+        let issued_at = time("iat", Round::Up)?;
+        let expires_at = time("exp", Round::Down)?;
         Ok(Identity {
             issuer,
             iss,
@@ -147,6 +150,7 @@ impl Identity {
             jti: text("jti")?,
             sid: text("sid")?,
             issued_at,
+            not_before,
             client: text("azp")?.or(text("client_id")?),
             expires_at,
             claims,
@@ -185,6 +189,61 @@ impl Identity {
             _ => false,
         }
     }
+}
+
+/// `iss` must be a string exactly equal to the issuer's (RFC 7519 §4.1.1:
+/// a StringOrURI, compared as a string with no normalisation). jsonwebtoken
+/// alone also accepts an array that contains it.
+pub fn check_iss(claims: &Map<String, Value>, iss: &str) -> Result<(), AuthError> {
+    match claims.get("iss") {
+        Some(Value::String(s)) if s == iss => Ok(()),
+        Some(Value::String(_)) => Err(AuthError::Claim("token issuer is not accepted")),
+        None => Err(AuthError::Claim("token lacks a required claim")),
+        Some(_) => Err(AuthError::Claim("token issuer is not a string")),
+    }
+}
+
+/// Which way [`numeric_date`] rounds a fractional value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Towards the past: for `exp`.
+    Down,
+    /// Towards the future: for `nbf` and `iat`.
+    Up,
+}
+
+/// Values past this (2^53 seconds, some 285 million years) are refused:
+/// beyond it an `f64` has no fraction left, and nothing meant is that far.
+const MAX_FRACTIONAL_NUMERIC_DATE: f64 = 9_007_199_254_740_992.0;
+
+/// A NumericDate (RFC 7519 §2: seconds since the epoch, "non-integer
+/// values can be represented") as whole Unix seconds. Integers are taken
+/// as they are when they fit in a non-negative `i64`; a fraction is
+/// rounded the way `round` says. `None` for anything else: negative
+/// values, numbers past `i64` or 2^53, and non-numbers (a string, `null`),
+/// which would otherwise be rounded or saturated into something the
+/// signer never meant (RFC 8725 §3.10).
+pub fn numeric_date(v: &Value, round: Round) -> Option<i64> {
+    let Value::Number(n) = v else {
+        return None;
+    };
+    if let Some(i) = n.as_i64() {
+        return (i >= 0).then_some(i);
+    }
+    if n.is_u64() {
+        return None;
+    }
+    let f = n.as_f64()?;
+    // NaN and the infinities are outside the range too.
+    if !(0.0..MAX_FRACTIONAL_NUMERIC_DATE).contains(&f) {
+        return None;
+    }
+    let whole = match round {
+        Round::Down => f.floor(),
+        Round::Up => f.ceil(),
+    };
+    // Exact: `whole` is an integer below 2^53.
+    Some(whole as i64)
 }
 
 /// What the `Authorization` header holds.
@@ -283,6 +342,54 @@ mod tests {
         let mut two = h("Bearer a.b.c");
         two.append(http::header::AUTHORIZATION, "Bearer d.e.f".parse().unwrap());
         assert_eq!(bearer(&two), Bearer::Malformed);
+    }
+
+    #[test]
+    fn fractional_numeric_dates_round_so_the_token_never_lives_longer() {
+        use serde_json::json;
+        let d = |v: Value, r| numeric_date(&v, r);
+        assert_eq!(d(json!(1_700_000_000), Round::Down), Some(1_700_000_000));
+        assert_eq!(d(json!(1_700_000_000), Round::Up), Some(1_700_000_000));
+        assert_eq!(d(json!(1_700_000_000.5), Round::Down), Some(1_700_000_000));
+        assert_eq!(d(json!(1_700_000_000.5), Round::Up), Some(1_700_000_001));
+        assert_eq!(d(json!(1_700_000_000.0), Round::Up), Some(1_700_000_000));
+        assert_eq!(d(json!(0.25), Round::Down), Some(0));
+        assert_eq!(d(json!(0.25), Round::Up), Some(1));
+        assert_eq!(d(json!(-0.0), Round::Down), Some(0));
+        for bad in [
+            json!(-1),
+            json!(-0.5),
+            json!(1e20),
+            json!(9_007_199_254_740_992.0),
+            json!(u64::MAX),
+            json!("1700000000"),
+            Value::Null,
+            json!([1]),
+        ] {
+            assert_eq!(d(bad.clone(), Round::Down), None, "{bad}");
+            assert_eq!(d(bad.clone(), Round::Up), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn iss_must_be_the_exact_string() {
+        use serde_json::json;
+        let with_iss = |iss: Value| {
+            let mut c = Map::new();
+            c.insert("iss".into(), iss);
+            check_iss(&c, "https://idp.example")
+        };
+        assert!(with_iss(json!("https://idp.example")).is_ok());
+        for bad in [
+            json!(["https://idp.example"]),
+            json!("https://idp.example/"),
+            json!("HTTPS://idp.example"),
+            json!({"https://idp.example": true}),
+            Value::Null,
+        ] {
+            assert!(with_iss(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(check_iss(&Map::new(), "https://idp.example").is_err());
     }
 
     #[test]

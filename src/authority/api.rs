@@ -657,18 +657,8 @@ impl Api {
         let Some(token) = form_field(&body, "logout_token") else {
             return refuse("logout_token is required");
         };
-        let typ_ok = match jsonwebtoken::decode_header(&token) {
-            Ok(h) => h.typ.as_deref().is_none_or(|t| {
-                let t = t.to_ascii_lowercase();
-                t == "logout+jwt" || t == "application/logout+jwt"
-            }),
-            Err(_) => false,
-        };
-        if !typ_ok {
-            return refuse("logout token typ must be logout+jwt");
-        }
         let verifier = self.logout_verifier.as_ref().unwrap_or(&self.verifier);
-        let id = match verifier.verify_any_age(&token).await {
+        let id = match verifier.verify_logout_token(&token).await {
             Ok(id) => id,
             Err(e) => return refuse(e.description()),
         };
