@@ -144,11 +144,15 @@ impl Purpose {
                 None | Some("jwt") => Err(AuthError::WrongType(
                     "token is not typed as an access token (typ at+jwt)",
                 )),
-                Some(_) => Err(AuthError::WrongType("token is not an access token")),
+                Some(_) => Err(AuthError::WrongType(
+                    "token is not an access token (typ must be absent, JWT or at+jwt)",
+                )),
             },
             Purpose::Logout => match t {
                 None | Some("logout+jwt") => Ok(()),
-                Some(_) => Err(AuthError::WrongType("token is not a logout token")),
+                Some(_) => Err(AuthError::WrongType(
+                    "token is not a logout token (typ must be logout+jwt)",
+                )),
             },
         }
     }
