@@ -1,9 +1,12 @@
 //! gatehouse: an authentication gateway in front of apps that cannot check
 //! tokens themselves.
 //!
-//! Where a request is authenticated: [`proxy::Proxy::handle_inner`] reads
-//! top to bottom (route, strip spoofed headers, token, claims, scopes,
-//! forward); token checks live in [`auth::jwt`].
+//! Read the policy first: [`proxy::Proxy::decide`] (in `proxy/policy.rs`)
+//! decides about one request from its head alone, top to bottom
+//! (canonical path and host, route, framing, token, revocation, scopes);
+//! the proxy forwards a decision, the auth-server mode answers it. Token
+//! checks live in [`auth::jwt`], the canonical reading in
+//! [`proxy::canonical`].
 
 pub mod admin;
 pub mod auth;
