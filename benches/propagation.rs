@@ -34,7 +34,7 @@ type Http = Client<HttpConnector, Full<Bytes>>;
 
 fn authority_yaml(dir: &Path, store: &str) -> String {
     std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    write_authority_tokens(dir);
     format!(
         r#"
 issuers:
@@ -47,6 +47,7 @@ authority:
   listen: 127.0.0.1:0
 {store}
   admin_token: {{ file: admin.token }}
+  feed_token: {{ file: feed.token }}
 logging: {{ format: json, level: info }}
 "#,
         jwks = fixture("jwks.json").display(),

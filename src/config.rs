@@ -327,7 +327,9 @@ pub struct AuthorityConfig {
     pub store: Option<StoreConfig>,
     /// Bearer token for the admin API (compared in constant time).
     pub admin_token: SecretSource,
-    /// Bearer token for the feed only; defaults to the admin token.
+    /// Bearer token for the feed only (the admin token never reads the
+    /// feed). Required by `gatehouse authority`; an embedded authority
+    /// without one shares a random token with its own gateway only.
     #[serde(default)]
     pub feed_token: Option<SecretSource>,
     /// Sessions a subject may hold; a new one over the limit ends the
@@ -1043,6 +1045,20 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
                 push(line, r);
             }
         }
+        if let (Ok(admin), Some(Ok(feed))) = (
+            a.admin_token.read(loaded),
+            a.feed_token.as_ref().map(|f| f.read(loaded)),
+        ) {
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                admin.as_slice(),
+                feed.as_slice(),
+            )) {
+                push(
+                    line,
+                    "authority.feed_token must differ from admin_token: a gateway's credential must not write revocations".into(),
+                );
+            }
+        }
         if let Some(tls) = &a.tls {
             for c in &tls.certificates {
                 for (p, what) in [(&c.value.cert, "certificate"), (&c.value.key, "key")] {
@@ -1103,6 +1119,14 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
     if mode == Mode::Authority {
         if let Some(a) = &cfg.authority {
             check_authority(&a.value, a.referenced.line(), &mut push);
+            // A gateway's credential must not be able to write
+            // revocations: the feed has a token of its own.
+            if a.value.feed_token.is_none() {
+                push(
+                    a.referenced.line(),
+                    "authority.feed_token is required: gateways read the feed with a credential of their own, never the admin token (set feed_token: { file: ... } and give it to the gateways as revocation.authority.token)".into(),
+                );
+            }
         }
     }
     if let (Mode::Gateway, Some(r)) = (mode, &cfg.revocation) {

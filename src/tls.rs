@@ -85,6 +85,31 @@ pub fn host_served(names: &[String], host: &str) -> bool {
     })
 }
 
+/// The end-entity certificate (the first of each PEM chain) of every
+/// configured certificate: what a client that pins this listener (an
+/// embedded authority's own gateway) accepts.
+///
+/// Errors: a certificate file that cannot be read or holds no PEM
+/// certificate.
+pub fn end_entities(
+    tls: &TlsConfig,
+    loaded: &LoadedConfig,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    tls.certificates
+        .iter()
+        .map(|c| {
+            let path = loaded.resolve(&c.value.cert);
+            CertificateDer::pem_file_iter(&path)
+                .with_context(|| format!("certificate {}", path.display()))?
+                .next()
+                .with_context(|| {
+                    format!("certificate {}: no PEM certificate found", path.display())
+                })?
+                .with_context(|| format!("certificate {}", path.display()))
+        })
+        .collect()
+}
+
 pub fn server_config(
     tls: &TlsConfig,
     loaded: &LoadedConfig,

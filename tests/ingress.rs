@@ -156,13 +156,13 @@ async fn gatehouse_trusting(
     tempfile::TempDir,
 ) {
     crypto();
-    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    write_authority_tokens(dir);
     let auth_path = dir.join("authority.yaml");
     std::fs::write(
         &auth_path,
         format!(
             "issuers:\n  - issuer: {ISS}\n    audiences: [{AUD}]\n    algorithms: [RS256]\n    jwks: {{ file: {jwks} }}\n    max_token_lifetime: 1h\n\
-             authority:\n  listen: 127.0.0.1:0\n  path: {store}\n  admin_token: {{ file: admin.token }}\n",
+             authority:\n  listen: 127.0.0.1:0\n  path: {store}\n  admin_token: {{ file: admin.token }}\n  feed_token: {{ file: feed.token }}\n",
             jwks = fixture("jwks.json").display(),
             store = dir.join("authority.redb").display(),
         ),

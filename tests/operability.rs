@@ -192,7 +192,7 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
 async fn readyz_flips_when_the_authority_is_gone_past_max_staleness_and_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    std::fs::write(dir.path().join("admin.token"), "ops-admin-token-0123456789").expect("token");
+    write_authority_tokens(dir.path());
     let port = free_port();
     let authority_yaml = format!(
         r#"
@@ -205,6 +205,7 @@ authority:
   listen: 127.0.0.1:{port}
   path: {store}
   admin_token: {{ file: admin.token }}
+  feed_token: {{ file: feed.token }}
 logging: {{ format: json }}
 "#,
         jwks = fixture("jwks.json").display(),
@@ -234,7 +235,7 @@ logging: {{ level: warn }}
 "#,
         jwks = fixture("jwks.json").display(),
         backend = backend.addr,
-        token = dir.path().join("admin.token").display()
+        token = dir.path().join("feed.token").display()
     );
     let (gw, _gdir) = start_gateway(&gw_yaml).await;
     let admin = gw.admin_addr().expect("admin listener");

@@ -287,6 +287,7 @@ fn check(yaml: &str) -> (bool, String, String) {
     let path = dir.path().join("gatehouse.yaml");
     std::fs::write(&path, yaml).expect("write");
     std::fs::write(dir.path().join("admin.token"), "t0123456789abcdef").expect("token");
+    std::fs::write(dir.path().join("feed.token"), "f0123456789abcdef").expect("token");
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["check", "--config"])
         .arg(&path)
@@ -336,7 +337,7 @@ fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
     // An authority-only config is checked as `gatehouse authority` runs it.
     let authority = |url: &str| {
         format!(
-            "issuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"https://idp.example.com/jwks\" }}\nauthority:\n  listen: 127.0.0.1:7400\n  admin_token: {{ file: admin.token }}\n  store:\n    redis: {{ url: \"{url}\" }}\n"
+            "issuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"https://idp.example.com/jwks\" }}\nauthority:\n  listen: 127.0.0.1:7400\n  admin_token: {{ file: admin.token }}\n  feed_token: {{ file: feed.token }}\n  store:\n    redis: {{ url: \"{url}\" }}\n"
         )
     };
     let (ok, err, _) = check(&authority("rediss://redis.internal:6380"));
@@ -346,6 +347,25 @@ fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
     assert!(
         err.lines()
             .any(|l| l.starts_with(&format!("{file}:7: ")) && l.contains("store.redis.url")),
+        "{err}"
+    );
+    // The feed has a credential of its own, never the admin token.
+    let (ok, err, file) = check(
+        &authority("rediss://redis.internal:6380")
+            .replace("  feed_token: { file: feed.token }\n", ""),
+    );
+    assert!(!ok);
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!("{file}:"))
+            && l.contains("authority.feed_token is required")),
+        "{err}"
+    );
+    let (ok, err, _) = check(
+        &authority("rediss://redis.internal:6380").replace("file: feed.token", "file: admin.token"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("feed_token must differ from admin_token"),
         "{err}"
     );
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 /// An authority replica's config on Redis, with a fixed port (so a
 /// restarted replica comes back on the same address).
 fn replica_yaml(dir: &Path, port: u16, redis: &str, prefix: &str, extra: &str) -> String {
-    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    write_authority_tokens(dir);
     format!(
         r#"
 issuers:
@@ -31,6 +31,7 @@ authority:
       key_prefix: "{prefix}"
       timeout: 1s
   admin_token: {{ file: admin.token }}
+  feed_token: {{ file: feed.token }}
 {purge}
 {extra}
 logging: {{ format: json, level: info }}
@@ -294,7 +295,7 @@ async fn concurrent_subject_revocations_through_both_replicas_keep_the_latest_be
     // Whatever order the replicas ran in, `before` never moved back.
     assert_eq!(entries[0]["before"], json!(now - 1));
     // The feed replays the same story: its last word on alice is the max.
-    let feed = admin(a.addr, "GET", "/v1/feed", None).await;
+    let feed = feed_snapshot(a.addr).await;
     let last_before = feed
         .text()
         .lines()
@@ -341,7 +342,7 @@ async fn an_authority_refuses_to_start_on_redis_without_fsync_on_every_write() {
 
 /// The epoch of the cursor a replica's snapshot starts with.
 async fn snapshot_epoch(auth: SocketAddr) -> String {
-    let feed = admin(auth, "GET", "/v1/feed", None).await;
+    let feed = feed_snapshot(auth).await;
     let first: Value =
         serde_json::from_str(feed.text().lines().next().unwrap_or("")).expect("header");
     first["cursor"]

@@ -19,7 +19,7 @@ fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
 
 /// With extra keys for the issuer too.
 fn authority_yaml_with(dir: &Path, port: u16, issuer_extra: &str, extra: &str) -> String {
-    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    write_authority_tokens(dir);
     format!(
         r#"
 issuers:
@@ -33,6 +33,7 @@ authority:
   listen: 127.0.0.1:{port}
   path: {store}
   admin_token: {{ file: admin.token }}
+  feed_token: {{ file: feed.token }}
 {purge}
 {extra}
 logging: {{ format: json, level: info }}
@@ -1804,8 +1805,7 @@ async fn readyz_is_200_from_the_state_file_with_the_authority_down() {
 #[tokio::test]
 async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("feed.token"), "feed-token-0123456789").expect("feed token");
-    let auth = authority_task(dir.path(), "  feed_token: { file: feed.token }").await;
+    let auth = authority_task(dir.path(), "").await;
     let with = |token: &'static str, path: &'static str| {
         send(
             auth.addr(),
@@ -1814,15 +1814,10 @@ async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
             json_req("GET", path, Some(token), None),
         )
     };
-    assert_eq!(
-        with("feed-token-0123456789", "/v1/feed").await.status,
-        StatusCode::OK
-    );
+    assert_eq!(with(FEED, "/v1/feed").await.status, StatusCode::OK);
     assert_eq!(with(ADMIN, "/v1/feed").await.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        with("feed-token-0123456789", "/v1/revocations")
-            .await
-            .status,
+        with(FEED, "/v1/revocations").await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(with(ADMIN, "/v1/revocations").await.status, StatusCode::OK);
@@ -1882,4 +1877,138 @@ revocation:
     assert!(err.contains("restart to apply"), "{err}");
     // The running config keeps serving.
     assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+}
+
+/// A gateway whose revocations come from the authority embedded in its own
+/// process, with `authority_extra` inside `revocation.embedded` and
+/// `issuer_extra` under the one issuer; the authority on `port`.
+fn embedded_yaml(
+    dir: &Path,
+    backend: SocketAddr,
+    port: u16,
+    authority_extra: &str,
+    issuer_extra: &str,
+) -> String {
+    write_authority_tokens(dir);
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+{issuer_extra}
+routes:
+  - backends: [http://{backend}]
+revocation:
+  embedded:
+    listen: 127.0.0.1:{port}
+    path: {store}
+    admin_token: {{ file: {admin} }}
+{authority_extra}
+  state_file: {state}
+"#,
+        jwks = fixture("jwks.json").display(),
+        store = dir.join("a.redb").display(),
+        admin = dir.join("admin.token").display(),
+        state = dir.join("gw.state").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_authority_on_tls_feeds_its_own_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let port = free_port();
+    // A CA-issued certificate for `localhost`, dialled by address: the
+    // gateway pins the authority's own certificate instead of a CA.
+    let tls = format!(
+        "    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}",
+        fixture("server.crt.pem").display(),
+        fixture("server.key.pem").display()
+    );
+    let (gw, _gdir) = start_gateway(&embedded_yaml(dir.path(), backend.addr, port, &tls, "")).await;
+    let admin_addr = gw.admin_addr().expect("admin listener");
+    let ready = send(
+        admin_addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/readyz", None, &[]),
+    )
+    .await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    assert_eq!(ready.json()["revocation"]["source"], "authority");
+    let token = token_with(|c| {
+        c.insert("sid".into(), json!("embedded-tls"));
+    });
+    assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
+    let revoked = send(
+        ([127, 0, 0, 1], port).into(),
+        Proto::TlsH1,
+        "localhost",
+        json_req(
+            "POST",
+            "/v1/revocations",
+            Some(ADMIN),
+            Some(&json!({"sid": "embedded-tls"})),
+        ),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::CREATED, "{}", revoked.text());
+    refused_within_a_second(gw.addrs()[0], &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_logouts_that_cannot_match_the_tokens_seen_are_a_readiness_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let (gw, _gdir) = start_gateway(&embedded_yaml(
+        dir.path(),
+        backend.addr,
+        free_port(),
+        "",
+        "    name: corp-idp\n    backchannel_logout: session",
+    ))
+    .await;
+    let admin_addr = gw.admin_addr().expect("admin listener");
+    let readyz = || async {
+        send(
+            admin_addr,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/readyz", None, &[]),
+        )
+        .await
+    };
+    let with_sid = token_with(|c| {
+        c.insert("sid".into(), json!("s-1"));
+    });
+    assert_eq!(status_of(gw.addrs()[0], &with_sid).await.0, StatusCode::OK);
+    assert!(readyz().await.json().get("warnings").is_none());
+    let without_sid = token_with(|c| {
+        c.remove("sid");
+    });
+    assert_eq!(
+        status_of(gw.addrs()[0], &without_sid).await.0,
+        StatusCode::OK
+    );
+    let r = readyz().await;
+    assert_eq!(r.status, StatusCode::OK);
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains("issuer corp-idp") && warnings.contains("no sid"),
+        "{warnings}"
+    );
+    assert!(
+        metric(
+            admin_addr,
+            "gatehouse_tokens_verified_without_sid_total{issuer=\"corp-idp\"}"
+        )
+        .await
+            >= 1.0
+    );
 }

@@ -78,12 +78,12 @@ fn gateway_yaml(
 async fn mixed_load_with_revocations_and_reloads_lets_no_revoked_token_through() {
     crypto();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("admin.token"), ADMIN).expect("token");
+    write_authority_tokens(dir.path());
     let auth_cfg = dir.path().join("authority.yaml");
     std::fs::write(
         &auth_cfg,
         format!(
-            "issuers:\n  - {{ issuer: {ISS}, audiences: [{AUD}], algorithms: [RS256], jwks: {{ file: {} }} }}\nauthority: {{ listen: 127.0.0.1:0, path: {}, admin_token: {{ file: admin.token }} }}\n",
+            "issuers:\n  - {{ issuer: {ISS}, audiences: [{AUD}], algorithms: [RS256], jwks: {{ file: {} }} }}\nauthority: {{ listen: 127.0.0.1:0, path: {}, admin_token: {{ file: admin.token }}, feed_token: {{ file: feed.token }} }}\n",
             fixture("jwks.json").display(),
             dir.path().join("store.redb").display()
         ),

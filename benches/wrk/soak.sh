@@ -65,10 +65,11 @@ nginx -p "$SOAK_DIR/nginx" -c nginx.conf
 echo "== authority and gateway"
 cp "$ROOT/config/dev/jwks.json" jwks.json
 cp "$ROOT/config/dev/admin.token" admin.token
+printf 'soak-feed-token-0123456789' > feed.token
 cat > authority.yaml <<YAML
 issuers:
   - { issuer: https://dev.gatehouse.local, audiences: [demo-app], algorithms: [RS256], jwks: { file: jwks.json }, max_token_lifetime: 1h }
-authority: { listen: 127.0.0.1:17491, path: authority.redb, admin_token: { file: admin.token } }
+authority: { listen: 127.0.0.1:17491, path: authority.redb, admin_token: { file: admin.token }, feed_token: { file: feed.token } }
 logging: { level: warn }
 YAML
 "$BIN" authority --config authority.yaml > authority.log 2>&1 & pids+=($!)
@@ -83,7 +84,7 @@ routes:
     identity_headers: [{ claim: jti, header: X-Token-Id }, { claim: sub, header: X-Auth-Subject }]
 admin: { listen: 127.0.0.1:19491 }
 revocation:
-  authority: { url: "http://127.0.0.1:17491", token: { file: admin.token } }
+  authority: { url: "http://127.0.0.1:17491", token: { file: feed.token } }
   state_file: gateway.state
 logging: { level: "info,gatehouse::access=warn" }
 YAML

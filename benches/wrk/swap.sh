@@ -12,6 +12,7 @@ ADMIN=swap-bench-admin-token-0123456789
 AUTH_DIR=$WORKDIR/swap-authority
 mkdir -p "$AUTH_DIR"
 printf '%s' "$ADMIN" > "$AUTH_DIR/admin.token"
+printf '%s' "swap-bench-feed-token-0123456789" > "$AUTH_DIR/feed.token"
 cat > "$AUTH_DIR/authority.yaml" <<YAML
 issuers:
   - issuer: $ISS
@@ -22,6 +23,7 @@ authority:
   listen: 127.0.0.1:$PORT
   path: $AUTH_DIR/store.redb
   admin_token: { file: admin.token }
+  feed_token: { file: feed.token }
   change_retention: 1000
 logging: { level: warn }
 YAML
@@ -50,7 +52,7 @@ pkill -f "authority --config $AUTH_DIR/authority.yaml" || true
 while pgrep -f "authority --config $AUTH_DIR/authority.yaml" >/dev/null; do sleep 0.2; done
 nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 & NG=$!
 CFG=$(GATEHOUSE_LOG="warn,gatehouse::revocation=info" gw_config "$N" 8443)
-sed -i "s|authority: { url: \"http://127.0.0.1:9\" }|authority: { url: \"http://127.0.0.1:$PORT\", token: { file: $AUTH_DIR/admin.token } }|" "$CFG"
+sed -i "s|authority: { url: \"http://127.0.0.1:9\" }|authority: { url: \"http://127.0.0.1:$PORT\", token: { file: $AUTH_DIR/feed.token } }|" "$CFG"
 TOKEN=$(cat "$TOKENS/rs256.valid.jwt")
 run_gw() { "$BIN" run --config "$CFG" > "$WORKDIR/swap-gw.log" 2>&1 & GW=$!
   for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:8443/ && break; sleep 0.1; done; }

@@ -249,6 +249,10 @@ pub struct Metrics {
     pub admitted_without_sid: ShardedCounter,
     /// Admitted tokens that carry no `jti`: a per-token logout cannot match them.
     pub admitted_without_jti: ShardedCounter,
+    /// Distinct tokens verified without `sid`, by configured issuer name.
+    pub verified_without_sid: Family<IssuerLabel, Counter>,
+    /// Distinct tokens verified without `jti`, by configured issuer name.
+    pub verified_without_jti: Family<IssuerLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     pub open_connections: Gauge,
     pub tasks_alive: Gauge,
@@ -352,6 +356,18 @@ impl Metrics {
             "Tokens admitted that carry no jti (a logout of that one token revokes its subject up to its iat instead)",
             admitted_without_jti.clone(),
         );
+        let verified_without_sid = Family::<IssuerLabel, Counter>::default();
+        r.register(
+            "tokens_verified_without_sid",
+            "Distinct tokens verified that carry no sid, by issuer (what a back-channel logout by session cannot end)",
+            verified_without_sid.clone(),
+        );
+        let verified_without_jti = Family::<IssuerLabel, Counter>::default();
+        r.register(
+            "tokens_verified_without_jti",
+            "Distinct tokens verified that carry no jti, by issuer",
+            verified_without_jti.clone(),
+        );
         r.register(
             "config_reloads",
             "Config reloads by result (ok, failed)",
@@ -384,9 +400,25 @@ impl Metrics {
             revocation_feed_refused,
             admitted_without_sid,
             admitted_without_jti,
+            verified_without_sid,
+            verified_without_jti,
             reloads,
             open_connections,
             registry: r,
+        }
+    }
+
+    /// Counts a freshly verified token of `issuer` (the configured name)
+    /// that lacks a `sid` and/or a `jti`; off the cached path.
+    pub fn count_unnamed_token(&self, issuer: &str, without_sid: bool, without_jti: bool) {
+        let label = || IssuerLabel {
+            issuer: issuer.to_owned(),
+        };
+        if without_sid {
+            self.verified_without_sid.get_or_create(&label()).inc();
+        }
+        if without_jti {
+            self.verified_without_jti.get_or_create(&label()).inc();
         }
     }
 

@@ -158,20 +158,25 @@ fn not_ready_reasons(g: &Generation) -> Vec<String> {
 /// the session (`backchannel_logout: session`) while admitted tokens carry
 /// no `sid`, which such a logout cannot match.
 fn warnings(g: &Generation) -> Vec<String> {
-    let without_sid = metrics().admitted_without_sid.get();
-    if without_sid == 0 {
-        return Vec::new();
-    }
+    let m = metrics();
     g.loaded
         .config
         .issuers
         .iter()
         .filter(|i| i.value.backchannel_logout == crate::config::BackchannelScope::Session)
-        .map(|i| {
-            format!(
-                "issuer {}: backchannel_logout is `session`, but {without_sid} admitted tokens carried no sid; a back-channel logout cannot end them (use `subject`)",
-                i.value.display_name()
-            )
+        .filter_map(|i| {
+            let name = i.value.display_name();
+            let without_sid = m
+                .verified_without_sid
+                .get(&crate::admin::metrics::IssuerLabel {
+                    issuer: name.to_string(),
+                })
+                .map_or(0, |c| c.get());
+            (without_sid > 0).then(|| {
+                format!(
+                    "issuer {name}: backchannel_logout is `session`, but {without_sid} tokens it issued carried no sid; a back-channel logout cannot end them (use `subject`)"
+                )
+            })
         })
         .collect()
 }

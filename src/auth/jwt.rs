@@ -362,9 +362,14 @@ impl Verifier {
     async fn verify_timed(&self, token: &str) -> Result<Verified, AuthError> {
         let started = std::time::Instant::now();
         let verified = self.verify_as(token, Purpose::Access).await;
-        crate::admin::metrics::metrics()
-            .validation_duration
+        let m = crate::admin::metrics::metrics();
+        m.validation_duration
             .observe(started.elapsed().as_secs_f64());
+        if let Ok((id, _)) = &verified {
+            // Once per distinct token (hits are not counted): which
+            // issuers' tokens a session or per-token logout cannot name.
+            m.count_unnamed_token(&id.issuer, id.sid.is_none(), id.jti.is_none());
+        }
         verified
     }
 

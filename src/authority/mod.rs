@@ -19,12 +19,19 @@ use crate::config::{AuthorityConfig, LoadedConfig};
 /// A running authority. Dropping it stops accepting connections.
 pub struct AuthorityHandle {
     addr: SocketAddr,
+    end_entities: Vec<rustls::pki_types::CertificateDer<'static>>,
     _stop: watch::Sender<bool>,
 }
 
 impl AuthorityHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The certificates the listener serves (empty without TLS): what the
+    /// gateway of the same process pins to reach it.
+    pub fn end_entities(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        &self.end_entities
     }
 }
 
@@ -86,6 +93,10 @@ pub async fn start_with(
     });
     Ok(AuthorityHandle {
         addr,
+        end_entities: match &cfg.tls {
+            Some(t) => crate::tls::end_entities(t, loaded)?,
+            None => Vec::new(),
+        },
         _stop: stop_tx,
     })
 }

@@ -70,6 +70,20 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where this process reaches a listener of its own: an unspecified bind
+/// address (`0.0.0.0`, `::`) is dialled on loopback.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            (std::net::Ipv6Addr::LOCALHOST, addr.port()).into()
+        }
+        _ => addr,
+    }
+}
+
 impl Revocations {
     /// The check on the request path: one atomic load, up to four hash
     /// lookups, no lock held, no I/O.
@@ -153,7 +167,7 @@ impl Revocations {
         cfg: &RevocationConfig,
         loaded: &LoadedConfig,
     ) -> anyhow::Result<Arc<Revocations>> {
-        let (bases, token, ca, embedded) = match (&cfg.authority, &cfg.embedded) {
+        let (bases, token, client, embedded) = match (&cfg.authority, &cfg.embedded) {
             (Some(a), _) => (
                 a.url
                     .iter()
@@ -161,7 +175,10 @@ impl Revocations {
                     .map(|u| u.0.to_string())
                     .collect::<Vec<_>>(),
                 a.token.as_ref().map(|t| t.read(loaded)).transpose()?,
-                a.ca_file.as_ref().map(|p| loaded.resolve(p)),
+                crate::httpclient::build(
+                    a.ca_file.as_ref().map(|p| loaded.resolve(p)).as_deref(),
+                    Duration::from_secs(5),
+                )?,
                 None,
             ),
             (None, Some(e)) => {
@@ -176,8 +193,14 @@ impl Revocations {
                     .await
                     .context("embedded authority")?;
                 let scheme = if e.tls.is_some() { "https" } else { "http" };
-                let base = format!("{scheme}://{}", handle.addr());
-                (vec![base], Some(token), None, Some(handle))
+                // Over loopback to a name-less address: the authority's own
+                // certificate is pinned, whoever issued it.
+                let base = format!("{scheme}://{}", loopback(handle.addr()));
+                let client = crate::httpclient::build_pinned(
+                    handle.end_entities().to_vec(),
+                    Duration::from_secs(5),
+                )?;
+                (vec![base], Some(token), client, Some(handle))
             }
             (None, None) => anyhow::bail!("revocation needs authority or embedded"),
         };
@@ -214,7 +237,7 @@ impl Revocations {
         });
         let mut feed = Feed {
             owner: Arc::downgrade(&me),
-            client: crate::httpclient::build(ca.as_deref(), Duration::from_secs(5))?,
+            client,
             urls: bases
                 .iter()
                 .map(|b| b.trim_end_matches('/').to_owned())

@@ -776,6 +776,15 @@ impl Drop for RedisServer {
 }
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
+/// The feed's own credential (the admin token never reads the feed).
+pub const FEED: &str = "test-feed-token-0123456789";
+
+/// Writes `admin.token` and `feed.token` into `dir`, for an authority
+/// config that names them (`admin_token`/`feed_token: { file: ... }`).
+pub fn write_authority_tokens(dir: &Path) {
+    std::fs::write(dir.join("admin.token"), ADMIN).expect("admin token");
+    std::fs::write(dir.join("feed.token"), FEED).expect("feed token");
+}
 
 /// A gateway on a plain ephemeral port following the authority replicas
 /// at `urls`, with a state file.
@@ -786,7 +795,7 @@ pub fn revocation_gateway_yaml(
     extra: &str,
 ) -> String {
     let token = state.with_file_name("feed.token");
-    std::fs::write(&token, ADMIN).expect("token");
+    std::fs::write(&token, FEED).expect("token");
     format!(
         r#"
 listeners:
@@ -832,6 +841,17 @@ pub async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {
             .unwrap_or("")
             .to_owned(),
     )
+}
+
+/// `GET /v1/feed` (a snapshot) with the feed token.
+pub async fn feed_snapshot(authority: SocketAddr) -> Answer {
+    send(
+        authority,
+        Proto::Plain,
+        "authority",
+        json_req("GET", "/v1/feed", Some(FEED), None),
+    )
+    .await
 }
 
 pub async fn admin(authority: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Answer {
