@@ -14,9 +14,6 @@
 //! `cargo bench --bench propagation` (N=1000, W=20000; `PROPAGATION_N`,
 //! `WRITES_N` change them). Needs `redis-server` on PATH.
 
-#[path = "../tests/common/mod.rs"]
-#[allow(unused_imports)]
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use gatehouse_test_support::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;

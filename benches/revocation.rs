@@ -8,7 +8,8 @@ use std::time::Instant;
 use criterion::Criterion;
 use gatehouse::auth::Identity;
 use gatehouse::revocation::feed::{FeedParser, Parsed};
-use gatehouse::revocation::model::{now_unix, Change, Kind, Revocation};
+use gatehouse_core::clock::now_unix;
+use gatehouse::revocation::model::{Change, Kind, Revocation};
 use gatehouse::revocation::set::RevocationSet;
 
 const ISS: &str = "https://issuer.test";

@@ -237,7 +237,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         crate::auth::jwt::install_crypto_and_self_test()?;
         let gw = crate::server::start_on(&loaded, &workers).await?;
         crate::server::spawn_reloader(&gw);
-        crate::server::shutdown_signal().await;
+        gatehouse_core::listener::shutdown_signal().await;
         tracing::info!(grace = ?loaded.config.shutdown_grace, "shutting down");
         gw.shutdown(loaded.config.shutdown_grace).await;
         anyhow::Ok(())
@@ -320,7 +320,7 @@ fn authority(path: &std::path::Path) -> ExitCode {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no authority section"))?;
         let handle = crate::authority::start(&section.value, &loaded).await?;
-        crate::server::shutdown_signal().await;
+        gatehouse_core::listener::shutdown_signal().await;
         tracing::info!("authority shutting down");
         drop(handle);
         Ok(())

@@ -99,7 +99,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<bool> {
     println!();
     if !a.check_only {
         println!("# `gatehouse token` mints more tokens for the same keys. Ctrl-C stops the demo.");
-        crate::server::shutdown_signal().await;
+        gatehouse_core::listener::shutdown_signal().await;
     }
     gw.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&work);
@@ -108,7 +108,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<bool> {
 
 /// A fresh token for demo-user with its own `jti`.
 fn demo_token(dev: &Path) -> anyhow::Result<(String, String)> {
-    let jti = crate::token::random_id();
+    let jti = gatehouse_core::ids::random_id();
     let token = crate::token::mint(&crate::token::MintRequest {
         key_path: &dev.join("rs256.key.pem"),
         alg: jsonwebtoken::Algorithm::RS256,
@@ -126,7 +126,7 @@ fn demo_token(dev: &Path) -> anyhow::Result<(String, String)> {
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", crate::token::random_id()));
+    let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", gatehouse_core::ids::random_id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

@@ -56,7 +56,7 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     claims.insert("exp".into(), (now + r.ttl.as_secs()).into());
     claims.insert(
         "jti".into(),
-        r.jti.map_or_else(random_id, str::to_owned).into(),
+        r.jti.map_or_else(gatehouse_core::ids::random_id, str::to_owned).into(),
     );
     if let Some(sid) = r.sid {
         claims.insert("sid".into(), sid.into());
@@ -76,19 +76,3 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 
-/// 128 random bits, hex: unique token ids without another dependency.
-pub fn random_id() -> String {
-    let mut b = [0u8; 16];
-    if rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut b)
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b = t.to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}

@@ -2,13 +2,12 @@
 //! HTTP/2 rapid reset and header floods. The gateway must answer 502/504,
 //! stay healthy, and leak neither connections (file descriptors) nor tasks.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,9 +3,8 @@
 //! mutations of real inputs (valid tokens, the shipped configs, paths,
 //! feed responses). The long coverage-guided runs are `fuzz/run.sh`.
 
-mod common;
 
-use common::*;
+use gatehouse_test_support::*;
 use jsonwebtoken::Algorithm;
 
 /// xorshift64*: a fixed seed, so a failure reproduces.

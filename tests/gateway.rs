@@ -1,6 +1,5 @@
 //! The gateway end to end: real TLS, real backends, real tokens.
 
-mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +7,7 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::json;

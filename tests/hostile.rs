@@ -2,12 +2,11 @@
 //! slow headers. What must hold: nothing unauthenticated reaches the
 //! backend, and the gateway answers or closes instead of hanging.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use gatehouse_test_support::*;
 use jsonwebtoken::Algorithm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -7,14 +7,13 @@
 //! packaged here: their request shapes are replayed against the auth
 //! listener directly.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use serde_json::json;
 use tokio::net::TcpStream;

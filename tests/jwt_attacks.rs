@@ -3,13 +3,12 @@
 //! backend, never makes the gateway fetch anything, and leaves exactly one
 //! access-log line that does not contain it.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};

@@ -2,7 +2,6 @@
 //! renewed on disk, readiness that tells the truth, metrics that count what
 //! happened, and a demo that does what it prints.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;

@@ -4,12 +4,11 @@
 //! 502/504 rows are the backend's answers, not the policy's: they are
 //! tested over sockets in `tests/gateway.rs` and `tests/faults.rs`.)
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::*;
+use gatehouse_test_support::*;
 use gatehouse::auth::jwt::install_crypto_and_self_test;
 use gatehouse::proxy::headers::ClientAddr;
 use gatehouse::proxy::reject::Reject;

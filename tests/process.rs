@@ -1,13 +1,12 @@
 //! The `gatehouse` binary as an operator runs it: separate process, its own
 //! memory, signals, exit codes.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;

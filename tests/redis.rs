@@ -1,13 +1,12 @@
 //! The authority on Redis: a real `redis-server`, two authority replica
 //! processes sharing it, three gateways following both replicas.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 

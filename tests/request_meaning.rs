@@ -3,13 +3,12 @@
 //! real socket to a real gateway in front of a backend that records what it
 //! receives, and asserts both the answer and what the backend saw.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use proptest::prelude::*;
 use serde_json::json;

@@ -1,13 +1,12 @@
 //! Revocation end to end: a real authority (task or process), real
 //! gateways, real tokens; nothing revoked may get through.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::json;

@@ -5,7 +5,6 @@
 //! answer must be the right one, and the backend's own record must show no
 //! revoked token forwarded after its revocation had propagated.
 
-mod common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use gatehouse_test_support::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -1,0 +1,142 @@
+//! gatehouse as the auth server of an existing ingress (nginx
+//! `auth_request`, Caddy `forward_auth`, Traefik `forwardAuth`, Envoy
+//! `ext_authz` HTTP service): the ingress describes the original request in
+//! headers, the same [`Proxy::decide`] judges it, and the answer is the
+//! decision — 200 with the identity headers for the ingress to copy
+//! upstream, or the proxy's own refusal (401/403 with the same
+//! `WWW-Authenticate` and body; 400/404/503 where the proxy answers those).
+//! Nothing is forwarded and no body is read.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use super::reject::Reject;
+use super::{ConnInfo, Outcome, Proxy, ProxyBody};
+use gatehouse_core::config::{AuthServerConfig, Ingress};
+
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Proxy {
+    /// Answers an ingress's "may this request pass?". The original request
+    /// is read from the headers of `cfg.ingress`, believed only from a
+    /// trusted proxy (the ingress); from anyone else the request is refused
+    /// (403), since whoever may describe a request may describe any.
+    pub(super) async fn answer_auth_request(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        cfg: &AuthServerConfig,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        if !self.is_trusted_proxy(conn.peer) {
+            return Err(Reject::UntrustedIngress);
+        }
+        let (parts, _body) = req.into_parts();
+        let original = original_request(&parts, cfg)?;
+        // The ingress terminated the client's TLS; this connection's SNI
+        // says nothing about the original host.
+        let ingress_conn = ConnInfo {
+            cert_names: None,
+            ..conn.clone()
+        };
+        let d = self.decide(&original, &ingress_conn, out).await?;
+        let mut resp = Response::new(
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let h = resp.headers_mut();
+        // An ingress must not cache an allow past a revocation.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in d.identity_headers() {
+            h.insert(name.clone(), value);
+        }
+        if cfg.ingress == Ingress::Caddy {
+            // Caddy 2.6's `copy_headers` copies a header the answer lacks
+            // as its literal placeholder text (`{http.reverse_proxy.header.
+            // X-Auth-Subject}`), which an app could take for a name: every
+            // identity header of the route is sent, empty when no claim
+            // gives it.
+            for ih in &d.route.identity_headers {
+                if !h.contains_key(&ih.header.0) {
+                    h.insert(ih.header.0.clone(), HeaderValue::from_static(""));
+                }
+            }
+        }
+        Ok(resp)
+    }
+}
+
+fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Reject> {
+    let mut all = h.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .map_err(|_| Reject::BadRequest("ingress header is not text")),
+        (None, _) => Err(Reject::BadRequest(
+            "the ingress did not describe the original request",
+        )),
+        (Some(_), Some(_)) => Err(Reject::BadRequest("ingress header sent twice")),
+    }
+}
+
+/// The original request's head as the ingress describes it: method,
+/// target, `Host`, and the client's credentials (`Authorization`). The
+/// rest of the client's headers play no part in the decision.
+fn original_request(
+    parts: &http::request::Parts,
+    cfg: &AuthServerConfig,
+) -> Result<http::request::Parts, Reject> {
+    let h = &parts.headers;
+    let (method, target, host): (Method, String, &str) = match cfg.ingress {
+        Ingress::Nginx => (
+            parse_method(header_text(h, &X_ORIGINAL_METHOD)?)?,
+            header_text(h, &X_ORIGINAL_URI)?.to_owned(),
+            header_text(h, &header::HOST)?,
+        ),
+        Ingress::Caddy | Ingress::Traefik => (
+            parse_method(header_text(h, &X_FORWARDED_METHOD)?)?,
+            header_text(h, &X_FORWARDED_URI)?.to_owned(),
+            header_text(h, &X_FORWARDED_HOST)?,
+        ),
+        Ingress::Envoy => {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let rest = pq
+                .strip_prefix(cfg.path_prefix.trim_end_matches('/'))
+                .filter(|r| r.starts_with('/'))
+                .ok_or(Reject::BadRequest("path outside the ext_authz prefix"))?;
+            (
+                parts.method.clone(),
+                rest.to_owned(),
+                header_text(h, &header::HOST)?,
+            )
+        }
+    };
+    if !target.starts_with('/') {
+        return Err(Reject::BadRequest(
+            "original target must be an absolute path",
+        ));
+    }
+    let mut b = Request::builder()
+        .method(method)
+        .uri(target)
+        .version(Version::HTTP_11)
+        .header(header::HOST, host);
+    for v in h.get_all(header::AUTHORIZATION) {
+        b = b.header(header::AUTHORIZATION, v.clone());
+    }
+    b.body(())
+        .map(|r| r.into_parts().0)
+        .map_err(|_| Reject::BadRequest("original request cannot be read"))
+}
+
+fn parse_method(m: &str) -> Result<Method, Reject> {
+    Method::from_bytes(m.as_bytes())
+        .map_err(|_| Reject::BadRequest("original method is not a method"))
+}

@@ -1,0 +1,465 @@
+//! Header rewriting between client and backend: hop-by-hop removal, the
+//! identity headers the backend trusts, and the forwarding headers. The
+//! name rules themselves are `gatehouse_core::header_names`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub use gatehouse_core::header_names::*;
+
+/// Which client headers never reach a backend: the identity headers of
+/// every route (from everyone), and from clients that are not trusted
+/// proxies the forwarding family plus the operator's
+/// `strip_untrusted_headers`.
+#[derive(Debug, Clone, Default)]
+pub struct StripRules {
+    /// Identity header names, folded (lower-case, dashes).
+    reserved: Vec<String>,
+    /// `strip_untrusted_headers` entries without `*`, folded.
+    extra: Vec<String>,
+    /// `strip_untrusted_headers` entries that ended in `*`, folded.
+    extra_prefixes: Vec<String>,
+}
+
+fn fold(name: &str) -> String {
+    name.bytes().map(|b| fold_byte(b) as char).collect()
+}
+
+impl StripRules {
+    /// `reserved`: the identity header names of all routes; `extra`: the
+    /// operator's `strip_untrusted_headers` (a trailing `*` is a prefix).
+    pub fn new<'a>(
+        reserved: impl IntoIterator<Item = &'a str>,
+        extra: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut r = StripRules::default();
+        for n in reserved {
+            let f = fold(n);
+            if !r.reserved.contains(&f) {
+                r.reserved.push(f);
+            }
+        }
+        for e in extra {
+            match e.strip_suffix('*') {
+                Some(p) => r.extra_prefixes.push(fold(p)),
+                None => r.extra.push(fold(e)),
+            }
+        }
+        r
+    }
+
+    /// Whether a client header of this name is removed.
+    pub fn strips(&self, name: &str, untrusted: bool) -> bool {
+        self.reserved.iter().any(|r| folds_to(name, r))
+            || (untrusted
+                && (is_forwarding_header(name)
+                    || self.extra.iter().any(|e| folds_to(name, e))
+                    || self.extra_prefixes.iter().any(|p| folded_prefix(name, p))))
+    }
+}
+
+/// Removes hop-by-hop headers and any header the `Connection` header names.
+/// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set
+/// again, for WebSocket pass-through.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the (few) names present first: most messages carry
+    // none of these, and then nothing is hashed, collected or removed.
+    let present = h
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if present {
+        if h.contains_key(header::CONNECTION) {
+            let named: Vec<HeaderName> = h
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                if !(keep_upgrade && n == header::UPGRADE) {
+                    h.remove(n);
+                }
+            }
+        }
+        for n in &HOP_BY_HOP {
+            h.remove(n);
+        }
+        if !keep_upgrade {
+            h.remove(header::UPGRADE);
+        }
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes every client-sent header that [`StripRules`] names. Allocates
+/// only when something is removed.
+pub fn strip_client_claims(h: &mut HeaderMap, rules: &StripRules, untrusted: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in h.keys() {
+        if rules.strips(name.as_str(), untrusted) {
+            doomed.push(name.clone());
+        }
+    }
+    for n in doomed {
+        h.remove(n);
+    }
+}
+
+/// An identity header's value for a claim, by one rule a backend can
+/// undo with any percent-decoder (RFC 3986 §2.1): the claim's UTF-8 text
+/// with every byte outside visible ASCII (so also space and non-ASCII),
+/// `%` and `,` written as `%XX`. A value made only of visible ASCII
+/// without `%` or `,` (most subjects, e-mail addresses, client ids) is
+/// sent as it is. An array becomes its items so encoded, joined by `,`
+/// (which then only ever separates items); numbers and booleans their JSON
+/// text. `None` for an object, an array holding one, or a value that
+/// would be empty (`""`, `[]`): no single header value says it
+/// unambiguously (the caller withholds and counts it).
+pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match v {
+        Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+        Value::Number(_) | Value::Bool(_) => out.extend_from_slice(v.to_string().as_bytes()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match item {
+                    Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+                    Value::Number(_) | Value::Bool(_) => {
+                        out.extend_from_slice(item.to_string().as_bytes())
+                    }
+                    Value::Null | Value::Array(_) | Value::Object(_) => return None,
+                }
+            }
+        }
+        Value::Null | Value::Object(_) => return None,
+    }
+    // An empty value would read as "present" to some backends and
+    // "absent" to others.
+    if out.is_empty() {
+        return None;
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+}
+
+fn encode_identity(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s {
+        if (0x21..0x7f).contains(&b) && b != b'%' && b != b',' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// Writes `Content-Length` in its one form, a decimal number without
+/// leading zeros: `05` or a list of equal values (`5, 5`, which RFC 9110
+/// §8.6 lets a recipient take as one) would otherwise be passed on for the
+/// next parser to read its own way. hyper has already refused unequal
+/// lists and non-numbers. Costs one byte comparison when there is nothing
+/// to do.
+pub fn normalize_content_length(h: &mut HeaderMap) {
+    let Some(v) = h.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    let b = v.as_bytes();
+    let plain = !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+    if plain && h.get_all(header::CONTENT_LENGTH).iter().count() == 1 {
+        return;
+    }
+    let mut values = h
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("x").split(','))
+        .map(|n| n.trim().parse::<u64>().ok());
+    let first = values.next().flatten();
+    if let Some(n) = first {
+        if values.all(|v| v == Some(n)) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+/// An HTTP/2 client may split `Cookie` into one field per cookie (RFC 9113
+/// §8.2.3); an HTTP/1.1 backend must get them as one line joined by `"; "`
+/// (a backend reading one line would lose the rest).
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in h.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client address as the forwarding headers write it, formatted once
+/// per connection rather than on every request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// `X-Forwarded-For` when there is no chain before us.
+    xff: HeaderValue,
+    /// The `for=` node of `Forwarded` (IPv6 quoted and bracketed).
+    node: Box<str>,
+}
+
+impl ClientAddr {
+    pub fn new(peer: IpAddr) -> Self {
+        let plain = peer.to_string();
+        let node = match peer {
+            IpAddr::V4(_) => plain.clone(),
+            IpAddr::V6(_) => format!("\"[{plain}]\""),
+        };
+        ClientAddr {
+            xff: HeaderValue::from_maybe_shared(bytes::Bytes::from(plain))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            node: node.into(),
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a
+/// trusted proxy, its chain is extended; otherwise ours is the only one
+/// (the client's copies were removed by [`strip_client_claims`]).
+pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &str) {
+    // Room for the four headers at once, instead of growing the map in
+    // steps as they are inserted.
+    h.reserve(4);
+    let xff = match h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.xff.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+        }
+        None => Some(client.xff.clone()),
+    };
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !host.is_empty() && !h.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(X_FORWARDED_HOST, v);
+        }
+    }
+    let prev = h.get(header::FORWARDED).map(|v| v.as_bytes());
+    let mut fwd =
+        Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 20 + client.node.len() + host.len());
+    if let Some(prev) = prev {
+        fwd.extend_from_slice(prev);
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(b"for=");
+    fwd.extend_from_slice(client.node.as_bytes());
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(host.as_bytes());
+        fwd.push(b'"');
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_matches_backend_spellings() {
+        assert!(folds_to("x-auth-subject", "x-auth-subject"));
+        assert!(folds_to("X_Auth_Subject", "x-auth-subject"));
+        assert!(folds_to("x_auth-subject", "x-auth-subject"));
+        assert!(!folds_to("x-auth-subjects", "x-auth-subject"));
+        assert!(!folds_to("x-auth_subjecT2", "x-auth-subject"));
+        assert!(is_forwarding_header("X_Forwarded_For"));
+        assert!(is_forwarding_header("X-Forwarded-Uri"));
+        assert!(is_forwarding_header("x_original_url"));
+        assert!(is_forwarding_header("X-Rewrite-URL"));
+        assert!(is_forwarding_header("True-Client-IP"));
+        assert!(is_forwarding_header("x-envoy-original-path"));
+        assert!(!is_forwarding_header("x-forwar"));
+        assert!(!is_forwarding_header("accept"));
+        assert!(same_field("x_remote_user", "X-Remote-User"));
+        assert!(same_field("x.remote~user", "X-Remote-User"));
+        assert!(is_forwarding_header("X.Forwarded.For"));
+        assert!(is_forwarding_header("X~Real~IP"));
+        assert!(same_field("X-Remote_User", "x_remote-user"));
+        assert!(!same_field("x-remote-users", "x-remote-user"));
+    }
+
+    #[test]
+    fn content_length_has_one_spelling() {
+        let cl = |vals: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append("content-length", v.parse().unwrap());
+            }
+            normalize_content_length(&mut h);
+            h.get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cl(&["05"]), ["5"]);
+        assert_eq!(cl(&["5, 5"]), ["5"]);
+        assert_eq!(cl(&["5", "5"]), ["5"]);
+        assert_eq!(cl(&["0"]), ["0"]);
+        assert_eq!(cl(&["12"]), ["12"]);
+    }
+
+    #[test]
+    fn h2_cookie_fields_become_one_line() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("cookie", "c=3".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn forwarding_family_is_sorted_for_binary_search() {
+        assert!(FORWARDING.windows(2).all(|w| w[0] < w[1]));
+        assert!(FORWARDING.iter().all(|n| n.len() <= FOLD_BUF));
+    }
+
+    #[test]
+    fn identity_values_have_one_reading() {
+        use serde_json::json;
+        let v = |j| identity_value(&j).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(v(json!("alice@example.com")).unwrap(), "alice@example.com");
+        assert_eq!(v(json!(" admin")).unwrap(), "%20admin");
+        assert_eq!(v(json!("Zoë Ng")).unwrap(), "Zo%C3%AB%20Ng");
+        assert_eq!(v(json!("100%")).unwrap(), "100%25");
+        assert_eq!(v(json!(["admin,bob", "x"])).unwrap(), "admin%2Cbob,x");
+        assert_eq!(v(json!(["a", 7, true])).unwrap(), "a,7,true");
+        assert_eq!(v(json!(42)).unwrap(), "42");
+        assert!(v(json!({"a": 1})).is_none());
+        assert!(v(json!("")).is_none());
+        assert!(v(json!([])).is_none());
+        assert!(v(json!(["a", {"b": 1}])).is_none());
+        assert!(v(json!("line\r\nX-Evil: 1"))
+            .unwrap()
+            .starts_with("line%0D%0A"));
+    }
+
+    #[test]
+    fn strips_identity_and_untrusted_forwarding() {
+        let mut h = HeaderMap::new();
+        h.insert("x_auth_subject", "evil".parse().unwrap());
+        h.append("x-auth-subject", "evil2".parse().unwrap());
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        h.insert("x-internal-role", "admin".parse().unwrap());
+        h.insert("x-debug", "1".parse().unwrap());
+        let rules = StripRules::new(["x-auth-subject"], ["x_internal_*", "X-Debug"]);
+        let mut trusted = h.clone();
+        strip_client_claims(&mut h, &rules, true);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+        strip_client_claims(&mut trusted, &rules, false);
+        assert_eq!(
+            trusted.len(),
+            4,
+            "a trusted proxy keeps its forwarding headers"
+        );
+        assert!(!trusted.contains_key("x-auth-subject"));
+        let underscored = StripRules::new(["x_remote_user"], []);
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", "admin".parse().unwrap());
+        strip_client_claims(&mut h, &underscored, false);
+        assert!(h.is_empty(), "configured with _, sent with -");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarding_headers_for_ipv6() {
+        let mut h = HeaderMap::new();
+        set_forwarding(
+            &mut h,
+            &ClientAddr::new("::1".parse().unwrap()),
+            "https",
+            "app.example",
+        );
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"app.example\""
+        );
+    }
+
+    #[test]
+    fn a_trusted_chain_is_extended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        set_forwarding(
+            &mut h,
+            &ClientAddr::new("10.0.0.2".parse().unwrap()),
+            "http",
+            "",
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.2");
+        assert_eq!(h["forwarded"], "for=203.0.113.9, for=10.0.0.2;proto=http");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn hop_by_hop_removal_keeps_an_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade, x-one".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-one", "1".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-one"));
+        let mut plain = HeaderMap::new();
+        plain.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
+    }
+}

@@ -1,0 +1,268 @@
+//! The request path. The policy — what is decided about a request — is
+//! [`Proxy::decide`] in [`policy`]: read it first. This module applies a
+//! decision: forwarding to the backend and back.
+
+mod auth_server;
+pub use gatehouse_core::canonical;
+pub mod headers;
+pub mod policy;
+pub mod reject;
+pub mod routes;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use gatehouse_core::metrics::metrics;
+use gatehouse_core::auth::Verifier;
+use gatehouse_core::config::LoadedConfig;
+use crate::revocation::Revocations;
+pub use policy::{Decision, Outcome};
+use reject::Reject;
+use routes::RouteTable;
+
+pub use gatehouse_core::body::{BoxError, ProxyBody};
+
+/// What the listener knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer's address as the forwarding headers write it.
+    pub client: headers::ClientAddr,
+    pub tls: bool,
+    /// The names the certificate chosen by this connection's SNI serves;
+    /// `None` without SNI or when no certificate names it.
+    pub cert_names: Option<Arc<[String]>>,
+    /// Index of the listener in the config (`listeners[]`).
+    pub listener: usize,
+}
+
+pub struct Proxy {
+    routes: RouteTable,
+    verifier: Verifier,
+    revocations: Option<Arc<Revocations>>,
+    realm: String,
+    /// The route label of requests that matched none.
+    no_route: Arc<str>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Per listener: `Some` where it is an ingress's auth server.
+    auth_servers: Vec<Option<gatehouse_core::config::AuthServerConfig>>,
+}
+
+impl Proxy {
+    /// Builds the request policy from a config; `revocations` is shared
+    /// across reloads (the feed and its state outlive any one config).
+    pub async fn from_config(
+        loaded: &LoadedConfig,
+        revocations: Option<Arc<Revocations>>,
+    ) -> anyhow::Result<Self> {
+        let cfg = &loaded.config;
+        Ok(Proxy {
+            routes: RouteTable::from_config(cfg)?,
+            verifier: Verifier::from_config(loaded).await?,
+            revocations,
+            realm: cfg.auth.realm.clone(),
+            no_route: Arc::from("-"),
+            trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
+            auth_servers: cfg
+                .listeners
+                .iter()
+                .map(|l| l.value.auth_server.clone())
+                .collect(),
+        })
+    }
+
+    /// Entry point from the server: runs the policy, turns a refusal into
+    /// its answer, writes the access log line.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        // Only the path is logged: query strings carry tokens in some apps.
+        // Copied only when the access log is on (no allocation otherwise).
+        let path = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
+        let mut out = Outcome::default();
+        let answered = match self
+            .auth_servers
+            .get(conn.listener)
+            .and_then(Option::as_ref)
+        {
+            Some(a) => self.answer_auth_request(req, conn, a, &mut out).await,
+            None => self.handle_inner(req, conn, &mut out).await,
+        };
+        let resp = match answered {
+            Ok(resp) => resp,
+            Err(reject) => {
+                out.reason = Some(reject.description());
+                out.label = reject.outcome();
+                reject.into_response(&self.realm)
+            }
+        };
+        let elapsed = start.elapsed();
+        metrics().record_request(
+            out.route.as_ref().unwrap_or(&self.no_route),
+            resp.status().as_u16(),
+            out.label,
+            elapsed.as_secs_f64(),
+        );
+        let route = out.route.as_deref().unwrap_or("-");
+        tracing::info!(
+            target: "gatehouse::access",
+            method = %method,
+            path = path.as_deref().unwrap_or(""),
+            route,
+            status = resp.status().as_u16(),
+            latency_us = elapsed.as_micros() as u64,
+            subject = out
+                .identity
+                .as_ref()
+                .and_then(|i| i.subject.as_deref())
+                .unwrap_or("-"),
+            outcome = out.label,
+            reason = out.reason.unwrap_or("-"),
+            peer = %conn.peer.ip(),
+        );
+        resp
+    }
+
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let (parts, body) = req.into_parts();
+        let decision = self.decide(&parts, conn, out).await?;
+        self.forward(decision, parts, body, conn).await
+    }
+
+    /// Applies a decision: the request as the policy judged it, and only
+    /// that, goes to the route's backend; the response comes back re-framed
+    /// for the client.
+    async fn forward(
+        &self,
+        d: Decision<'_>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let route = d.route;
+        let upgrade = d.upgrade;
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let from_h2 = parts.version == Version::HTTP_2;
+        let path: &str = &d.path.forward;
+        let host: &str = &d.host.value;
+
+        let h = &mut parts.headers;
+        // Always, on every route and path: the backend must only ever see
+        // identity and forwarding headers that we set.
+        headers::strip_client_claims(h, &self.routes.strip_rules, !d.trusted_peer);
+        headers::strip_hop_by_hop(h, upgrade);
+        if from_h2 {
+            headers::join_cookies(h);
+        }
+        if !route.forward_authorization {
+            h.remove(header::AUTHORIZATION);
+        }
+        headers::normalize_content_length(h);
+        headers::set_forwarding(
+            h,
+            &conn.client,
+            if conn.tls { "https" } else { "http" },
+            host,
+        );
+        for (name, value) in d.identity_headers() {
+            h.insert(name.clone(), value);
+        }
+
+        let (idx, authority) = route.upstream.choose();
+        let host_value = if route.preserve_host && !host.is_empty() {
+            host
+        } else {
+            authority.as_str()
+        };
+        if let Ok(v) = HeaderValue::from_str(host_value) {
+            h.insert(header::HOST, v);
+        }
+        // Origin-form for the backend. The client's own URI is reused as is
+        // when it already is exactly that (the common HTTP/1.1 case).
+        let reuse = parts.uri.scheme().is_none()
+            && parts.uri.authority().is_none()
+            && parts.uri.path() == path;
+        if !reuse {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            parts.uri = http::Uri::try_from(pq)
+                .map_err(|_| Reject::BadRequest("request target cannot be forwarded"))?;
+        }
+        parts.version = Version::HTTP_11;
+
+        let body = Limited::new(
+            body,
+            usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .boxed();
+        let mut resp = route
+            .upstream
+            .send(idx, Request::from_parts(parts, body))
+            .await?;
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // The backend must switch to a protocol the client offered and the
+        // route allows (RFC 9110 §15.2.2), never to one of its choosing.
+        let switched_to_allowed = resp
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| route.allows_upgrade(v));
+        if switching && !(upgrade && switched_to_allowed) {
+            // A switch nobody asked for (or that the route does not allow)
+            // would turn the connection into a pipe nobody judges.
+            route.upstream.count_error("framing");
+            return Err(Reject::BadGateway);
+        }
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((c, b)) => {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+                }
+            });
+        }
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        Ok(resp)
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The revocation feed's state, when revocation is configured.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
+    }
+
+    fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}

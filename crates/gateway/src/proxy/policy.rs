@@ -1,0 +1,294 @@
+//! The policy: everything the gateway decides about a request, from its
+//! head and the connection alone — no socket, no body. Read
+//! [`Proxy::decide`] first: it is the whole policy, top to bottom, one
+//! step per line. Forwarding ([`super::Proxy`]'s `forward`) only applies
+//! the [`Decision`]; any other way in (an auth-server mode, a login flow)
+//! is another caller of the same `decide`.
+//!
+//! ```text
+//! canonical  = path and host, one reading           400 if ambiguous
+//! route      = routes.find(host, path)               404
+//! framing    = body size, transfer coding            413 / 400
+//! credential = Authorization (bearer)                401
+//! identity   = verify(credential)                    401 invalid_token / 503
+//! revoked?   = revocation set                        401 / 503
+//! authorize  = route.require                         403
+//! ```
+
+use std::sync::Arc;
+
+use http::{header, HeaderName, HeaderValue, Version};
+
+use super::canonical::{self, CanonicalHost, CanonicalPath};
+use super::headers;
+use super::reject::Reject;
+use super::routes::Route;
+use super::{ConnInfo, Proxy};
+use gatehouse_core::metrics::{metrics, IdentityHeaderLabels};
+use gatehouse_core::auth::{self, AuthError, Bearer, Identity};
+use gatehouse_core::config::AuthMode;
+use crate::revocation::feed::Refusal;
+
+/// What the policy decided to let through, and how: everything forwarding
+/// (or an auth-server answer) needs, nothing it would have to re-read from
+/// the request.
+pub struct Decision<'p> {
+    pub route: &'p Route,
+    /// The verified, unrevoked, authorized token's identity; `None` for an
+    /// anonymous request the route allows (auth off, public path, no
+    /// `Authorization` on an `optional` route).
+    pub identity: Option<Arc<Identity>>,
+    /// The path that was judged and that the backend receives.
+    pub path: CanonicalPath<'static>,
+    /// The host that was judged and that the backend receives.
+    pub host: CanonicalHost<'static>,
+    /// The client is a trusted proxy: its forwarding headers are kept and
+    /// extended, not removed.
+    pub trusted_peer: bool,
+    /// An HTTP/1.1 `Upgrade` to a protocol the route allows.
+    pub upgrade: bool,
+}
+
+impl Decision<'_> {
+    /// The identity headers to set, name and value, in route order; a
+    /// claim without an unambiguous header form is left out and counted
+    /// (`gatehouse_identity_headers_withheld_total`).
+    pub fn identity_headers(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> + '_ {
+        let route = self.route;
+        self.identity.iter().flat_map(move |id| {
+            route.identity_headers.iter().filter_map(move |ih| {
+                let claim = id.claim(&ih.claim).filter(|v| !v.is_null())?;
+                match headers::identity_value(claim) {
+                    Some(v) => Some((&ih.header.0, v)),
+                    None => {
+                        tracing::debug!(claim = %ih.claim, "claim has no unambiguous header form; not sent");
+                        metrics()
+                            .identity_headers_withheld
+                            .get_or_create(&IdentityHeaderLabels {
+                                route: route.name.to_string(),
+                                header: ih.header.0.as_str().to_owned(),
+                            })
+                            .inc();
+                        None
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// What the access log line and the request metrics say about a request,
+/// filled in as the policy goes (so a refusal still names its route and
+/// subject).
+pub struct Outcome {
+    pub route: Option<Arc<str>>,
+    /// For the access log's subject.
+    pub identity: Option<Arc<Identity>>,
+    pub reason: Option<&'static str>,
+    /// `allowed`, `public`, or the refusal's label.
+    pub label: &'static str,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            route: None,
+            identity: None,
+            reason: None,
+            label: "allowed",
+        }
+    }
+}
+
+impl Proxy {
+    /// The policy. `head` is the request as the client sent it; `conn`
+    /// what the listener knows of the connection. Returns what to forward,
+    /// or the refusal (a [`Reject`], whose status and RFC 6750 challenge
+    /// are the answer). Reads nothing but its arguments, the route table,
+    /// the verifier (whose only I/O is a rate-limited JWKS refresh for an
+    /// unknown `kid`) and the revocation set.
+    pub async fn decide<'p>(
+        &'p self,
+        head: &http::request::Parts,
+        conn: &ConnInfo,
+        out: &mut Outcome,
+    ) -> Result<Decision<'p>, Reject> {
+        let path = canonical::canonicalize_path(head.uri.path())
+            .map_err(Reject::BadRequest)?
+            .into_owned();
+        let host = canonical_host(head)?;
+        if self.routes.case_insensitive_for(host.name()) {
+            if let Some(why) = canonical::case_fold_hazard(path.matched()) {
+                return Err(Reject::BadRequest(why));
+            }
+        }
+        // A request for a host the connection's certificate does not serve
+        // (SNI says one site, Host another) is not judged by either.
+        if let Some(names) = &conn.cert_names {
+            if !gatehouse_core::tls::host_served(names, host.name()) {
+                return Err(Reject::Misdirected);
+            }
+        }
+        let route = self
+            .routes
+            .find(host.name(), path.matched())
+            .ok_or(Reject::NoRoute)?;
+        out.route = Some(route.name.clone());
+        check_framing(head, route)?;
+
+        let identity = self.authenticate(route, path.matched(), head).await?;
+        if let Some(id) = &identity {
+            out.identity = Some(id.clone());
+            self.check_revoked(id)?;
+            authorize(route, id)?;
+        } else if route.auth != AuthMode::Off {
+            out.label = "public";
+        }
+        Ok(Decision {
+            route,
+            identity,
+            upgrade: is_upgrade_request(head, route),
+            trusted_peer: self.is_trusted_proxy(conn.peer),
+            path,
+            host,
+        })
+    }
+
+    /// `Ok(None)`: forward anonymously (auth off, public path, or no
+    /// `Authorization` header at all on an `optional` route without
+    /// `require`). Any `Authorization` header that is there is judged: a
+    /// broken bearer credential or another scheme is never taken for "no
+    /// credentials" and forwarded.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        path: &str,
+        head: &http::request::Parts,
+    ) -> Result<Option<Arc<Identity>>, Reject> {
+        if route.auth == AuthMode::Off || route.is_public(path) {
+            return Ok(None);
+        }
+        let token = match auth::bearer(&head.headers) {
+            Bearer::Missing if route.auth == AuthMode::Optional && route.require.is_none() => {
+                return Ok(None)
+            }
+            Bearer::Missing | Bearer::OtherScheme => return Err(Reject::MissingToken),
+            Bearer::Malformed => {
+                return Err(Reject::InvalidToken(AuthError::Malformed(
+                    "malformed authorization header",
+                )))
+            }
+            Bearer::Token(t) => t,
+        };
+        let identity = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(Reject::InvalidToken)?;
+        if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
+            return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
+        }
+        Ok(Some(identity))
+    }
+
+    /// A genuine token is not enough: it must not have been revoked.
+    fn check_revoked(&self, id: &Identity) -> Result<(), Reject> {
+        let Some(r) = &self.revocations else {
+            return Ok(());
+        };
+        r.check(id).map_err(|refusal| match refusal {
+            Refusal::Revoked(hit) => Reject::Revoked(hit.description()),
+            Refusal::Unavailable => Reject::RevocationUnavailable,
+        })
+    }
+}
+
+/// A body the route will not take (declared over `max_body_bytes`: 413)
+/// or a transfer coding the gateway does not decode (400: it would reach
+/// the backend under a framing it cannot see, RFC 9112 §6.1).
+fn check_framing(head: &http::request::Parts, route: &Route) -> Result<(), Reject> {
+    let declared_len = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > route.max_body_bytes) {
+        return Err(Reject::BodyTooLarge);
+    }
+    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Reject::BadRequest("unsupported transfer coding"));
+        }
+    }
+    Ok(())
+}
+
+/// Per-route scope and role requirements, after the token is known good.
+fn authorize(route: &Route, id: &Identity) -> Result<(), Reject> {
+    let Some(req) = &route.require else {
+        return Ok(());
+    };
+    let scopes_ok = req.scopes.iter().all(|s| id.has_scope(s));
+    let roles_ok = req.roles.is_empty() || id.has_any_role(&req.roles_claim, &req.roles);
+    if scopes_ok && roles_ok {
+        Ok(())
+    } else {
+        Err(Reject::InsufficientScope(req.scopes.join(" ")))
+    }
+}
+
+/// The host the client asked for, in canonical form: the URI authority
+/// (HTTP/2 `:authority`, or an HTTP/1.1 absolute-form target) wins over
+/// `Host`, as RFC 9112 §3.2.2 says. 400 for a malformed host, several
+/// `Host` lines, an HTTP/1.1 request without one (RFC 9112 §3.2), or an
+/// HTTP/2 request whose `Host` names another host than its `:authority`
+/// (RFC 9113 §8.3.1).
+fn canonical_host(head: &http::request::Parts) -> Result<CanonicalHost<'static>, Reject> {
+    const BAD: Reject = Reject::BadRequest("malformed Host");
+    let mut lines = head.headers.get_all(header::HOST).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(Reject::BadRequest("more than one Host"));
+    }
+    let from_header = match first {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| BAD)?;
+            Some(canonical::canonicalize_host(text).map_err(Reject::BadRequest)?)
+        }
+        None => None,
+    };
+    if let Some(a) = head.uri.authority() {
+        let from_uri = canonical::canonicalize_host(a.as_str()).map_err(Reject::BadRequest)?;
+        if head.version == Version::HTTP_2 {
+            if let Some(h) = &from_header {
+                if h.value != from_uri.value {
+                    return Err(Reject::BadRequest("Host differs from :authority"));
+                }
+            }
+        }
+        return Ok(from_uri.into_owned());
+    }
+    match from_header {
+        Some(h) => Ok(h.into_owned()),
+        None if head.version == Version::HTTP_11 => {
+            Err(Reject::BadRequest("an HTTP/1.1 request needs a Host"))
+        }
+        None => Ok(CanonicalHost::EMPTY),
+    }
+}
+
+/// An HTTP/1.1 `Upgrade` (RFC 9110 §7.8) to protocols the route allows:
+/// WebSocket by default, never `h2c`.
+fn is_upgrade_request(head: &http::request::Parts, route: &Route) -> bool {
+    let h = &head.headers;
+    head.version == Version::HTTP_11
+        && h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && h.get_all(header::UPGRADE)
+            .iter()
+            .all(|v| v.to_str().is_ok_and(|v| route.allows_upgrade(v)))
+}

@@ -1,0 +1,454 @@
+//! A route's backends: round-robin choice, cool-down of backends that
+//! refuse connections, and the per-worker pools of keep-alive HTTP/1.1
+//! connections to them.
+//!
+//! The pool is ours, over hyper's connection API, rather than
+//! hyper-util's legacy `Client`: that client locks one shared pool per
+//! request and spawns a task per HTTP/1 request only to notice when the
+//! connection is free again. Here a connection goes back to its worker's
+//! idle list when the response body has been read to its end, in the task
+//! that read it. Measured with `benches/wrk/quick.sh`: see README
+//! "Performance".
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+use super::reject::Reject;
+use super::ProxyBody;
+use gatehouse_core::metrics::{metrics, BackendErrorLabels};
+use gatehouse_core::config::RouteConfig;
+
+struct Backend {
+    authority: http::uri::Authority,
+    /// Milliseconds on [`now_ms`]'s clock until which the backend is
+    /// skipped; 0 when healthy.
+    down_until: AtomicU64,
+}
+
+thread_local! {
+    /// Which worker runtime this thread serves; picks its connection pool.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Called once on each worker thread, before it serves.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// Pools kept per backend: one per worker, so a pooled backend connection
+/// is always driven by the thread that uses it (and its lock is never
+/// contended).
+const POOLS: usize = 16;
+/// Idle connections kept per backend and worker.
+const MAX_IDLE: usize = 256;
+
+type Sender = SendRequest<ProxyBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Idle connections to one backend, for one worker.
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    /// An idle connection older than this is closed rather than reused.
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// The most recently used idle connection (warmest, least likely to
+    /// have been closed by the backend), dropping expired ones.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(i) = idle.pop() {
+            if now.duration_since(i.since) >= self.idle_timeout {
+                // The newest is too old: so are all the others.
+                idle.clear();
+                return None;
+            }
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Back on top of the stack. The list is ordered by `since` (oldest
+    /// first), so connections left idle past the timeout under the warm
+    /// ones are closed here too, not kept until traffic stops.
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let now = Instant::now();
+            let expired =
+                idle.partition_point(|i| now.duration_since(i.since) >= self.idle_timeout);
+            let excess = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
+            idle.drain(..expired + excess);
+            idle.push(Idle { sender, since: now });
+        }
+    }
+}
+
+pub struct Upstream {
+    route: String,
+    backends: Vec<Backend>,
+    next: AtomicUsize,
+    /// `pools[worker % POOLS][backend]`.
+    pools: Vec<Vec<Arc<Pool>>>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    cooldown: Duration,
+}
+
+/// A cheap monotonic clock in milliseconds, so cool-down state fits in an
+/// atomic.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Why a request did not get a response head from the backend.
+enum SendError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl Upstream {
+    pub fn new(rc: &RouteConfig, route: String) -> Self {
+        Upstream {
+            route,
+            backends: rc
+                .backends
+                .iter()
+                .map(|b| Backend {
+                    authority: b.authority.clone(),
+                    down_until: AtomicU64::new(0),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            pools: (0..POOLS)
+                .map(|_| {
+                    rc.backends
+                        .iter()
+                        .map(|_| {
+                            Arc::new(Pool {
+                                idle: Mutex::default(),
+                                idle_timeout: rc.backend_idle_timeout,
+                            })
+                        })
+                        .collect()
+                })
+                .collect(),
+            timeout: rc.timeout,
+            connect_timeout: rc.connect_timeout,
+            cooldown: rc.backend_cooldown,
+        }
+    }
+
+    /// Round-robin over the backends not cooling down; when all are, the
+    /// next one in turn is tried anyway, so recovery is noticed. Returns
+    /// the backend's index (for [`Upstream::send`]) and its address.
+    pub fn choose(&self) -> (usize, &http::uri::Authority) {
+        let n = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let idx = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.backends[i].down_until.load(Ordering::Relaxed) <= now)
+            .unwrap_or(start % n);
+        (idx, &self.backends[idx].authority)
+    }
+
+    /// Sends the request (origin-form URI, `Host` set) to backend `idx`
+    /// and waits for the response head, mapping failures to 502/504.
+    pub async fn send(
+        &self,
+        idx: usize,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        let Some(backend) = self.backends.get(idx) else {
+            return Err(Reject::BadGateway);
+        };
+        let pool = &self.pools[WORKER.with(|w| w.get()) % POOLS][idx];
+        match tokio::time::timeout(self.timeout, self.exchange(backend, pool, req)).await {
+            Err(_) => {
+                self.count_error("timeout");
+                Err(Reject::GatewayTimeout)
+            }
+            Ok(Ok(mut resp)) => {
+                super::headers::normalize_content_length(resp.headers_mut());
+                if let Some(why) = ambiguous_framing(resp.headers()) {
+                    tracing::warn!(backend = %backend.authority, why, "backend response refused");
+                    self.count_error("framing");
+                    return Err(Reject::BadGateway);
+                }
+                Ok(resp)
+            }
+            Ok(Err(SendError::Connect(e))) => {
+                backend.down_until.store(
+                    now_ms() + self.cooldown.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(backend = %backend.authority, error = %e,
+                    "backend connect failed; cooling it down");
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                self.count_error(if timed_out { "timeout" } else { "connect" });
+                Err(if timed_out {
+                    Reject::GatewayTimeout
+                } else {
+                    Reject::BadGateway
+                })
+            }
+            Ok(Err(SendError::Http(e))) if is_client_body_error(&e) && !is_body_limit(&e) => {
+                // The client's own body was broken (bad chunk framing, cut
+                // short): its fault, answered 400, not a backend error.
+                tracing::debug!(error = %e, "client request body failed");
+                Err(Reject::BadRequest("malformed request body"))
+            }
+            Ok(Err(SendError::Http(e))) => {
+                tracing::warn!(backend = %backend.authority, error = %e, "backend request failed");
+                let (reject, kind) = if is_body_limit(&e) {
+                    (Reject::BodyTooLarge, "body_too_large")
+                } else if chain_has(&e, |io| io.kind() == std::io::ErrorKind::TimedOut) {
+                    (Reject::GatewayTimeout, "timeout")
+                } else {
+                    (Reject::BadGateway, "other")
+                };
+                self.count_error(kind);
+                Err(reject)
+            }
+        }
+    }
+
+    /// One request on a pooled connection, or a new one. A request that a
+    /// pooled connection never started to send (the backend had closed it
+    /// while idle) is retried on a new connection, as hyper-util's client
+    /// does; one that was sent is not (it may not be idempotent).
+    async fn exchange(
+        &self,
+        backend: &Backend,
+        pool: &Arc<Pool>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        loop {
+            let (mut sender, fresh) = match pool.take() {
+                Some(s) => (s, false),
+                None => (self.connect(backend).await?, true),
+            };
+            if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
+                if fresh {
+                    return Err(SendError::Http(e));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, sender, pool)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => req = back,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Wraps the response body so the connection returns to the pool
+    /// once the body has been read to its end (at once when there is
+    /// none). A body dropped before its end takes the connection with it:
+    /// hyper closes a connection whose response was not read through.
+    fn pooled(
+        &self,
+        resp: Response<Incoming>,
+        sender: Sender,
+        pool: &Arc<Pool>,
+    ) -> Response<ProxyBody> {
+        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let (parts, body) = resp.into_parts();
+        let sender = if switching {
+            None
+        } else if body.is_end_stream() {
+            pool.put(sender);
+            None
+        } else {
+            Some(sender)
+        };
+        let body = PooledBody {
+            body,
+            back: sender.map(|s| (s, pool.clone())),
+        };
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<Sender, SendError> {
+        let host = backend.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = backend.authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+            Ok(r) => r.map_err(SendError::Connect)?,
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        // Driven on this worker (a current-thread runtime in `gatehouse
+        // run`), so a connection and its requests share a thread. With
+        // upgrades, so a WebSocket can be handed over on any connection.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body that gives its connection back at its end.
+struct PooledBody {
+    body: Incoming,
+    back: Option<(Sender, Arc<Pool>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // hyper stops polling a body once `is_end_stream` says so: the
+        // last frame of a sized body is its end too.
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.back = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if done {
+            if let Some((sender, pool)) = this.back.take() {
+                pool.put(sender);
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Upstream {
+    /// Counts a backend failure of this route by kind (`connect`,
+    /// `timeout`, `framing`, `other`, ...).
+    pub fn count_error(&self, kind: &'static str) {
+        metrics()
+            .backend_errors
+            .get_or_create(&BackendErrorLabels {
+                route: self.route.clone(),
+                kind,
+            })
+            .inc();
+    }
+}
+
+fn chain_has(
+    e: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&std::io::Error) -> bool,
+) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if pred(io) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Why a backend response's framing cannot be passed on, if it cannot
+/// (RFC 9112 §6.1, §6.3): `Transfer-Encoding` with `Content-Length` (a
+/// sign of smuggling or response splitting; the length the client would be
+/// told is not the body it gets), or a transfer coding other than
+/// `chunked` (the client would get encoded bytes it cannot see framed).
+fn ambiguous_framing(h: &http::HeaderMap) -> Option<&'static str> {
+    let te = h.get(http::header::TRANSFER_ENCODING)?;
+    if h.contains_key(http::header::CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(http::header::TRANSFER_ENCODING).iter().count() > 1
+        || !te.as_bytes().eq_ignore_ascii_case(b"chunked")
+    {
+        return Some("a transfer coding other than chunked");
+    }
+    None
+}
+
+/// Whether hyper failed because the request body we were streaming (the
+/// client's) failed: a user-body error whose cause is the client
+/// connection's own error.
+fn is_client_body_error(e: &hyper::Error) -> bool {
+    if !e.is_user() {
+        return false;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.is::<hyper::Error>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

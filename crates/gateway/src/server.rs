@@ -1,0 +1,508 @@
+//! Listeners: accepting, TLS handshakes, HTTP/1.1 + HTTP/2 connections,
+//! connection limits, idle timeouts and graceful shutdown. No policy here:
+//! every request goes to [`Proxy::handle`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use std::path::PathBuf;
+
+use arc_swap::ArcSwap;
+
+use gatehouse_core::metrics::{metrics, ResultLabel};
+use gatehouse_core::config::{Limits, LoadedConfig};
+use crate::proxy::{ConnInfo, Proxy};
+use crate::revocation::{LocalAuthority, Revocations};
+use gatehouse_core::listener::{accept_limited, http_builder, serve_limited, Activity, Tracked};
+
+/// Everything a new connection or request uses, built from one config and
+/// swapped whole on reload. A request holds its generation to its end, so
+/// in-flight requests finish on the config they started with.
+pub struct Generation {
+    pub proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    /// Per listener, in config order.
+    tls: Vec<Option<(tokio_rustls::TlsAcceptor, Arc<gatehouse_core::tls::CertNames>)>>,
+    pub loaded: LoadedConfig,
+}
+
+impl Generation {
+    async fn build(
+        loaded: LoadedConfig,
+        revocations: Option<Arc<Revocations>>,
+    ) -> anyhow::Result<Generation> {
+        let cfg = &loaded.config;
+        let mut tls = Vec::new();
+        for l in &cfg.listeners {
+            tls.push(match &l.value.tls {
+                Some(t) => {
+                    let (config, names) = gatehouse_core::tls::server_config_with_names(t, &loaded)?;
+                    Some((
+                        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                        Arc::new(names),
+                    ))
+                }
+                None => None,
+            });
+        }
+        Ok(Generation {
+            proxy: Arc::new(Proxy::from_config(&loaded, revocations).await?),
+            builder: http_builder(&cfg.limits),
+            limits: cfg.limits.clone(),
+            tls,
+            loaded,
+        })
+    }
+}
+
+/// A running gateway: its bound addresses, its current generation, and the
+/// handles to reload and stop it.
+pub struct Gateway {
+    addrs: Vec<SocketAddr>,
+    current: Arc<ArcSwap<Generation>>,
+    revocations: Option<Arc<Revocations>>,
+    admin_addr: Option<SocketAddr>,
+    reload_lock: tokio::sync::Mutex<()>,
+    shutdown: watch::Sender<bool>,
+    accept_loops: tokio::sync::Mutex<JoinSet<()>>,
+    conn_slots: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl Gateway {
+    /// Bound addresses, in the order of `listeners` in the config (useful
+    /// with port 0).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file, validates it, builds everything it needs
+    /// (keys, certificates, routes) and only then swaps it in. On any
+    /// error the running config keeps serving and the error says why
+    /// (`file:line: reason` for config problems).
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        metrics()
+            .reloads
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config keeps serving")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let old = self.current.load_full();
+        let loaded = gatehouse_core::config::load(&old.loaded.path).map_err(|e| e.to_string())?;
+        let (o, n) = (&old.loaded.config, &loaded.config);
+        let listeners = |c: &gatehouse_core::config::Config| -> Vec<(SocketAddr, bool)> {
+            c.listeners
+                .iter()
+                .map(|l| (l.value.address, l.value.tls.is_some()))
+                .collect()
+        };
+        if listeners(o) != listeners(n) {
+            return Err("listener addresses or TLS on/off changed; restart to apply".into());
+        }
+        let fingerprint = |c: &gatehouse_core::config::Config| {
+            (
+                c.revocation.as_ref().map(|r| format!("{:?}", r.value)),
+                c.admin.as_ref().map(|a| a.value.listen),
+                c.limits.max_connections,
+            )
+        };
+        if fingerprint(o) != fingerprint(n) {
+            return Err("the revocation or admin section, or limits.max_connections, changed; restart to apply".into());
+        }
+        // An embedded authority verifies logout tokens with the issuers it
+        // started with: a changed issuer would silently not reach it.
+        let embedded = |c: &gatehouse_core::config::Config| {
+            c.revocation
+                .as_ref()
+                .is_some_and(|r| r.value.embedded.is_some())
+        };
+        let issuers = |c: &gatehouse_core::config::Config| {
+            c.issuers
+                .iter()
+                .map(|i| format!("{:?}", i.value))
+                .collect::<Vec<_>>()
+        };
+        if embedded(o) && issuers(o) != issuers(n) {
+            return Err("issuers changed and the embedded authority (revocation.embedded) verifies logout tokens with them; restart to apply".into());
+        }
+        let generation = Generation::build(loaded, self.revocations.clone())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.current.store(Arc::new(generation));
+        Ok(())
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight
+    /// requests, and waits for them up to `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let mut loops = self.accept_loops.lock().await;
+        while loops.join_next().await.is_some() {}
+        let all = self.conn_slots.acquire_many(self.max_connections);
+        match tokio::time::timeout(grace, all).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                open = self.max_connections as usize - self.conn_slots.available_permits(),
+                "shutdown grace period over; closing remaining connections"
+            ),
+        }
+    }
+
+    /// Files whose change should trigger a reload: the config, and the
+    /// certificates, keys and JWKS files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let g = self.current.load();
+        let l = &g.loaded;
+        let mut files = vec![l.path.clone()];
+        for li in &l.config.listeners {
+            for c in li.value.tls.iter().flat_map(|t| t.certificates.iter()) {
+                files.push(l.resolve(&c.value.cert));
+                files.push(l.resolve(&c.value.key));
+            }
+        }
+        for i in &l.config.issuers {
+            if let Some(f) = i.value.jwks.as_ref().and_then(|j| j.file.as_ref()) {
+                files.push(l.resolve(f));
+            }
+        }
+        files
+    }
+}
+
+/// Starts the gateway with its accept loops on the current runtime (tests,
+/// tools). `gatehouse run` uses [`start_on`] with one runtime per core.
+pub async fn start(
+    loaded: &LoadedConfig,
+    local: Option<LocalAuthority>,
+) -> anyhow::Result<Arc<Gateway>> {
+    start_on(loaded, &[tokio::runtime::Handle::current()], local).await
+}
+
+/// One single-threaded runtime per core, each with its own listening
+/// socket (SO_REUSEPORT, the kernel spreads connections) and its own
+/// backend connection pools: a request is accepted, checked, forwarded and
+/// answered on one thread, with no cross-thread wake-ups on the way. The
+/// control plane (feed, key refresh, admin, reload) stays on the caller's
+/// runtime.
+///
+/// `local` is the authority of this process, for `revocation.embedded`
+/// (the `gatehouse` binary starts it; see [`LocalAuthority`]).
+pub async fn start_on(
+    loaded: &LoadedConfig,
+    workers: &[tokio::runtime::Handle],
+    local: Option<LocalAuthority>,
+) -> anyhow::Result<Arc<Gateway>> {
+    let cfg = &loaded.config;
+    let revocations = match &cfg.revocation {
+        Some(r) => Some(Revocations::start(&r.value, loaded, local).await?),
+        None => None,
+    };
+    let generation = Generation::build(loaded.clone(), revocations.clone()).await?;
+    let current = Arc::new(ArcSwap::from_pointee(generation));
+    let max_connections = u32::try_from(cfg.limits.max_connections).unwrap_or(u32::MAX >> 3);
+    let conn_slots = Arc::new(Semaphore::new(max_connections as usize));
+    let (tx, rx) = watch::channel(false);
+    let mut accept_loops = JoinSet::new();
+    let mut addrs = Vec::new();
+    for (index, l) in cfg.listeners.iter().enumerate() {
+        let lc = &l.value;
+        let sockets = bind_reuseport(lc.address, workers.len().max(1))
+            .with_context(|| format!("cannot listen on {}", lc.address))?;
+        let addr = sockets[0].local_addr()?;
+        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = lc.tls.is_some(), workers = sockets.len(), "listening");
+        addrs.push(addr);
+        for (socket, (worker, handle)) in sockets.into_iter().zip(workers.iter().enumerate()) {
+            let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
+            accept_loops.spawn_on(
+                async move {
+                    // Registered with this worker's reactor, on its thread.
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => {
+                            crate::proxy::upstream::set_worker(worker);
+                            accept_loop(listener, index, current, slots, rx).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot use the listening socket"),
+                    }
+                },
+                handle,
+            );
+        }
+    }
+    let admin_addr = match &cfg.admin {
+        Some(a) => Some(crate::admin::start(a.value.listen, current.clone(), rx.clone()).await?),
+        None => None,
+    };
+    Ok(Arc::new(Gateway {
+        addrs,
+        current,
+        revocations,
+        admin_addr,
+        reload_lock: tokio::sync::Mutex::new(()),
+        shutdown: tx,
+        accept_loops: tokio::sync::Mutex::new(accept_loops),
+        conn_slots,
+        max_connections,
+    }))
+}
+
+/// `n` listening sockets on one address (the first one resolves port 0),
+/// with SO_REUSEPORT so each worker accepts on its own.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut bind_to = addr;
+    for _ in 0..n {
+        let s = Socket::new(
+            Domain::for_address(bind_to),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        #[cfg(unix)]
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bind_to.into())?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        if out.is_empty() {
+            bind_to = l.local_addr()?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+
+async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    current: Arc<ArcSwap<Generation>>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while let Some((stream, peer, permit)) = accept_limited(&listener, &slots, &mut shutdown).await
+    {
+        let (current, shutdown) = (current.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let open = metrics().open_connections.clone();
+            open.inc();
+            handle_connection(stream, peer, index, current, shutdown).await;
+            open.dec();
+        });
+    }
+}
+
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: usize,
+    current: Arc<ArcSwap<Generation>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    let tracked = Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    // TLS settings and limits come from the generation current at accept
+    // time: a renewed certificate is served from the next handshake on.
+    let generation = current.load_full();
+    let tls = generation.tls.get(index).cloned().flatten();
+    match tls {
+        None => {
+            let info = ConnInfo {
+                peer,
+                client: crate::proxy::headers::ClientAddr::new(peer.ip()),
+                tls: false,
+                cert_names: None,
+                listener: index,
+            };
+            serve(
+                TokioIo::new(tracked),
+                info,
+                generation,
+                current,
+                activity,
+                shutdown,
+            )
+            .await
+        }
+        Some((acceptor, names)) => {
+            let handshake = tokio::time::timeout(
+                generation.limits.header_read_timeout,
+                acceptor.accept(tracked),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(s)) => {
+                    let cert_names = s.get_ref().1.server_name().and_then(|n| names.for_sni(n));
+                    let info = ConnInfo {
+                        peer,
+                        client: crate::proxy::headers::ClientAddr::new(peer.ip()),
+                        tls: true,
+                        cert_names,
+                        listener: index,
+                    };
+                    serve(
+                        TokioIo::new(s),
+                        info,
+                        generation,
+                        current,
+                        activity,
+                        shutdown,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve<I>(
+    io: TokioIo<I>,
+    info: ConnInfo,
+    generation: Arc<Generation>,
+    current: Arc<ArcSwap<Generation>>,
+    activity: Arc<Activity>,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let info = Arc::new(info);
+    let handler = move |req| {
+        // Each request takes the generation current when it arrives.
+        let proxy = current.load().proxy.clone();
+        let info = info.clone();
+        async move { proxy.handle(req, &info).await }
+    };
+    serve_limited(
+        io,
+        peer,
+        &generation.builder,
+        generation.limits.idle_timeout,
+        activity,
+        shutdown,
+        handler,
+    )
+    .await
+}
+
+
+/// Reloads on SIGHUP and when a watched file changes (debounced), for as
+/// long as the gateway lives.
+pub fn spawn_reloader(gw: &Arc<Gateway>) {
+    let weak = Arc::downgrade(gw);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    #[cfg(unix)]
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if tx.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let watched = gw.watched_files();
+    let watcher = watch_files(&watched, tx);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while let Some(why) = rx.recv().await {
+            // Editors and certbot write several events per change.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            let Some(gw) = weak.upgrade() else { return };
+            tracing::info!(trigger = why, "reloading config");
+            let _ = gw.reload().await;
+        }
+    });
+}
+
+/// Watches the directories of `files` (so atomic renames and symlink
+/// swaps are seen) and reports changes to any of them.
+fn watch_files(
+    files: &[PathBuf],
+    tx: tokio::sync::mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let wanted: Vec<PathBuf> = files.to_vec();
+    let names: std::collections::HashSet<std::ffi::OsString> = wanted
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+            {
+                let _ = tx.try_send("file change");
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch config files; SIGHUP still reloads"))
+    .ok()?;
+    let dirs: std::collections::HashSet<PathBuf> = wanted
+        .iter()
+        .filter_map(|p| {
+            p.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_owned()
+                }
+            })
+        })
+        .collect();
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(watcher)
+}
+
