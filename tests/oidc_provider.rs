@@ -450,6 +450,7 @@ async fn refused_soon(gw: SocketAddr, token: &str) -> String {
     loop {
         let (status, description) = status_of(gw, token).await;
         if status == StatusCode::UNAUTHORIZED {
+            eprintln!("refused {:?} after the logout", start.elapsed());
             return description;
         }
         assert!(
@@ -554,14 +555,20 @@ async fn provider_logout_ends_the_session_when_access_tokens_carry_sid() {
     let laptop_sid = claims_of(&laptop_at)["sid"].clone();
     assert!(laptop_sid.is_string(), "{}", claims_of(&laptop_at));
     assert_ne!(laptop_sid, claims_of(&phone_at)["sid"]);
-    assert_eq!(claims_of(laptop["id_token"].as_str().expect("id_token"))["sid"], laptop_sid);
+    assert_eq!(
+        claims_of(laptop["id_token"].as_str().expect("id_token"))["sid"],
+        laptop_sid
+    );
     for token in [&laptop_at, &phone_at, &service] {
         assert_eq!(t.status(token).await.0, StatusCode::OK);
     }
 
     // She signs out on the laptop; the provider tells the authority.
     let sent = t
-        .logout("alice-laptop", laptop["id_token"].as_str().expect("id_token"))
+        .logout(
+            "alice-laptop",
+            laptop["id_token"].as_str().expect("id_token"),
+        )
         .await;
     assert_eq!(sent["sid"], laptop_sid);
     assert_eq!(refused_soon(t.gateway, &laptop_at).await, "session ended");
@@ -585,7 +592,10 @@ async fn provider_logout_ends_access_when_access_tokens_have_no_sid() {
     }
 
     let sent = t
-        .logout("alice-browser", alice["id_token"].as_str().expect("id_token"))
+        .logout(
+            "alice-browser",
+            alice["id_token"].as_str().expect("id_token"),
+        )
         .await;
     assert_eq!(sent["sub"], "alice");
     // A session logout would end nothing here; by subject it ends her access.
