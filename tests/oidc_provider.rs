@@ -201,9 +201,10 @@ impl Interop {
         crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let backend = Backend::start().await;
-        let mut provider = OidcProvider::start();
+        // Blocking waits for the node process (a worker thread of its own).
+        let mut provider = tokio::task::block_in_place(OidcProvider::start);
         let authority_port = free_port();
-        provider.configure(&json!({
+        let config = json!({
             "resource": RESOURCE,
             "scope": SCOPE,
             "sid_in_access_tokens": sid_in_access_tokens,
@@ -226,7 +227,8 @@ impl Interop {
                     "backchannel_logout_session_required": true,
                 },
             ],
-        }));
+        });
+        tokio::task::block_in_place(|| provider.configure(&config));
 
         // The issuer and key set as the provider's discovery document says.
         let issuer_addr: SocketAddr = provider
