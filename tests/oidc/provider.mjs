@@ -17,8 +17,8 @@
 //        {"resource": "https://api.test", "scope": "api:read",
 //         "sid_in_access_tokens": true,
 //         "clients": [ ...client metadata, e.g. backchannel_logout_uri... ]}
-//      (the back-channel logout URI is only known once the authority is up,
-//      and the authority must know the issuer first)
+//      (after step 1, so the test knows the issuer, with its ephemeral port,
+//      before it picks the authority's address for backchannel_logout_uri)
 //   3. it prints {"message":"ready"} and serves; requests that arrive before
 //      that wait for it
 //   4. it prints every back-channel logout it sends, and every server error:
