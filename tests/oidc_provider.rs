@@ -10,7 +10,6 @@
 //! resource indicator its JWT access tokens (RFC 9068) are for,
 //! `logout_audiences` its client ids, `require_at_jwt`.
 
-mod common;
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -19,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
