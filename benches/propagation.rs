@@ -14,7 +14,6 @@
 //! `cargo bench --bench propagation` (N=1000, W=20000; `PROPAGATION_N`,
 //! `WRITES_N` change them). Needs `redis-server` on PATH.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

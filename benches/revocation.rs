@@ -8,9 +8,9 @@ use std::time::Instant;
 use criterion::Criterion;
 use gatehouse::auth::Identity;
 use gatehouse::revocation::feed::{FeedParser, Parsed};
-use gatehouse_core::clock::now_unix;
 use gatehouse::revocation::model::{Change, Kind, Revocation};
 use gatehouse::revocation::set::RevocationSet;
+use gatehouse_core::clock::now_unix;
 
 const ISS: &str = "https://issuer.test";
 

@@ -126,7 +126,10 @@ fn demo_token(dev: &Path) -> anyhow::Result<(String, String)> {
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", gatehouse_core::ids::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "gatehouse-demo-{}",
+        gatehouse_core::ids::random_id()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

@@ -56,7 +56,9 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     claims.insert("exp".into(), (now + r.ttl.as_secs()).into());
     claims.insert(
         "jti".into(),
-        r.jti.map_or_else(gatehouse_core::ids::random_id, str::to_owned).into(),
+        r.jti
+            .map_or_else(gatehouse_core::ids::random_id, str::to_owned)
+            .into(),
     );
     if let Some(sid) = r.sid {
         claims.insert("sid".into(), sid.into());
@@ -75,4 +77,3 @@ pub fn mint(r: &MintRequest<'_>) -> anyhow::Result<String> {
     header.kid = r.kid.map(str::to_owned);
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
-

@@ -2,7 +2,6 @@
 //! HTTP/2 rapid reset and header floods. The gateway must answer 502/504,
 //! stay healthy, and leak neither connections (file descriptors) nor tasks.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 //! mutations of real inputs (valid tokens, the shipped configs, paths,
 //! feed responses). The long coverage-guided runs are `fuzz/run.sh`.
 
-
 use gatehouse_test_support::*;
 use jsonwebtoken::Algorithm;
 

@@ -1,6 +1,5 @@
 //! The gateway end to end: real TLS, real backends, real tokens.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

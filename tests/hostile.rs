@@ -2,7 +2,6 @@
 //! slow headers. What must hold: nothing unauthenticated reaches the
 //! backend, and the gateway answers or closes instead of hanging.
 
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

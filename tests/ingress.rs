@@ -7,7 +7,6 @@
 //! packaged here: their request shapes are replayed against the auth
 //! listener directly.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,6 @@
 //! backend, never makes the gateway fetch anything, and leaves exactly one
 //! access-log line that does not contain it.
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -10,7 +10,6 @@
 //! resource indicator its JWT access tokens (RFC 9068) are for,
 //! `logout_audiences` its client ids, `require_at_jwt`.
 
-
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;

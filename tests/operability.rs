@@ -2,7 +2,6 @@
 //! renewed on disk, readiness that tells the truth, metrics that count what
 //! happened, and a demo that does what it prints.
 
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,17 +4,16 @@
 //! 502/504 rows are the backend's answers, not the policy's: they are
 //! tested over sockets in `tests/gateway.rs` and `tests/faults.rs`.)
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gatehouse_test_support::*;
 use gatehouse::auth::jwt::install_crypto_and_self_test;
 use gatehouse::proxy::headers::ClientAddr;
 use gatehouse::proxy::reject::Reject;
 use gatehouse::proxy::{ConnInfo, Outcome, Proxy};
 use gatehouse::revocation::model::{Kind, Revocation};
 use gatehouse::revocation::Revocations;
+use gatehouse_test_support::*;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::json;

@@ -1,7 +1,6 @@
 //! The `gatehouse` binary as an operator runs it: separate process, its own
 //! memory, signals, exit codes.
 
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;

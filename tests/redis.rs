@@ -1,7 +1,6 @@
 //! The authority on Redis: a real `redis-server`, two authority replica
 //! processes sharing it, three gateways following both replicas.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 //! real socket to a real gateway in front of a backend that records what it
 //! receives, and asserts both the answer and what the backend saw.
 
-
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;

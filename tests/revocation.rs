@@ -1,7 +1,6 @@
 //! Revocation end to end: a real authority (task or process), real
 //! gateways, real tokens; nothing revoked may get through.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

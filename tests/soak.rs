@@ -5,7 +5,6 @@
 //! answer must be the right one, and the backend's own record must show no
 //! revoked token forwarded after its revocation had propagated.
 
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

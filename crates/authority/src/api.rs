@@ -33,10 +33,10 @@ use tokio::sync::{mpsc, watch};
 use super::backend::{Backend, Pos};
 use super::store::{NewRevocation, PutOutcome};
 use gatehouse_core::auth::{Bearer, Identity, Verifier};
-use gatehouse_core::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
 use gatehouse_core::body::{BoxError, ProxyBody};
 use gatehouse_core::clock::now_unix;
-use gatehouse_core::revocation::{FeedMarker, Kind, Revocation};
+use gatehouse_core::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
+use gatehouse_core::revocation::{covers, keys_of, FeedMarker, Kind, Revocation};
 
 /// Bodies of logout, back-channel logout and session calls: a token or a
 /// logout token is a few KiB. Logout is unauthenticated until its token is
@@ -817,37 +817,20 @@ fn ndjson(body: ProxyBody) -> Resp {
     r
 }
 
+/// Appends one wire line to a response chunk (the contract's writer; a
+/// `Vec` never fails).
 pub(crate) fn push_line(out: &mut Vec<u8>, v: &impl serde::Serialize) {
-    if serde_json::to_writer(&mut *out, v).is_ok() {
-        out.push(b'\n');
-    }
+    let _ = gatehouse_core::revocation::write_line(out, v);
 }
 
 /// Whether the token is already dead by an existing entry.
 async fn already_revoked(s: &Backend, id: &Identity) -> anyhow::Result<bool> {
-    let iss = &*id.iss;
-    if let Some(j) = &id.jti {
-        if s.get_by_key(iss, Kind::Jti, j).await?.is_some() {
-            return Ok(true);
-        }
-    }
-    if let Some(sid) = &id.sid {
-        if s.get_by_key(iss, Kind::Sid, sid).await?.is_some() {
-            return Ok(true);
-        }
-    }
-    let covers = |r: Option<Revocation>| {
-        r.and_then(|r| r.before)
-            .is_some_and(|b| id.issued_at.is_none_or(|iat| iat < b))
-    };
-    if let Some(sub) = &id.subject {
-        if covers(s.get_by_key(iss, Kind::Sub, sub).await?) {
-            return Ok(true);
-        }
-    }
-    if let Some(c) = &id.client {
-        if covers(s.get_by_key(iss, Kind::Client, c).await?) {
-            return Ok(true);
+    for (kind, key) in keys_of(id) {
+        let Some(key) = key else { continue };
+        if let Some(r) = s.get_by_key(&id.iss, kind, key).await? {
+            if covers(kind, r.before, id.issued_at) {
+                return Ok(true);
+            }
         }
     }
     Ok(false)

@@ -20,8 +20,12 @@ local P = ARGV[1]
 local op = ARGV[2]
 local E, B, X, L = P .. 'entries', P .. 'byid', P .. 'expiry', P .. 'log'
 
+-- Filled in from `Kind::has_before` when the script is loaded
+-- (`redis_store.rs`): the kinds whose entries carry a `before` time.
+local KINDS_WITH_BEFORE = { --[[kinds with before]] }
+
 local function has_before(kind)
-  return kind == 'sub' or kind == 'client'
+  return KINDS_WITH_BEFORE[kind] == true
 end
 
 local function id_parts(id)

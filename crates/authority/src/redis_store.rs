@@ -68,6 +68,17 @@ pub fn parse_id(id: &str) -> Option<Pos> {
     Some(Pos(ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// `redis.lua` with the revocation contract's kinds that carry a `before`
+/// time written in, so the script never defines them itself.
+fn script_source() -> String {
+    let kinds: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|k| k.has_before())
+        .map(|k| format!("['{}'] = true", k.as_str()))
+        .collect();
+    include_str!("redis.lua").replace("--[[kinds with before]]", &kinds.join(", "))
+}
+
 fn id_arg(p: Pos) -> String {
     format!("{}-{}", p.0, p.1)
 }
@@ -158,7 +169,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             con,
-            script: Script::new(include_str!("redis.lua")),
+            script: Script::new(&script_source()),
             prefix,
             epoch: std::sync::RwLock::new(epoch),
             wait_replicas: cfg.wait_replicas,
@@ -437,7 +448,10 @@ impl RedisStore {
     /// saw at start.
     pub async fn refresh_epoch(&self) -> anyhow::Result<(String, Pos)> {
         let out = self
-            .run("epoch", &[gatehouse_core::ids::random_id()[..12].to_owned()])
+            .run(
+                "epoch",
+                &[gatehouse_core::ids::random_id()[..12].to_owned()],
+            )
             .await?;
         let (Some(epoch), Some(last)) = (out.first(), out.get(1)) else {
             bail!("Redis store script `epoch`: short answer");

@@ -1409,9 +1409,10 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
             if ih.claim.is_empty() {
                 push(line, "identity header with an empty claim".into());
             }
-            if rc.identity_headers[..i].iter().any(|o| {
-                crate::header_names::same_field(o.header.0.as_str(), ih.header.0.as_str())
-            }) {
+            if rc.identity_headers[..i]
+                .iter()
+                .any(|o| crate::header_names::same_field(o.header.0.as_str(), ih.header.0.as_str()))
+            {
                 push(
                     line,
                     format!(

@@ -18,6 +18,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order per-kind tables are laid out
+    /// ([`Kind::index`]). Adding a kind starts here.
+    pub const ALL: [Kind; 4] = [Kind::Jti, Kind::Sid, Kind::Sub, Kind::Client];
+    /// How many kinds there are: the size of per-kind tables.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// This kind's slot in a per-kind table (`0..Kind::COUNT`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name on the wire, in the API and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Jti => "jti",
@@ -88,6 +100,63 @@ pub enum FeedMarker {
     End { cursor: String },
 }
 
+/// One line of the feed and of the gateway's state file: the wire form
+/// both sides share. Newline-delimited JSON: a [`FeedMarker`] (an object
+/// whose first member is `"type"`) or a [`Change`] (first member `"op"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    Marker(FeedMarker),
+    Change(Change),
+}
+
+/// Appends `v` (a [`FeedMarker`], [`Change`] or [`Revocation`]) as one line
+/// to `out`. The one writer of the wire form (feed responses, the state
+/// file, the stores' change logs).
+///
+/// Errors: those of `out` (a `Vec` never fails).
+pub fn write_line(out: &mut impl std::io::Write, v: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, v)?;
+    out.write_all(b"\n")
+}
+
+/// Reads one line (without its newline) as written by [`write_line`]. The
+/// one reader: markers are told apart by their leading `{"type":`, which
+/// [`write_line`] always writes first.
+///
+/// Errors: anything that is not exactly a marker or a change (a damaged
+/// state-file line, a truncated feed line).
+pub fn read_line(line: &[u8]) -> serde_json::Result<Line> {
+    if line.starts_with(br#"{"type":"#) {
+        serde_json::from_slice(line).map(Line::Marker)
+    } else {
+        serde_json::from_slice(line).map(Line::Change)
+    }
+}
+
+/// The one coverage rule: the keys of a token that an entry may name, in
+/// the order they are looked up (`jti`, `sid`, `sub`, client), for the
+/// token's issuer. Indexed like [`Kind::ALL`].
+pub fn keys_of(id: &crate::auth::Identity) -> [(Kind, Option<&str>); Kind::COUNT] {
+    [
+        (Kind::Jti, id.jti.as_deref()),
+        (Kind::Sid, id.sid.as_deref()),
+        (Kind::Sub, id.subject.as_deref()),
+        (Kind::Client, id.client.as_deref()),
+    ]
+}
+
+/// Whether an entry of `kind` found under one of a token's keys
+/// ([`keys_of`]) covers the token: `jti` and `sid` entries always do; `sub`
+/// and client entries cover tokens issued before their `before` (a token
+/// without `iat` cannot show it was issued after the cut-off, so it is
+/// covered).
+pub fn covers(kind: Kind, before: Option<i64>, issued_at: Option<i64>) -> bool {
+    if !kind.has_before() {
+        return true;
+    }
+    before.is_some_and(|b| issued_at.is_none_or(|iat| iat < b))
+}
+
 /// Where a feed cursor stands, as a gateway compares two of them: the
 /// store's epoch (a new one after the store was wiped or restored) and the
 /// position in its change log (`epoch-seq` for the embedded store,
@@ -152,7 +221,6 @@ pub fn description(kind: Kind, reason: &str) -> &'static str {
         (Kind::Client, _) => "client access revoked",
     }
 }
-
 
 #[cfg(test)]
 mod tests {

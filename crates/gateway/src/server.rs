@@ -18,11 +18,11 @@ use std::path::PathBuf;
 
 use arc_swap::ArcSwap;
 
-use gatehouse_core::metrics::{metrics, ResultLabel};
-use gatehouse_core::config::{Limits, LoadedConfig};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::revocation::{LocalAuthority, Revocations};
+use gatehouse_core::config::{Limits, LoadedConfig};
 use gatehouse_core::listener::{accept_limited, http_builder, serve_limited, Activity, Tracked};
+use gatehouse_core::metrics::{metrics, ResultLabel};
 
 /// Everything a new connection or request uses, built from one config and
 /// swapped whole on reload. A request holds its generation to its end, so
@@ -32,7 +32,12 @@ pub struct Generation {
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     /// Per listener, in config order.
-    tls: Vec<Option<(tokio_rustls::TlsAcceptor, Arc<gatehouse_core::tls::CertNames>)>>,
+    tls: Vec<
+        Option<(
+            tokio_rustls::TlsAcceptor,
+            Arc<gatehouse_core::tls::CertNames>,
+        )>,
+    >,
     pub loaded: LoadedConfig,
 }
 
@@ -46,7 +51,8 @@ impl Generation {
         for l in &cfg.listeners {
             tls.push(match &l.value.tls {
                 Some(t) => {
-                    let (config, names) = gatehouse_core::tls::server_config_with_names(t, &loaded)?;
+                    let (config, names) =
+                        gatehouse_core::tls::server_config_with_names(t, &loaded)?;
                     Some((
                         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
                         Arc::new(names),
@@ -301,7 +307,6 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::T
     Ok(out)
 }
 
-
 async fn accept_loop(
     listener: TcpListener,
     index: usize,
@@ -321,7 +326,6 @@ async fn accept_loop(
         });
     }
 }
-
 
 async fn handle_connection(
     stream: TcpStream,
@@ -421,7 +425,6 @@ async fn serve<I>(
     .await
 }
 
-
 /// Reloads on SIGHUP and when a watched file changes (debounced), for as
 /// long as the gateway lives.
 pub fn spawn_reloader(gw: &Arc<Gateway>) {
@@ -505,4 +508,3 @@ fn watch_files(
     }
     Some(watcher)
 }
-

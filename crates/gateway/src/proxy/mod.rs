@@ -19,10 +19,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use gatehouse_core::metrics::metrics;
+use crate::revocation::Revocations;
 use gatehouse_core::auth::Verifier;
 use gatehouse_core::config::LoadedConfig;
-use crate::revocation::Revocations;
+use gatehouse_core::metrics::metrics;
 pub use policy::{Decision, Outcome};
 use reject::Reject;
 use routes::RouteTable;

@@ -24,10 +24,10 @@ use super::headers;
 use super::reject::Reject;
 use super::routes::Route;
 use super::{ConnInfo, Proxy};
-use gatehouse_core::metrics::{metrics, IdentityHeaderLabels};
+use crate::revocation::feed::Refusal;
 use gatehouse_core::auth::{self, AuthError, Bearer, Identity};
 use gatehouse_core::config::AuthMode;
-use crate::revocation::feed::Refusal;
+use gatehouse_core::metrics::{metrics, IdentityHeaderLabels};
 
 /// What the policy decided to let through, and how: everything forwarding
 /// (or an auth-server answer) needs, nothing it would have to re-read from

@@ -26,8 +26,8 @@ use hyper_util::rt::TokioIo;
 
 use super::reject::Reject;
 use super::ProxyBody;
-use gatehouse_core::metrics::{metrics, BackendErrorLabels};
 use gatehouse_core::config::RouteConfig;
+use gatehouse_core::metrics::{metrics, BackendErrorLabels};
 
 struct Backend {
     authority: http::uri::Authority,

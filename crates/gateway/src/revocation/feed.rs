@@ -12,12 +12,14 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 
-use gatehouse_core::revocation::{cursor_relation, Change, CursorRelation, FeedMarker};
 use super::set::{Counts, Hit, RevocationSet};
 use super::state::StateFile;
 use gatehouse_core::auth::Identity;
 use gatehouse_core::config::{LoadedConfig, NoStatePolicy, RevocationConfig, StalePolicy};
 use gatehouse_core::httpclient::HttpClient;
+use gatehouse_core::revocation::{
+    cursor_relation, read_line, Change, CursorRelation, FeedMarker, Line,
+};
 
 /// Longest a feed line may be; a longer one is a broken or hostile feed.
 const MAX_LINE: usize = 64 * 1024;
@@ -101,10 +103,14 @@ impl Revocations {
             None => {
                 // What logouts can match among the tokens actually seen.
                 if id.sid.is_none() {
-                    gatehouse_core::metrics::metrics().admitted_without_sid.inc();
+                    gatehouse_core::metrics::metrics()
+                        .admitted_without_sid
+                        .inc();
                 }
                 if id.jti.is_none() {
-                    gatehouse_core::metrics::metrics().admitted_without_jti.inc();
+                    gatehouse_core::metrics::metrics()
+                        .admitted_without_jti
+                        .inc();
                 }
                 Ok(())
             }
@@ -188,7 +194,12 @@ impl Revocations {
                 let local = local.context(
                     "revocation.embedded: the authority is started by the gatehouse binary, which hands the gateway its feed",
                 )?;
-                (vec![local.url], Some(local.token), local.client, Some(local.keep_alive))
+                (
+                    vec![local.url],
+                    Some(local.token),
+                    local.client,
+                    Some(local.keep_alive),
+                )
             }
             (None, None) => anyhow::bail!("revocation needs authority or embedded"),
         };
@@ -535,24 +546,26 @@ impl FeedParser {
         if self.end_cursor.is_some() {
             anyhow::bail!("feed continued after its end line");
         }
-        if self.header.is_none() {
-            let m: FeedMarker = serde_json::from_slice(line).context("feed header")?;
-            match m {
-                FeedMarker::Snapshot { .. } => self.fresh = Some(RevocationSet::new()),
-                FeedMarker::Changes { .. } => {}
-                FeedMarker::End { .. } => anyhow::bail!("feed starts with an end line"),
+        let ch = match (read_line(line).context("feed line")?, &self.header) {
+            (Line::Marker(m), None) => {
+                match m {
+                    FeedMarker::Snapshot { .. } => self.fresh = Some(RevocationSet::new()),
+                    FeedMarker::Changes { .. } => {}
+                    FeedMarker::End { .. } => anyhow::bail!("feed starts with an end line"),
+                }
+                self.header = Some(m);
+                return Ok(());
             }
-            self.header = Some(m);
-            return Ok(());
-        }
-        if line.starts_with(br#"{"type":"#) {
-            match serde_json::from_slice(line).context("feed marker")? {
-                FeedMarker::End { cursor } => self.end_cursor = Some(cursor),
-                _ => anyhow::bail!("unexpected marker inside a feed response"),
+            (Line::Change(_), None) => anyhow::bail!("feed response without its header line"),
+            (Line::Marker(FeedMarker::End { cursor }), Some(_)) => {
+                self.end_cursor = Some(cursor);
+                return Ok(());
             }
-            return Ok(());
-        }
-        let ch: Change = serde_json::from_slice(line).context("feed line")?;
+            (Line::Marker(_), Some(_)) => {
+                anyhow::bail!("unexpected marker inside a feed response")
+            }
+            (Line::Change(ch), Some(_)) => ch,
+        };
         match &mut self.fresh {
             Some(set) => set.apply_building(&ch),
             None => self.changes.push(ch),

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use gatehouse_core::clock::now_unix;
-use gatehouse_core::revocation::{Change, Kind, Revocation};
 use gatehouse_core::auth::Identity;
+use gatehouse_core::clock::now_unix;
+use gatehouse_core::revocation::{covers, keys_of, Change, Kind, Revocation};
 
 /// Why a token is refused, compactly: the kind, a reason code and, for
 /// `sub`/`client`, the cut-off time.
@@ -238,17 +238,15 @@ impl Base {
     }
 }
 
-const KINDS: [Kind; 4] = [Kind::Jti, Kind::Sid, Kind::Sub, Kind::Client];
-
 #[derive(Clone)]
 struct PerIssuer {
-    base: [Arc<Base>; 4],
-    delta: [Cache<String, Delta>; 4],
+    base: [Arc<Base>; Kind::COUNT],
+    delta: [Cache<String, Delta>; Kind::COUNT],
     /// Per kind, whether anything was ever put in the change layer: a kind
     /// with nothing there (the common case) costs no cache lookup. Never
     /// reset, so a just-inserted entry is never skipped (moka's own count
     /// lags behind inserts).
-    used: Arc<[AtomicBool; 4]>,
+    used: Arc<[AtomicBool; Kind::COUNT]>,
     /// Changes applied to the change layer since the base was built.
     changes: Arc<AtomicU64>,
 }
@@ -261,14 +259,14 @@ impl PerIssuer {
     fn new() -> Self {
         PerIssuer {
             base: Default::default(),
-            delta: [cache(), cache(), cache(), cache()],
+            delta: std::array::from_fn(|_| cache()),
             used: Arc::new(Default::default()),
             changes: Arc::new(AtomicU64::new(0)),
         }
     }
 
     fn lookup(&self, k: Kind, value: &str) -> Option<Hit> {
-        let i = k as usize;
+        let i = k.index();
         if self.used[i].load(Ordering::Acquire) {
             if let Some(d) = self.delta[i].get(value) {
                 return (!d.deleted).then_some(d.hit);
@@ -280,7 +278,7 @@ impl PerIssuer {
     }
 
     fn put_delta(&self, value: &str, d: Delta) {
-        let i = d.hit.kind as usize;
+        let i = d.hit.kind.index();
         self.used[i].store(true, Ordering::Release);
         self.delta[i].insert(value.to_owned(), d);
         self.changes.fetch_add(1, Ordering::Relaxed);
@@ -335,7 +333,7 @@ impl RevocationSet {
             .by_iss
             .entry(Arc::from(r.issuer.as_str()))
             .or_insert_with(PerIssuer::new);
-        let i = r.kind as usize;
+        let i = r.kind.index();
         let Some(base) = Arc::get_mut(&mut p.base[i]) else {
             // Shared already: the change layer is always right.
             self.apply(change);
@@ -441,26 +439,11 @@ impl RevocationSet {
     /// The first revocation that matches the token, if any.
     pub fn check(&self, id: &Identity) -> Option<Hit> {
         let p = self.by_iss.get(&*id.iss)?;
-        if let Some(h) = id.jti.as_deref().and_then(|j| p.lookup(Kind::Jti, j)) {
-            return Some(h);
-        }
-        if let Some(h) = id.sid.as_deref().and_then(|s| p.lookup(Kind::Sid, s)) {
-            return Some(h);
-        }
-        // A token without `iat` cannot show it was issued after the cut-off.
-        let issued_before = |h: &Hit| id.issued_at.is_none_or(|iat| iat < h.before);
-        if let Some(h) = id
-            .subject
-            .as_deref()
-            .and_then(|s| p.lookup(Kind::Sub, s))
-            .filter(issued_before)
-        {
-            return Some(h);
-        }
-        id.client
-            .as_deref()
-            .and_then(|c| p.lookup(Kind::Client, c))
-            .filter(issued_before)
+        // The contract's coverage rule, key by key (no allocation).
+        keys_of(id).into_iter().find_map(|(kind, key)| {
+            key.and_then(|k| p.lookup(kind, k))
+                .filter(|h| covers(kind, Some(h.before), id.issued_at))
+        })
     }
 
     /// Changes held in the change layers, and entries in the bases.
@@ -489,11 +472,11 @@ impl RevocationSet {
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
         for p in self.by_iss.values() {
-            for (k, n) in KINDS
+            for (k, n) in Kind::ALL
                 .iter()
                 .zip([&mut c.jti, &mut c.sid, &mut c.sub, &mut c.client])
             {
-                let i = *k as usize;
+                let i = k.index();
                 let cache = &p.delta[i];
                 cache.run_pending_tasks();
                 let deleted = cache.iter().filter(|(_, d)| d.deleted).count() as u64;
@@ -510,8 +493,8 @@ impl RevocationSet {
     pub fn for_each(&self, mut f: impl FnMut(Revocation)) {
         let now = now_unix();
         for (iss, p) in &self.by_iss {
-            for kind in KINDS {
-                let i = kind as usize;
+            for kind in Kind::ALL {
+                let i = kind.index();
                 let emit = |f: &mut dyn FnMut(Revocation), value: String, hit: &Hit| {
                     f(Revocation {
                         id: 0,

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use gatehouse_core::revocation::{Change, FeedMarker};
 use super::set::RevocationSet;
+use gatehouse_core::revocation::{read_line, Change, FeedMarker, Line};
 
 /// What [`StateFile::load`] found.
 #[derive(Debug, Default)]
@@ -74,7 +74,8 @@ impl StateFile {
             if line.is_empty() {
                 continue;
             }
-            if let Ok(marker) = serde_json::from_str::<FeedMarker>(&line) {
+            let read = read_line(line.as_bytes());
+            if let Ok(Line::Marker(marker)) = read {
                 match marker {
                     FeedMarker::Snapshot { .. } => {
                         group.clear();
@@ -99,12 +100,12 @@ impl StateFile {
                 }
                 continue;
             }
-            match serde_json::from_str::<Change>(&line) {
-                Ok(ch) if in_snapshot => {
+            match read {
+                Ok(Line::Change(ch)) if in_snapshot => {
                     set.apply_building(&ch);
                     lines += 1;
                 }
-                Ok(ch) if in_group => group.push(ch),
+                Ok(Line::Change(ch)) if in_group => group.push(ch),
                 _ => {
                     tracing::error!(file = %self.path.display(), line = n + 1, "damaged revocation state line skipped; a fresh snapshot will be merged from the authority");
                     damaged_line.get_or_insert(n + 1);
@@ -241,9 +242,7 @@ fn private_options() -> OpenOptions {
 }
 
 fn write_line(w: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *w, v)?;
-    w.write_all(b"\n")?;
-    Ok(())
+    Ok(gatehouse_core::revocation::write_line(w, v)?)
 }
 
 fn tmp_path(p: &Path) -> PathBuf {
