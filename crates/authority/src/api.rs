@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 
-use super::backend::{Backend, Pos};
-use super::store::{NewRevocation, PutOutcome};
+use crate::backend::Backend;
+use crate::records::{push_line, NewRevocation, Pos, PutOutcome};
 use gatehouse_core::auth::{Bearer, Identity, Verifier};
 use gatehouse_core::body::{BoxError, ProxyBody};
 use gatehouse_core::clock::now_unix;
@@ -815,12 +815,6 @@ fn ndjson(body: ProxyBody) -> Resp {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-/// Appends one wire line to a response chunk (the contract's writer; a
-/// `Vec` never fails).
-pub(crate) fn push_line(out: &mut Vec<u8>, v: &impl serde::Serialize) {
-    let _ = gatehouse_core::revocation::write_line(out, v);
 }
 
 /// Whether the token is already dead by an existing entry.

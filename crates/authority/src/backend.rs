@@ -7,14 +7,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::redis_store::{self, RedisStore};
-use super::store::{NewRevocation, PutOutcome, SnapshotItem, Store};
+use super::store::{SnapshotItem, Store};
+pub use crate::records::{NewRevocation, Pos, PutOutcome};
 use gatehouse_core::config::{AuthorityConfig, LoadedConfig};
 use gatehouse_core::revocation::{Change, FeedMarker, Kind, Revocation};
-
-/// A position in the change log: `(0, seq)` for the embedded store,
-/// `(ms, seq)` (the stream entry id) for Redis. Ordered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pos(pub u64, pub u64);
 
 pub enum Backend {
     Embedded(Arc<Store>),
@@ -289,7 +285,7 @@ fn embedded_snapshot(store: &Store, tx: mpsc::Sender<Bytes>) {
         SnapshotItem::Start(seq) => {
             let cursor = store.cursor(seq);
             header_cursor = Some(cursor.clone());
-            super::api::push_line(&mut chunk, &FeedMarker::Snapshot { cursor });
+            crate::records::push_line(&mut chunk, &FeedMarker::Snapshot { cursor });
             true
         }
         SnapshotItem::Entry(stored) => {
@@ -303,7 +299,7 @@ fn embedded_snapshot(store: &Store, tx: mpsc::Sender<Bytes>) {
     });
     match (result, header_cursor) {
         (Ok(()), Some(cursor)) => {
-            super::api::push_line(&mut chunk, &FeedMarker::End { cursor });
+            crate::records::push_line(&mut chunk, &FeedMarker::End { cursor });
             send(&mut chunk);
         }
         (Err(e), _) => tracing::error!(error = %format!("{e:#}"), "snapshot failed"),

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod records;
 pub mod redis_store;
 pub mod store;
 

@@ -20,8 +20,7 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use super::backend::Pos;
-use super::store::{NewRevocation, PutOutcome};
+use crate::records::{push_line, NewRevocation, Pos, PutOutcome};
 use gatehouse_core::config::{LoadedConfig, RedisStoreConfig};
 use gatehouse_core::revocation::{natural_key, Change, Kind, Revocation};
 
@@ -520,7 +519,7 @@ impl RedisStore {
     pub async fn snapshot(&self, tx: mpsc::Sender<Bytes>) -> anyhow::Result<()> {
         let (epoch, pos) = self.refresh_epoch().await?;
         let mut chunk = Vec::with_capacity(80 * 1024);
-        super::api::push_line(
+        push_line(
             &mut chunk,
             &gatehouse_core::revocation::FeedMarker::Snapshot {
                 cursor: cursor(&epoch, pos),
@@ -545,7 +544,7 @@ impl RedisStore {
             }
             scan = next;
         }
-        super::api::push_line(
+        push_line(
             &mut chunk,
             &gatehouse_core::revocation::FeedMarker::End {
                 cursor: cursor(&epoch, pos),

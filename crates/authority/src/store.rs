@@ -12,6 +12,7 @@ use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::records::{NewRevocation, PutOutcome};
 use gatehouse_core::revocation::{natural_key, Change, Kind, Revocation};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -24,28 +25,6 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Back-channel logout token ids seen (`issuer\0jti`), until when.
 const LOGOUT_JTIS: TableDefinition<&str, i64> = TableDefinition::new("logout_jtis");
-
-/// A revocation as asked for, before the store gives it an id.
-#[derive(Debug, Clone)]
-pub struct NewRevocation {
-    pub issuer: String,
-    pub kind: Kind,
-    pub value: String,
-    pub before: Option<i64>,
-    pub reason: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PutOutcome {
-    Created,
-    /// A `sub`/`client` entry whose `before` moved forward.
-    Updated,
-    /// Already revoked (or a `before` that would move back): nothing changed.
-    Unchanged,
-}
 
 /// What [`Store::snapshot_with`] hands out, in order.
 pub enum SnapshotItem<'a> {

@@ -10,6 +10,7 @@
 //! [`revocation::LocalAuthority`].
 
 pub mod admin;
+pub mod generation;
 pub mod proxy;
 pub mod revocation;
 pub mod server;

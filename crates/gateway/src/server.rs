@@ -1,14 +1,13 @@
 //! Listeners: accepting, TLS handshakes, HTTP/1.1 + HTTP/2 connections,
 //! connection limits, idle timeouts and graceful shutdown. No policy here:
-//! every request goes to [`Proxy::handle`].
+//! every request goes to [`crate::proxy::Proxy::handle`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -18,58 +17,12 @@ use std::path::PathBuf;
 
 use arc_swap::ArcSwap;
 
-use crate::proxy::{ConnInfo, Proxy};
+pub use crate::generation::Generation;
+use crate::proxy::ConnInfo;
 use crate::revocation::{LocalAuthority, Revocations};
-use gatehouse_core::config::{Limits, LoadedConfig};
-use gatehouse_core::listener::{accept_limited, http_builder, serve_limited, Activity, Tracked};
+use gatehouse_core::config::LoadedConfig;
+use gatehouse_core::listener::{accept_limited, serve_limited, Activity, Tracked};
 use gatehouse_core::metrics::{metrics, ResultLabel};
-
-/// Everything a new connection or request uses, built from one config and
-/// swapped whole on reload. A request holds its generation to its end, so
-/// in-flight requests finish on the config they started with.
-pub struct Generation {
-    pub proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
-    limits: Limits,
-    /// Per listener, in config order.
-    tls: Vec<
-        Option<(
-            tokio_rustls::TlsAcceptor,
-            Arc<gatehouse_core::tls::CertNames>,
-        )>,
-    >,
-    pub loaded: LoadedConfig,
-}
-
-impl Generation {
-    async fn build(
-        loaded: LoadedConfig,
-        revocations: Option<Arc<Revocations>>,
-    ) -> anyhow::Result<Generation> {
-        let cfg = &loaded.config;
-        let mut tls = Vec::new();
-        for l in &cfg.listeners {
-            tls.push(match &l.value.tls {
-                Some(t) => {
-                    let (config, names) =
-                        gatehouse_core::tls::server_config_with_names(t, &loaded)?;
-                    Some((
-                        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-                        Arc::new(names),
-                    ))
-                }
-                None => None,
-            });
-        }
-        Ok(Generation {
-            proxy: Arc::new(Proxy::from_config(&loaded, revocations).await?),
-            builder: http_builder(&cfg.limits),
-            limits: cfg.limits.clone(),
-            tls,
-            loaded,
-        })
-    }
-}
 
 /// A running gateway: its bound addresses, its current generation, and the
 /// handles to reload and stop it.

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::Generation;
+use crate::generation::Generation;
 use metrics::{metrics, IssuerLabel, KindLabel};
 
 pub async fn start(
