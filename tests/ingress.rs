@@ -154,16 +154,15 @@ async fn gatehouse_trusting(
     tempfile::TempDir,
 ) {
     crypto();
-    write_authority_tokens(dir);
     let auth_path = dir.join("authority.yaml");
+    let rs256 = yaml::Issuer::test()
+        .with("algorithms", "[RS256]")
+        .with("max_token_lifetime", "1h");
     std::fs::write(
         &auth_path,
-        format!(
-            "issuers:\n  - issuer: {ISS}\n    audiences: [{AUD}]\n    algorithms: [RS256]\n    jwks: {{ file: {jwks} }}\n    max_token_lifetime: 1h\n\
-             authority:\n  listen: 127.0.0.1:0\n  path: {store}\n  admin_token: {{ file: admin.token }}\n  feed_token: {{ file: feed.token }}\n",
-            jwks = fixture("jwks.json").display(),
-            store = dir.join("authority.redb").display(),
-        ),
+        yaml::Config::authority(yaml::Authority::redb(dir, 0))
+            .issuers(vec![rs256])
+            .yaml(),
     )
     .expect("write");
     let loaded = gatehouse::config::load_for(&auth_path, gatehouse::config::Mode::Authority)

@@ -190,25 +190,11 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
 async fn readyz_flips_when_the_authority_is_gone_past_max_staleness_and_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    write_authority_tokens(dir.path());
     let port = free_port();
-    let authority_yaml = format!(
-        r#"
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {{ file: {jwks} }}
-authority:
-  listen: 127.0.0.1:{port}
-  path: {store}
-  admin_token: {{ file: admin.token }}
-  feed_token: {{ file: feed.token }}
-logging: {{ format: json }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        store = dir.path().join("a.redb").display()
-    );
+    let store = yaml::Store::Redb(dir.path().join("a.redb"));
+    let authority_yaml = yaml::Config::authority(yaml::Authority::new(dir.path(), port, store))
+        .issuers(vec![yaml::Issuer::test().with("algorithms", "[RS256]")])
+        .yaml();
     let cfg = dir.path().join("authority.yaml");
     std::fs::write(&cfg, authority_yaml).expect("write");
     let mut auth = Proc::start_with("authority", &cfg, "authority listening");

@@ -10,44 +10,23 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 /// An authority replica's config on Redis, with a fixed port (so a
-/// restarted replica comes back on the same address).
-fn replica_yaml(dir: &Path, port: u16, redis: &str, prefix: &str, extra: &str) -> String {
-    write_authority_tokens(dir);
-    format!(
-        r#"
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256, ES256]
-    jwks: {{ file: {jwks} }}
-    max_token_lifetime: 1h
-authority:
-  listen: 127.0.0.1:{port}
-  store:
-    redis:
-      url: {redis}
-      key_prefix: "{prefix}"
-      timeout: 1s
-  admin_token: {{ file: admin.token }}
-  feed_token: {{ file: feed.token }}
-{purge}
-{extra}
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        purge = if extra.contains("purge_interval") {
-            ""
-        } else {
-            "  purge_interval: 1s"
-        },
-    )
+/// restarted replica comes back on the same address); `tune` adds keys.
+fn replica_yaml(dir: &Path, port: u16, redis: &str, prefix: &str, tune: Tune) -> String {
+    let store = yaml::Store::Redis {
+        url: redis.to_owned(),
+        key_prefix: prefix.to_owned(),
+    };
+    yaml::Config::authority(tune(yaml::Authority::new(dir, port, store))).yaml()
 }
 
-fn replica(dir: &Path, name: &str, redis: &str, prefix: &str, extra: &str) -> Proc {
+/// Extra authority keys for a replica.
+type Tune = fn(yaml::Authority) -> yaml::Authority;
+
+fn replica(dir: &Path, name: &str, redis: &str, prefix: &str, tune: Tune) -> Proc {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("dir");
     let cfg = d.join("authority.yaml");
-    std::fs::write(&cfg, replica_yaml(&d, free_port(), redis, prefix, extra)).expect("write");
+    std::fs::write(&cfg, replica_yaml(&d, free_port(), redis, prefix, tune)).expect("write");
     Proc::start_with("authority", &cfg, "authority listening")
 }
 
@@ -65,8 +44,8 @@ async fn two_replicas_three_gateways_failover_and_a_redis_restart_lose_nothing()
     let mut redis = RedisServer::start(&dir.path().join("redis"));
     let backend = Backend::start().await;
     let p = prefix("failover");
-    let mut a = replica(dir.path(), "a", &redis.url(), &p, "");
-    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let mut a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let b = replica(dir.path(), "b", &redis.url(), &p, |a| a);
     // Gateways poll replica A first; revocations go through both.
     let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
     let mut gws = Vec::new();
@@ -220,7 +199,7 @@ async fn a_thousand_concurrent_logins_through_both_replicas_leave_exactly_three_
     let redis = RedisServer::shared(&dir.path().join("redis"));
     let backend = Backend::start().await;
     let p = prefix("sessions");
-    let extra = "  max_sessions_per_subject: 3";
+    let extra: Tune = |a| a.with("max_sessions_per_subject", 3);
     let a = replica(dir.path(), "a", &redis.url(), &p, extra);
     let b = replica(dir.path(), "b", &redis.url(), &p, extra);
     let mut tasks = Vec::new();
@@ -266,8 +245,8 @@ async fn concurrent_subject_revocations_through_both_replicas_keep_the_latest_be
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::shared(&dir.path().join("redis"));
     let p = prefix("before");
-    let a = replica(dir.path(), "a", &redis.url(), &p, "");
-    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let b = replica(dir.path(), "b", &redis.url(), &p, |a| a);
     let now = now() as i64;
     let mut tasks = Vec::new();
     for i in 0..200i64 {
@@ -324,7 +303,7 @@ async fn an_authority_refuses_to_start_on_redis_without_fsync_on_every_write() {
     std::fs::create_dir_all(&d).expect("dir");
     let cfg = d.join("authority.yaml");
     let url = format!("redis://127.0.0.1:{port}");
-    std::fs::write(&cfg, replica_yaml(&d, free_port(), &url, "x:", "")).expect("write");
+    std::fs::write(&cfg, replica_yaml(&d, free_port(), &url, "x:", |a| a)).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["authority", "--config"])
         .arg(&cfg)
@@ -357,8 +336,8 @@ async fn an_emptied_redis_leaves_every_gateway_enforcing_what_it_held() {
     let redis = RedisServer::start(&dir.path().join("redis"));
     let backend = Backend::start().await;
     let p = prefix("flushall");
-    let a = replica(dir.path(), "a", &redis.url(), &p, "");
-    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let b = replica(dir.path(), "b", &redis.url(), &p, |a| a);
     // Both gateways follow replica A; B serves no feed before the wipe.
     let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
     let mut gws = Vec::new();
@@ -446,7 +425,9 @@ async fn revoking_again_after_expiry_creates_the_entry_anew_on_redis() {
     let redis = RedisServer::shared(&dir.path().join("redis"));
     let p = prefix("expired");
     // The purger does not run during the test: the expired entry stays.
-    let a = replica(dir.path(), "a", &redis.url(), &p, "  purge_interval: 1h");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| {
+        a.with("purge_interval", "1h")
+    });
     let n = now() as i64;
     for body in [
         json!({"jti": "short-lived", "expires_at": n + 3}),
@@ -471,8 +452,8 @@ async fn a_logout_token_replayed_to_another_replica_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::shared(&dir.path().join("redis"));
     let p = prefix("replay");
-    let a = replica(dir.path(), "a", &redis.url(), &p, "");
-    let b = replica(dir.path(), "b", &redis.url(), &p, "");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let b = replica(dir.path(), "b", &redis.url(), &p, |a| a);
     let n = now() as i64;
     let claims = json!({"iss": ISS, "aud": AUD, "iat": n, "exp": n + 120, "jti": "lt-shared",
         "sid": "shared-logout", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
@@ -505,7 +486,7 @@ async fn same_second_logins_evict_the_one_that_arrived_first_on_redis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::shared(&dir.path().join("redis"));
     let p = prefix("arrival");
-    let extra = "  max_sessions_per_subject: 3";
+    let extra: Tune = |a| a.with("max_sessions_per_subject", 3);
     let a = replica(dir.path(), "a", &redis.url(), &p, extra);
     let b = replica(dir.path(), "b", &redis.url(), &p, extra);
     let n = now() as i64;

@@ -10,40 +10,14 @@ use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-/// Issuers and an `authority` section; the store lives in `dir`.
-fn authority_yaml(dir: &Path, port: u16, extra: &str) -> String {
-    authority_yaml_with(dir, port, "", extra)
-}
-
-/// With extra keys for the issuer too.
-fn authority_yaml_with(dir: &Path, port: u16, issuer_extra: &str, extra: &str) -> String {
-    write_authority_tokens(dir);
-    format!(
-        r#"
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256, ES256]
-    jwks: {{ file: {jwks} }}
-    max_token_lifetime: 1h
-{issuer_extra}
-authority:
-  listen: 127.0.0.1:{port}
-  path: {store}
-  admin_token: {{ file: admin.token }}
-  feed_token: {{ file: feed.token }}
-{purge}
-{extra}
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        store = dir.join("authority.redb").display(),
-        purge = if extra.contains("purge_interval") {
-            ""
-        } else {
-            "  purge_interval: 1s"
-        },
-    )
+/// A `gatehouse authority` config: the test issuer, a redb store in `dir`,
+/// the test credentials, on `port`; `tune` adds authority keys.
+fn authority_yaml(
+    dir: &Path,
+    port: u16,
+    tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
+) -> String {
+    yaml::Config::authority(tune(yaml::Authority::redb(dir, port))).yaml()
 }
 
 /// `gatehouse authority` as a process on a fixed free port (so a restart
@@ -54,7 +28,7 @@ fn gateway_yaml(backend: SocketAddr, authority: SocketAddr, state: &Path, extra:
 
 fn authority_process(dir: &Path) -> (Proc, std::path::PathBuf) {
     let cfg = dir.join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(dir, free_port(), "")).expect("write");
+    std::fs::write(&cfg, authority_yaml(dir, free_port(), |a| a)).expect("write");
     (
         Proc::start_with("authority", &cfg, "authority listening"),
         cfg,
@@ -62,10 +36,13 @@ fn authority_process(dir: &Path) -> (Proc, std::path::PathBuf) {
 }
 
 /// An authority running in this process.
-async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::AuthorityHandle {
+async fn authority_task(
+    dir: &Path,
+    tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
+) -> gatehouse::authority::AuthorityHandle {
     crypto();
     let path = dir.join("authority.yaml");
-    std::fs::write(&path, authority_yaml(dir, 0, extra)).expect("write");
+    std::fs::write(&path, authority_yaml(dir, 0, tune)).expect("write");
     let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
         .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
     let section = loaded.config.authority.clone().expect("authority section");
@@ -78,7 +55,7 @@ async fn authority_task(dir: &Path, extra: &str) -> gatehouse::authority::Author
 async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -167,7 +144,7 @@ async fn revocation_by_jti_sid_and_subject_is_enforced_within_a_second() {
 async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -256,7 +233,7 @@ async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
 async fn logout_always_answers_revoked_or_already_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -334,7 +311,7 @@ async fn logout_always_answers_revoked_or_already_revoked() {
 async fn backchannel_logout_from_the_identity_provider_ends_the_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -399,7 +376,7 @@ async fn backchannel_logout_from_the_identity_provider_ends_the_session() {
 async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "  max_sessions_per_subject: 2").await;
+    let auth = authority_task(dir.path(), |a| a.with("max_sessions_per_subject", 2)).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -438,7 +415,7 @@ async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
 async fn three_gateways_on_one_authority_all_enforce_a_revocation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let mut gws = Vec::new();
     for i in 0..3 {
         gws.push(
@@ -840,7 +817,7 @@ async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
     let full_disk = Disk::mount(&dir.path().join("full"), "4m");
     let backend = Backend::start().await;
     let cfg = store_disk.0.join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(&store_disk.0, free_port(), "")).expect("write");
+    std::fs::write(&cfg, authority_yaml(&store_disk.0, free_port(), |a| a)).expect("write");
     let auth = Proc::start_with("authority", &cfg, "authority listening");
     let revoke = |jti: &str| {
         let jti = jti.to_owned();
@@ -859,7 +836,7 @@ async fn full_or_read_only_disks_never_acknowledge_what_was_not_kept() {
     // other's fills up once it is running.
     let ro_yaml = gateway_yaml(backend.addr, auth.addr, &ro_disk.0.join("gw.state"), "");
     let ro_auth = ro_disk.0.join("authority.yaml");
-    std::fs::write(&ro_auth, authority_yaml(&ro_disk.0, free_port(), "")).expect("write");
+    std::fs::write(&ro_auth, authority_yaml(&ro_disk.0, free_port(), |a| a)).expect("write");
     ro_disk.read_only();
     // An authority whose store cannot be written refuses to start, and
     // says which file and why.
@@ -1327,7 +1304,7 @@ async fn revoking_again_after_expiry_creates_the_entry_anew() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     // The purger does not run during the test: the expired entry stays.
-    let auth = authority_task(dir.path(), "  purge_interval: 1h").await;
+    let auth = authority_task(dir.path(), |a| a.with("purge_interval", "1h")).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -1375,9 +1352,12 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// `gatehouse authority` as a process with extra `authority:` keys.
-fn authority_process_with(dir: &Path, extra: &str) -> Proc {
+fn authority_process_with(
+    dir: &Path,
+    tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
+) -> Proc {
     let cfg = dir.join("authority.yaml");
-    std::fs::write(&cfg, authority_yaml(dir, free_port(), extra)).expect("write");
+    std::fs::write(&cfg, authority_yaml(dir, free_port(), tune)).expect("write");
     Proc::start_with("authority", &cfg, "authority listening")
 }
 
@@ -1385,7 +1365,9 @@ fn authority_process_with(dir: &Path, extra: &str) -> Proc {
 async fn slow_headers_at_the_authority_are_cut_off_by_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = authority_process_with(dir.path(), "  limits:\n    header_read_timeout: 1s");
+    let auth = authority_process_with(dir.path(), |a| {
+        a.with("limits", "{ header_read_timeout: 1s }")
+    });
     let mut conns = Vec::new();
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(auth.addr)
@@ -1424,7 +1406,7 @@ async fn slow_headers_at_the_authority_are_cut_off_by_the_header_timeout() {
 async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = authority_process_with(dir.path(), "");
+    let auth = authority_process_with(dir.path(), |a| a);
     let pid = auth.pid();
     // Warm up the runtime and allocator with one ordinary call.
     let a = send(
@@ -1550,7 +1532,7 @@ async fn post_logout_token(authority: SocketAddr, token: &str) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_stale_or_mistyped_logout_tokens_are_refused_and_the_reason_logged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = authority_process_with(dir.path(), "  logout_token_max_age: 5m");
+    let auth = authority_process_with(dir.path(), |a| a.with("logout_token_max_age", "5m"));
     let n = now() as i64;
     let good = logout_token(
         logout_claims("lt-replay", n, |c| c["sid"] = json!("s-replay")),
@@ -1624,7 +1606,7 @@ async fn replayed_stale_or_mistyped_logout_tokens_are_refused_and_the_reason_log
 async fn a_subject_logout_never_ends_a_session_started_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let (gw, _gdir) = start_gateway(&gateway_yaml(
         backend.addr,
         auth.addr(),
@@ -1682,7 +1664,11 @@ async fn logout_tokens_use_logout_audiences_and_sessions_without_sid_end_too() {
     let path = dir.path().join("authority.yaml");
     std::fs::write(
         &path,
-        authority_yaml_with(dir.path(), 0, "    logout_audiences: [client-1]", ""),
+        yaml::Config::authority(yaml::Authority::redb(dir.path(), 0))
+            .issuers(vec![yaml::Issuer::test()
+                .with("max_token_lifetime", "1h")
+                .with("logout_audiences", "[client-1]")])
+            .yaml(),
     )
     .expect("write");
     let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
@@ -1803,7 +1789,7 @@ async fn readyz_is_200_from_the_state_file_with_the_authority_down() {
 #[tokio::test]
 async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = authority_task(dir.path(), "").await;
+    let auth = authority_task(dir.path(), |a| a).await;
     let with = |token: &'static str, path: &'static str| {
         send(
             auth.addr(),
@@ -1824,7 +1810,7 @@ async fn the_feed_token_reads_the_feed_only_and_the_admin_token_writes_only() {
 #[tokio::test]
 async fn same_second_logins_evict_the_one_that_arrived_first() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let auth = authority_task(dir.path(), "  max_sessions_per_subject: 3").await;
+    let auth = authority_task(dir.path(), |a| a.with("max_sessions_per_subject", 3)).await;
     let n = now() as i64;
     let mut replaced = Vec::new();
     for sid in ["z1", "z2", "z3", "a4"] {
@@ -1877,44 +1863,26 @@ revocation:
     assert_eq!(status_of(gw.addrs()[0], &token).await.0, StatusCode::OK);
 }
 
-/// A gateway whose revocations come from the authority embedded in its own
-/// process, with `authority_extra` inside `revocation.embedded` and
-/// `issuer_extra` under the one issuer; the authority on `port`.
+/// A gateway with an admin listener whose revocations come from the
+/// authority embedded in its own process (on `port`, without a configured
+/// feed token), for `issuer`.
 fn embedded_yaml(
     dir: &Path,
     backend: SocketAddr,
     port: u16,
-    authority_extra: &str,
-    issuer_extra: &str,
+    tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
+    issuer: yaml::Issuer,
 ) -> String {
-    write_authority_tokens(dir);
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:0
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {{ file: {jwks} }}
-{issuer_extra}
-routes:
-  - backends: [http://{backend}]
-revocation:
-  embedded:
-    listen: 127.0.0.1:{port}
-    path: {store}
-    admin_token: {{ file: {admin} }}
-{authority_extra}
-  state_file: {state}
-"#,
-        jwks = fixture("jwks.json").display(),
-        store = dir.join("a.redb").display(),
-        admin = dir.join("admin.token").display(),
-        state = dir.join("gw.state").display(),
-    )
+    let authority = tune(yaml::Authority::redb(dir, port).without("feed_token"));
+    yaml::Config::gateway()
+        .admin()
+        .issuers(vec![issuer])
+        .route(yaml::Route::to(backend))
+        .revocation(yaml::Revocation::embedded(
+            &authority,
+            &dir.join("gw.state"),
+        ))
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1925,11 +1893,18 @@ async fn an_embedded_authority_on_tls_feeds_its_own_gateway() {
     // A CA-issued certificate for `localhost`, dialled by address: the
     // gateway pins the authority's own certificate instead of a CA.
     let tls = format!(
-        "    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}",
+        "{{ certificates: [{{ cert: {}, key: {} }}] }}",
         fixture("server.crt.pem").display(),
         fixture("server.key.pem").display()
     );
-    let (gw, _gdir) = start_gateway(&embedded_yaml(dir.path(), backend.addr, port, &tls, "")).await;
+    let (gw, _gdir) = start_gateway(&embedded_yaml(
+        dir.path(),
+        backend.addr,
+        port,
+        |a| a.with("tls", tls),
+        yaml::Issuer::test(),
+    ))
+    .await;
     let admin_addr = gw.admin_addr().expect("admin listener");
     let ready = send(
         admin_addr,
@@ -1968,8 +1943,10 @@ async fn session_logouts_that_cannot_match_the_tokens_seen_are_a_readiness_warni
         dir.path(),
         backend.addr,
         free_port(),
-        "",
-        "    name: corp-idp\n    backchannel_logout: session",
+        |a| a,
+        yaml::Issuer::test()
+            .with("name", "corp-idp")
+            .with("backchannel_logout", "session"),
     ))
     .await;
     let admin_addr = gw.admin_addr().expect("admin listener");

@@ -76,15 +76,13 @@ fn gateway_yaml(
 async fn mixed_load_with_revocations_and_reloads_lets_no_revoked_token_through() {
     crypto();
     let dir = tempfile::tempdir().expect("tempdir");
-    write_authority_tokens(dir.path());
     let auth_cfg = dir.path().join("authority.yaml");
+    let store = yaml::Store::Redb(dir.path().join("store.redb"));
     std::fs::write(
         &auth_cfg,
-        format!(
-            "issuers:\n  - {{ issuer: {ISS}, audiences: [{AUD}], algorithms: [RS256], jwks: {{ file: {} }} }}\nauthority: {{ listen: 127.0.0.1:0, path: {}, admin_token: {{ file: admin.token }}, feed_token: {{ file: feed.token }} }}\n",
-            fixture("jwks.json").display(),
-            dir.path().join("store.redb").display()
-        ),
+        yaml::Config::authority(yaml::Authority::new(dir.path(), 0, store))
+            .issuers(vec![yaml::Issuer::test().with("algorithms", "[RS256]")])
+            .yaml(),
     )
     .expect("write");
     let loaded = gatehouse::config::load_for(&auth_cfg, gatehouse::config::Mode::Authority)

@@ -6,6 +6,8 @@
 //! Entry points: [`start_gateway`] (in process) and [`Proc`] (a
 //! `gatehouse` process), [`Backend`] (records what it receives), [`send`].
 
+pub mod yaml;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -814,34 +816,11 @@ pub fn revocation_gateway_yaml(
 ) -> String {
     let token = state.with_file_name("feed.token");
     std::fs::write(&token, FEED).expect("token");
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256, ES256]
-    jwks: {{ file: {jwks} }}
-    leeway: 0s
-routes:
-  - path_prefix: /
-    backends: [http://{backend}]
-revocation:
-  authority:
-    urls: [{urls}]
-    token: {{ file: {token} }}
-  state_file: {state}
-  poll_wait: 2s
-  max_staleness: 4s
-{extra}
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        token = token.display(),
-        state = state.display(),
-        urls = urls.join(", "),
-    )
+    yaml::Config::gateway()
+        .route(yaml::Route::to(backend))
+        .revocation(yaml::Revocation::authority(urls, &token, state))
+        .raw(extra)
+        .yaml()
 }
 
 pub async fn status_of(gw: SocketAddr, token: &str) -> (StatusCode, String) {

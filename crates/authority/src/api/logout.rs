@@ -1,0 +1,257 @@
+//! Ending sessions: `POST /v1/sessions` (a login reported against the
+//! session limit), `POST /v1/logout` (the token itself as credential) and
+//! `POST /backchannel-logout` (OpenID Connect Back-Channel Logout 1.0).
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    #[serde(default)]
+    issuer: Option<String>,
+    sub: String,
+    sid: String,
+    #[serde(default)]
+    started_at: Option<i64>,
+}
+
+/// Whether the token is already dead by an existing entry.
+async fn already_revoked(s: &Backend, id: &Identity) -> anyhow::Result<bool> {
+    for (kind, key) in keys_of(id) {
+        let Some(key) = key else { continue };
+        if let Some(r) = s.get_by_key(&id.iss, kind, key).await? {
+            if covers(kind, r.before, id.issued_at) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
+    kind.has_before()
+        .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
+}
+
+impl Api {
+    pub(super) async fn session(&self, req: Request<Incoming>) -> Resp {
+        let body = match read_body(req, SMALL_BODY).await {
+            Ok(b) => b,
+            Err(r) => return r.into(),
+        };
+        let s: SessionRequest = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => return Refusal::BadRequest(format!("bad JSON: {e}")).into(),
+        };
+        let (issuer, max_lifetime) = match self.issuer_for(s.issuer) {
+            Ok(x) => x,
+            Err(e) => return e.into(),
+        };
+        let Some(limit) = self.max_sessions else {
+            return json_resp(StatusCode::OK, &json!({ "replaced": [] }));
+        };
+        let started = s.started_at.unwrap_or_else(now_unix);
+        let (sub, sid) = (s.sub, s.sid);
+        match self
+            .store
+            .report_session(issuer, sub, sid, started, limit, max_lifetime, now_unix())
+            .await
+        {
+            Ok((revoked, seq)) => {
+                self.advance(seq);
+                let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
+                json_resp(StatusCode::OK, &json!({ "replaced": sids }))
+            }
+            Err(e) => Refusal::Unavailable(e).into(),
+        }
+    }
+
+    /// Logout with the token itself as the credential. A genuine token of a
+    /// configured issuer always gets 200, whether it is live (`revoked`) or
+    /// already expired or revoked (`already_revoked`), so a client can
+    /// always clear a dead session.
+    pub(super) async fn logout(&self, req: Request<Incoming>) -> Resp {
+        let header_token = match gatehouse_core::auth::bearer(req.headers()) {
+            Bearer::Token(t) => Some(t.to_owned()),
+            _ => None,
+        };
+        let token = match header_token {
+            Some(t) => t,
+            None => {
+                let body = match read_body(req, SMALL_BODY).await {
+                    Ok(b) => b,
+                    Err(r) => return r.into(),
+                };
+                match token_from_body(&body, "token") {
+                    Some(t) => t,
+                    None => return Refusal::BadRequest("a token is required".into()).into(),
+                }
+            }
+        };
+        let id = match self.verifier.verify_any_age(&token).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::authority", reason = e.description(), "logout refused");
+                return Refusal::InvalidToken(e.description()).into();
+            }
+        };
+        let now = now_unix();
+        let expired = id.expires_at.is_some_and(|e| e <= now);
+        let max_lifetime = self
+            .issuers
+            .get(&*id.iss)
+            .map_or(86_400, |i| i.max_lifetime);
+        let already = match already_revoked(&self.store, &id).await {
+            Ok(a) => a,
+            Err(e) => return Refusal::Unavailable(e).into(),
+        };
+        let mut news = Vec::new();
+        let entry = |kind, value: &str, expires_at| NewRevocation {
+            issuer: id.iss.to_string(),
+            kind,
+            value: value.to_owned(),
+            before: kind_before(kind, &id),
+            reason: "logout".to_owned(),
+            created_at: now,
+            expires_at,
+        };
+        if let Some(jti) = &id.jti {
+            let exp = id.expires_at.unwrap_or(now + max_lifetime);
+            if exp > now {
+                news.push(entry(Kind::Jti, jti, exp.min(now + max_lifetime)));
+            }
+        }
+        if let Some(sid) = &id.sid {
+            news.push(entry(Kind::Sid, sid, now + max_lifetime));
+        }
+        if id.jti.is_none() && id.sid.is_none() && !expired {
+            // Nothing names this token alone: end every token of the
+            // subject issued up to this one.
+            if let Some(sub) = &id.subject {
+                news.push(entry(
+                    Kind::Sub,
+                    sub,
+                    id.issued_at.unwrap_or(now) + 1 + max_lifetime,
+                ));
+            }
+        }
+        let created = if news.is_empty() {
+            false
+        } else {
+            match self.put(news).await {
+                Ok(results) => results.iter().any(|(_, o)| *o != PutOutcome::Unchanged),
+                Err(e) => return Refusal::Unavailable(e).into(),
+            }
+        };
+        let status = if !expired && !already && created {
+            "revoked"
+        } else {
+            "already_revoked"
+        };
+        json_resp(StatusCode::OK, &json!({ "status": status }))
+    }
+
+    /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
+    /// a session (`sid`) and/or a subject (`sub`). Beyond §2.6's checks: a
+    /// `typ` header, if present, must be `logout+jwt` (§2.4, RFC 8725
+    /// §3.11); `iat` older than `logout_token_max_age` is refused; each
+    /// `jti` is accepted once (remembered until `exp`, or for the max age;
+    /// on Redis, across replicas); a subject is logged out up to the
+    /// token's `iat`, never "now", so a replayed or late token cannot end a
+    /// session that started after the logout. Every refusal is logged with
+    /// its reason (never the token).
+    pub(super) async fn backchannel_logout(&self, req: Request<Incoming>) -> Resp {
+        let refuse = |reason: &str| {
+            tracing::warn!(target: "gatehouse::authority", reason, "back-channel logout refused");
+            Resp::from(Refusal::BadRequest(reason.to_owned()))
+        };
+        let body = match read_body(req, SMALL_BODY).await {
+            Ok(b) => b,
+            Err(r) => {
+                tracing::warn!(target: "gatehouse::authority", reason = "body too large or unreadable", "back-channel logout refused");
+                return r.into();
+            }
+        };
+        let Some(token) = form_field(&body, "logout_token") else {
+            return refuse("logout_token is required");
+        };
+        let verifier = self.logout_verifier.as_ref().unwrap_or(&self.verifier);
+        let id = match verifier.verify_logout_token(&token).await {
+            Ok(id) => id,
+            Err(e) => return refuse(e.description()),
+        };
+        let now = now_unix();
+        // `verify_logout_token` checked the token's kind (typ, events, no
+        // nonce, sid or sub); what is left is the authority's own policy:
+        // one use per jti, and an age limit.
+        let exp = id.expires_at;
+        let problem = if id.jti.is_none() {
+            Some("logout token lacks jti")
+        } else if exp.is_some_and(|e| e + 60 < now) {
+            Some("logout token has expired")
+        } else {
+            match id.issued_at {
+                None => Some("logout token lacks iat"),
+                Some(iat) if iat > now + 60 => Some("logout token issued in the future"),
+                Some(iat) if now - iat > self.logout_max_age => {
+                    Some("logout token is older than logout_token_max_age")
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(p) = problem {
+            return refuse(p);
+        }
+        let (Some(iat), Some(jti)) = (id.issued_at, id.jti.as_deref()) else {
+            return refuse("logout token lacks iat or jti");
+        };
+        let info = self.issuers.get(&*id.iss);
+        let max_lifetime = info.map_or(86_400, |i| i.max_lifetime);
+        let scope = info.map_or(BackchannelScope::Subject, |i| i.backchannel);
+        // Replays are refused for as long as the token could be accepted.
+        let until = exp
+            .unwrap_or(iat + self.logout_max_age)
+            .max(iat + self.logout_max_age)
+            + 60;
+        let replay_key = format!("{}\u{0}{jti}", id.iss);
+        match self
+            .store
+            .remember_logout(replay_key.clone(), until, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return refuse("logout token replayed (jti already used)"),
+            Err(e) => return Refusal::Unavailable(e).into(),
+        }
+        let entry = |kind: Kind, value: &str, before: Option<i64>| NewRevocation {
+            issuer: id.iss.to_string(),
+            kind,
+            value: value.to_owned(),
+            before,
+            reason: "logout".into(),
+            created_at: now,
+            expires_at: before.unwrap_or(now) + max_lifetime,
+        };
+        let mut news = Vec::new();
+        if let Some(sid) = &id.sid {
+            news.push(entry(Kind::Sid, sid, None));
+        }
+        // Tokens issued at or before the logout token: `iat < before`.
+        if let Some(sub) = &id.subject {
+            if id.sid.is_none() || scope == BackchannelScope::Subject {
+                news.push(entry(Kind::Sub, sub, Some(iat + 1)));
+            }
+        }
+        match self.put(news).await {
+            Ok(_) => json_resp(StatusCode::OK, &json!({})),
+            Err(e) => {
+                // Not kept: the identity provider's retry must not be
+                // refused as a replay.
+                if let Err(f) = self.store.forget_logout(replay_key).await {
+                    tracing::error!(error = %format!("{f:#}"), "cannot forget a logout token id");
+                }
+                Refusal::Unavailable(e).into()
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The authority's HTTP API.
+//!
+//! | call | who | what |
+//! |---|---|---|
+//! | `POST /v1/revocations` | admin | one revocation or a batch |
+//! | `GET /v1/revocations/{id}` | admin | one entry |
+//! | `DELETE /v1/revocations/{id}` | admin | un-revoke (audited) |
+//! | `GET /v1/revocations?subject=` | admin | entries for a subject |
+//! | `POST /v1/sessions` | admin (login service) | a new session; enforces the session limit |
+//! | `POST /v1/logout` | the token itself | revoke its `jti`/`sid`; always 200 for a genuine token |
+//! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
+//! | `GET /v1/feed?since=&wait=` | feed token only (never the admin token) | changes since a cursor, or a snapshot |
+//! | `GET /v1/status` | admin | entry count and cursor |
+//! | `GET /healthz` | anyone | liveness: `{"status":"ok"}` only |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+
+mod feed;
+mod logout;
+mod refusal;
+mod revocations;
+
+pub use refusal::Refusal;
+
+use crate::backend::Backend;
+use crate::records::{push_line, NewRevocation, Pos, PutOutcome};
+use gatehouse_core::auth::{Bearer, Identity, Verifier};
+use gatehouse_core::body::{BoxError, ProxyBody};
+use gatehouse_core::clock::now_unix;
+use gatehouse_core::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
+use gatehouse_core::revocation::{covers, keys_of, FeedMarker, Kind, Revocation};
+
+/// Bodies of logout, back-channel logout and session calls: a token or a
+/// logout token is a few KiB. Logout is unauthenticated until its token is
+/// verified, so an unfinished large body must cost nothing.
+const SMALL_BODY: usize = 64 * 1024;
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Changes sent in one incremental response; a client further behind
+/// simply asks again with the new cursor.
+const MAX_CHANGES: usize = 50_000;
+
+struct IssuerInfo {
+    max_lifetime: i64,
+    backchannel: BackchannelScope,
+}
+
+pub struct Api {
+    store: Backend,
+    verifier: Verifier,
+    /// For back-channel logout tokens: each issuer's `logout_audiences`
+    /// instead of its `audiences` (`None`: no issuer sets them).
+    logout_verifier: Option<Verifier>,
+    /// `logout_token_max_age` in seconds.
+    logout_max_age: i64,
+    issuers: HashMap<String, IssuerInfo>,
+    admin_token: Vec<u8>,
+    feed_token: Option<Vec<u8>>,
+    max_sessions: Option<usize>,
+    /// Largest admin batch body (`limits.max_body_bytes`).
+    max_batch_body: usize,
+    /// The newest change-log position known; long-polls wait on it.
+    seq: Arc<watch::Sender<Pos>>,
+}
+
+type Resp = Response<ProxyBody>;
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+impl Api {
+    pub async fn new(
+        cfg: &AuthorityConfig,
+        loaded: &LoadedConfig,
+        internal_feed_token: Option<Vec<u8>>,
+    ) -> anyhow::Result<Api> {
+        let store = Backend::open(cfg, loaded).await?;
+        let seq = Arc::new(watch::channel(Pos::default()).0);
+        store.follow(&seq).await?;
+        let issuers = loaded
+            .config
+            .issuers
+            .iter()
+            .map(|i| {
+                (
+                    i.value.issuer.clone(),
+                    IssuerInfo {
+                        max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
+                        backchannel: i.value.backchannel_logout,
+                    },
+                )
+            })
+            .collect();
+        let logout_verifier = if loaded
+            .config
+            .issuers
+            .iter()
+            .any(|i| !i.value.logout_audiences.is_empty())
+        {
+            let mut l = loaded.clone();
+            for i in &mut l.config.issuers {
+                if !i.value.logout_audiences.is_empty() {
+                    i.value.audiences = i.value.logout_audiences.clone();
+                }
+            }
+            Some(Verifier::from_config(&l).await?)
+        } else {
+            None
+        };
+        Ok(Api {
+            store,
+            verifier: Verifier::from_config(loaded).await?,
+            logout_verifier,
+            logout_max_age: cfg.logout_token_max_age.as_secs() as i64,
+            issuers,
+            admin_token: cfg.admin_token.read(loaded)?,
+            feed_token: match &cfg.feed_token {
+                Some(t) => Some(t.read(loaded)?),
+                None => internal_feed_token,
+            },
+            max_sessions: cfg.max_sessions_per_subject,
+            max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
+            seq,
+        })
+    }
+
+    pub fn store_name(&self, cfg: &AuthorityConfig, loaded: &LoadedConfig) -> String {
+        self.store.describe(cfg, loaded)
+    }
+
+    pub fn spawn_purger(self: Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(api) = weak.upgrade() else { return };
+                match api.store.purge(now_unix()).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(purged = n, "expired revocations forgotten")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "purge failed"),
+                }
+            }
+        });
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let resp = self.route(req, peer, &method, &path).await;
+        tracing::info!(target: "gatehouse::authority", method = %method, path = %path, status = resp.status().as_u16(), peer = %peer.ip());
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+    ) -> Resp {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => self.healthz().await,
+            (&Method::GET, ["v1", "status"]) => match self.authorize(&req, false) {
+                Ok(()) => self.status().await,
+                Err(r) => r.into(),
+            },
+            (&Method::GET, ["v1", "feed"]) => match self.authorize(&req, true) {
+                Ok(()) => self.feed(&req).await,
+                Err(r) => r.into(),
+            },
+            (&Method::POST, ["v1", "logout"]) => self.logout(req).await,
+            (&Method::POST, ["backchannel-logout"]) => self.backchannel_logout(req).await,
+            (_, ["v1", "revocations", ..]) | (_, ["v1", "sessions"]) => {
+                if let Err(r) = self.authorize(&req, false) {
+                    return r.into();
+                }
+                match (method, segments.as_slice()) {
+                    (&Method::POST, ["v1", "revocations"]) => self.create(req).await,
+                    (&Method::GET, ["v1", "revocations"]) => self.list(&req).await,
+                    (&Method::GET, ["v1", "revocations", id]) => self.get(id).await,
+                    (&Method::DELETE, ["v1", "revocations", id]) => self.delete(id, peer).await,
+                    (&Method::POST, ["v1", "sessions"]) => self.session(req).await,
+                    _ => Refusal::MethodNotAllowed.into(),
+                }
+            }
+            _ => Refusal::NotFound("no such endpoint").into(),
+        }
+    }
+
+    /// Admin (or, for the feed, the feed token): compared in constant time.
+    /// No credentials: 401. Wrong credentials: 403.
+    fn authorize(&self, req: &Request<Incoming>, feed: bool) -> Result<(), Refusal> {
+        let presented = match gatehouse_core::auth::bearer(req.headers()) {
+            Bearer::Token(t) => t.as_bytes(),
+            _ => return Err(Refusal::NoCredentials),
+        };
+        let ok = |secret: &[u8]| bool::from(presented.ct_eq(secret));
+        // Each endpoint its own credential: the feed takes only the feed
+        // token (configured, or an embedded authority's internal one) and
+        // the admin API only the admin token. Without a feed token the
+        // feed is closed: a gateway's credential must never write.
+        let allowed = if feed {
+            self.feed_token.as_deref().is_some_and(ok)
+        } else {
+            ok(&self.admin_token)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden)
+        }
+    }
+
+    async fn put(&self, news: Vec<NewRevocation>) -> anyhow::Result<Vec<(Revocation, PutOutcome)>> {
+        let (results, seq) = self.store.put(news).await?;
+        self.advance(seq);
+        Ok(results)
+    }
+
+    fn advance(&self, seq: Pos) {
+        self.seq.send_if_modified(|cur| {
+            let newer = seq > *cur;
+            *cur = (*cur).max(seq);
+            newer
+        });
+    }
+}
+
+/// The whole body, up to `limit` bytes. A declared `Content-Length` over
+/// the limit is refused before anything is read (RFC 9110 §15.5.14, 413);
+/// so is a body that grows past it. Either way hyper then closes the
+/// connection rather than reading the rest.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Refusal::TooLarge);
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(Refusal::TooLarge),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A token in a JSON body `{"token": ...}` or a form body `token=...`.
+fn token_from_body(body: &[u8], name: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return v.get(name).and_then(Value::as_str).map(str::to_owned);
+    }
+    form_field(body, name)
+}
