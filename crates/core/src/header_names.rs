@@ -83,6 +83,7 @@ pub const FOLD_BUF: usize = 32;
 /// the servers that follow it (lighttpd, Apache's mod_cgi, PHP, WSGI)
 /// turn every non-alphanumeric character into `_`, so `X.Auth.Subject`,
 /// `X_Auth_Subject` and `X-Auth-Subject` all become `HTTP_X_AUTH_SUBJECT`.
+#[inline]
 pub fn fold_byte(b: u8) -> u8 {
     if b.is_ascii_alphanumeric() {
         b.to_ascii_lowercase()
@@ -93,6 +94,7 @@ pub fn fold_byte(b: u8) -> u8 {
 
 /// `name` folded ([`fold_byte`]) in `buf`; `None` when longer than the
 /// buffer (then it can only match by prefix).
+#[inline]
 pub fn fold_into<'b>(name: &str, buf: &'b mut [u8; FOLD_BUF]) -> Option<&'b [u8]> {
     let out = buf.get_mut(..name.len())?;
     for (o, b) in out.iter_mut().zip(name.bytes()) {
@@ -102,6 +104,7 @@ pub fn fold_into<'b>(name: &str, buf: &'b mut [u8; FOLD_BUF]) -> Option<&'b [u8]
 }
 
 /// Whether `name` belongs to the forwarding family (see [`FORWARDING`]).
+#[inline]
 pub fn is_forwarding_header(name: &str) -> bool {
     if FORWARDING_PREFIXES.iter().any(|p| folded_prefix(name, p)) {
         return true;
@@ -118,6 +121,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
 /// (`Content-Length`, `Host`, `Authorization`, `Cookie`, ...): never an
 /// identity header, or a claim would set the request's framing or
 /// credentials.
+#[inline]
 pub fn is_message_header(name: &str) -> bool {
     [
         "authorization",
@@ -135,12 +139,14 @@ pub fn is_message_header(name: &str) -> bool {
 }
 
 /// Whether `name` is one of the hop-by-hop headers the gateway removes.
+#[inline]
 pub fn is_hop_by_hop_name(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| same_field(h.as_str(), name)) || same_field(name, "upgrade")
 }
 
 /// Whether `name` starts with `prefix` (lower-case, dashes) as a backend
 /// might read it.
+#[inline]
 pub fn folded_prefix(name: &str, prefix: &str) -> bool {
     name.len() >= prefix.len() && folds_to(&name[..prefix.len()], prefix)
 }
@@ -150,6 +156,7 @@ pub fn folded_prefix(name: &str, prefix: &str) -> bool {
 /// alike (CGI, PHP, WSGI, Django and many others fold `X_Auth_Subject`,
 /// `X.Auth.Subject` and `X-Auth-Subject` into the same variable,
 /// `HTTP_X_AUTH_SUBJECT`).
+#[inline]
 pub fn same_field(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -159,6 +166,7 @@ pub fn same_field(a: &str, b: &str) -> bool {
 
 /// Whether `name` is `canonical` as a backend might read it; `canonical`
 /// is already folded (lower-case, `-` for every other character).
+#[inline]
 pub fn folds_to(name: &str, canonical: &str) -> bool {
     name.len() == canonical.len()
         && name

@@ -86,6 +86,7 @@ pub struct ResultLabel {
 const SHARDS: usize = 16;
 const BUCKETS: usize = 20;
 
+#[inline]
 fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -131,6 +132,7 @@ impl ShardedHistogram {
         }))
     }
 
+    #[inline]
     pub fn observe(&self, seconds: f64) {
         let s = &self.0.shards[shard()];
         s.count.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +195,7 @@ struct CounterShard(AtomicU64);
 pub struct ShardedCounter(Arc<[CounterShard; SHARDS]>);
 
 impl ShardedCounter {
+    #[inline]
     pub fn inc(&self) {
         self.0[shard()].0.fetch_add(1, Ordering::Relaxed);
     }
@@ -423,6 +426,7 @@ impl Metrics {
     }
 
     /// Counts one answered request, without a lock (see [`ShardedCounter`]).
+    #[inline]
     pub fn record_request(
         &self,
         route: &Arc<str>,

@@ -25,6 +25,7 @@ impl Kind {
     pub const COUNT: usize = Self::ALL.len();
 
     /// This kind's slot in a per-kind table (`0..Kind::COUNT`).
+    #[inline]
     pub fn index(self) -> usize {
         self as usize
     }
@@ -41,6 +42,7 @@ impl Kind {
 
     /// Whether entries of this kind carry a `before` time (and a later entry
     /// moves it forward instead of being a duplicate).
+    #[inline]
     pub fn has_before(self) -> bool {
         matches!(self, Kind::Sub | Kind::Client)
     }
@@ -136,6 +138,7 @@ pub fn read_line(line: &[u8]) -> serde_json::Result<Line> {
 /// The one coverage rule: the keys of a token that an entry may name, in
 /// the order they are looked up (`jti`, `sid`, `sub`, client), for the
 /// token's issuer. Indexed like [`Kind::ALL`].
+#[inline]
 pub fn keys_of(id: &crate::auth::Identity) -> [(Kind, Option<&str>); Kind::COUNT] {
     [
         (Kind::Jti, id.jti.as_deref()),
@@ -150,6 +153,7 @@ pub fn keys_of(id: &crate::auth::Identity) -> [(Kind, Option<&str>); Kind::COUNT
 /// and client entries cover tokens issued before their `before` (a token
 /// without `iat` cannot show it was issued after the cut-off, so it is
 /// covered).
+#[inline]
 pub fn covers(kind: Kind, before: Option<i64>, issued_at: Option<i64>) -> bool {
     if !kind.has_before() {
         return true;
