@@ -187,6 +187,12 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         (Err(e), _) => Err(e),
     };
+    // What `run` does next with a valid file: load every TLS key pair,
+    // so a key that does not belong to its certificate is found here too.
+    let result = result.and_then(|what| match tls_problems(path) {
+        Some(e) => Err(e),
+        None => Ok(what),
+    });
     match result {
         Ok(what) => {
             println!("{}: ok ({what})", path.display());
@@ -197,6 +203,42 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads the TLS certificates and keys of every listener and authority
+/// section as `run` would; the first refusal, as a config error on the
+/// section's line.
+fn tls_problems(path: &std::path::Path) -> Option<config::ConfigError> {
+    // Either mode reads the file the same way; the sections are what count.
+    let loaded = config::load(path)
+        .or_else(|_| config::load_for(path, config::Mode::Authority))
+        .ok()?;
+    let c = &loaded.config;
+    let mut sections: Vec<(u64, &config::TlsConfig)> = c
+        .listeners
+        .iter()
+        .filter_map(|l| l.value.tls.as_ref().map(|t| (l.referenced.line(), t)))
+        .collect();
+    if let Some(a) = &c.authority {
+        sections.extend(a.value.tls.as_ref().map(|t| (a.referenced.line(), t)));
+    }
+    if let Some(r) = &c.revocation {
+        let embedded = r.value.embedded.as_ref().and_then(|e| e.tls.as_ref());
+        sections.extend(embedded.map(|t| (r.referenced.line(), t)));
+    }
+    let issues: Vec<config::ConfigIssue> = sections
+        .into_iter()
+        .filter_map(|(line, t)| {
+            crate::tls::server_config(t, &loaded)
+                .err()
+                .map(|e| config::ConfigIssue {
+                    file: path.to_owned(),
+                    line,
+                    reason: format!("{e:#}"),
+                })
+        })
+        .collect();
+    (!issues.is_empty()).then_some(config::ConfigError { issues })
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -63,7 +63,7 @@ pub mod server {
     ) -> anyhow::Result<LocalAuthority> {
         let token = match &e.feed_token {
             Some(t) => t.read(loaded)?,
-            None => gatehouse_core::ids::random_id().into_bytes(),
+            None => gatehouse_core::ids::secret_token()?.into_bytes(),
         };
         let internal = e.feed_token.is_none().then(|| token.clone());
         let handle = gatehouse_authority::start_with(e, loaded, internal)

@@ -67,26 +67,12 @@ async fn faulty_backend() -> SocketAddr {
 }
 
 fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {{ file: {jwks} }}
-routes:
-  - path_prefix: /
-    backends: [http://{backend}]
-    timeout: 1s
-admin:
-  listen: 127.0.0.1:0
-workers: 2
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-    )
+    yaml::Config::gateway()
+        .issuers(vec![yaml::Issuer::test().with("algorithms", "[RS256]")])
+        .route(yaml::Route::to(backend).with("timeout", "1s"))
+        .admin()
+        .raw("workers: 2")
+        .yaml()
 }
 
 /// The address a process logged with `message`.

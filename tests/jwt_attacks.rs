@@ -13,24 +13,12 @@ use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256, ES256]
-    jwks: {{ file: {jwks} }}
-    leeway: 0s
-    max_token_lifetime: 1h
-routes:
-  - path_prefix: /
-    backends: [http://{backend}]
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-    )
+    yaml::Config::gateway()
+        .issuers(vec![yaml::Issuer::test()
+            .with("leeway", "0s")
+            .with("max_token_lifetime", "1h")])
+        .route(yaml::Route::to(backend))
+        .yaml()
 }
 
 /// `b64(header).b64(payload).signature` over exactly these bytes, so only
@@ -63,6 +51,12 @@ fn with_header(extra: Value) -> Vec<u8> {
 fn payload_with(k: &str, v: Value) -> Vec<u8> {
     let mut c = claims("victim");
     c.insert(k.into(), v);
+    Value::Object(c).to_string().into_bytes()
+}
+
+fn payload_without(k: &str) -> Vec<u8> {
+    let mut c = claims("victim");
+    c.remove(k);
     Value::Object(c).to_string().into_bytes()
 }
 
@@ -210,6 +204,10 @@ async fn rfc8725_attack_suite() {
         ("exp huge", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(1e20)))),
         ("exp past u64", rs(&rs_header().to_string().into_bytes(), br#"{"iss":"https://issuer.test","aud":"app","sub":"victim","exp":184467440737095516160}"#)),
         ("exp beyond max_token_lifetime", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n + 30 * 86_400)))),
+        // Issued 2 h ago, expiring in 10 min: 2 h 10 min in all, over the 1 h
+        // maximum; revoked now, it would pass once its entry expired.
+        ("whole lifetime exp - iat beyond max_token_lifetime", rs(&rs_header().to_string().into_bytes(), &payload_with("iat", json!(n - 7200)))),
+        ("iat missing (RFC 9068 §2.2)", rs(&rs_header().to_string().into_bytes(), &payload_without("iat"))),
         ("exp null", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", Value::Null))),
         ("nbf string", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(n.to_string())))),
         ("nbf fractional, negative", rs(&rs_header().to_string().into_bytes(), &payload_with("nbf", json!(-0.5)))),
@@ -300,7 +298,7 @@ async fn rfc8725_attack_suite() {
             ),
         ),
         (
-            "iat fractional, half a second ago (rounded up: now)",
+            "iat fractional, half a second ago (rounded down)",
             rs(
                 &rs_header().to_string().into_bytes(),
                 &payload_with("iat", json!(n as f64 - 0.5)),

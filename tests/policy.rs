@@ -19,45 +19,40 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 fn yaml() -> String {
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-issuers:
-  - name: test
-    issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {jwks}
-    leeway: 0s
-  - name: down
-    issuer: https://down.test
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {{ url: "http://127.0.0.1:1/jwks" }}
-    unknown_kid_when_keys_unavailable: unavailable
-routes:
-  - name: app
-    hosts: [app.test]
-    path_prefix: /
-    backends: [http://127.0.0.1:9]
-    public_paths: [/public/]
-    max_body_bytes: 1000
-    identity_headers:
-      - {{ claim: sub, header: X-Auth-Subject }}
-  - name: reports
-    hosts: [app.test]
-    path_prefix: /reports
-    backends: [http://127.0.0.1:9]
-    require: {{ scopes: [reports.read] }}
-  - name: guest
-    hosts: [app.test]
-    path_prefix: /guest
-    backends: [http://127.0.0.1:9]
-    auth: optional
-"#,
-        jwks = jwks_file(),
-    )
+    // Routes to a backend that is never called: the policy only decides.
+    let never: SocketAddr = ([127, 0, 0, 1], 9).into();
+    let on_app = |name: &str, prefix: &str| {
+        yaml::Route::to(never)
+            .with("name", name)
+            .with("hosts", "[app.test]")
+            .with("path_prefix", prefix)
+    };
+    yaml::Config::gateway()
+        .issuers(vec![
+            yaml::Issuer::test()
+                .with("name", "test")
+                .with("algorithms", "[RS256]")
+                .with("jwks", jwks_file())
+                .with("leeway", "0s"),
+            yaml::Issuer::test()
+                .with("name", "down")
+                .with("issuer", "https://down.test")
+                .with("algorithms", "[RS256]")
+                .with("jwks", r#"{ url: "http://127.0.0.1:1/jwks" }"#)
+                .with("unknown_kid_when_keys_unavailable", "unavailable"),
+        ])
+        .route(
+            on_app("app", "/")
+                .with("public_paths", "[/public/]")
+                .with("max_body_bytes", 1000)
+                .with(
+                    "identity_headers",
+                    "[{ claim: sub, header: X-Auth-Subject }]",
+                ),
+        )
+        .route(on_app("reports", "/reports").with("require", "{ scopes: [reports.read] }"))
+        .route(on_app("guest", "/guest").with("auth", "optional"))
+        .yaml()
 }
 
 async fn proxy(revocations: Option<Arc<Revocations>>) -> (Proxy, tempfile::TempDir) {

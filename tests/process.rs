@@ -286,6 +286,7 @@ fn check(yaml: &str) -> (bool, String, String) {
     std::fs::write(&path, yaml).expect("write");
     std::fs::write(dir.path().join("admin.token"), "t0123456789abcdef").expect("token");
     std::fs::write(dir.path().join("feed.token"), "f0123456789abcdef").expect("token");
+    std::fs::write(dir.path().join("short.token"), "short").expect("token");
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["check", "--config"])
         .arg(&path)
@@ -366,4 +367,23 @@ fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
         err.contains("feed_token must differ from admin_token"),
         "{err}"
     );
+    // A guessable credential, and a key that is not its certificate's:
+    // `check` finds what `run` would refuse.
+    let (ok, err, _) = check(
+        &authority("rediss://redis.internal:6380").replace("file: feed.token", "file: short.token"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("feed_token must be at least 16 bytes"),
+        "{err}"
+    );
+    let mismatched = format!(
+        "{}  tls:\n    certificates:\n      - {{ cert: {}, key: {} }}\n",
+        authority("rediss://redis.internal:6380"),
+        fixture("server.crt.pem").display(),
+        fixture("other.key.pem").display()
+    );
+    let (ok, err, _) = check(&mismatched);
+    assert!(!ok, "a key of another certificate passed check");
+    assert!(err.contains("does not belong to certificate"), "{err}");
 }

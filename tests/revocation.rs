@@ -1987,3 +1987,55 @@ async fn session_logouts_that_cannot_match_the_tokens_seen_are_a_readiness_warni
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_revocation_covers_a_token_issued_earlier_in_the_same_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let auth = authority_task(dir.path(), |a| a).await;
+    let (gw, _gdir) = start_gateway(&gateway_yaml(
+        backend.addr,
+        auth.addr(),
+        &dir.path().join("gw.state"),
+        "",
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let before = now() as i64;
+    // Issued half a second before the cut-off: `iat` 1234.5 < `before` 1235.
+    let early = token_with(|c| {
+        c.insert("sub".into(), json!("fraction"));
+        c.insert("iat".into(), json!(before as f64 - 0.5));
+    });
+    assert_eq!(status_of(gw, &early).await.0, StatusCode::OK);
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"sub": "fraction", "before": before})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    refused_within_a_second(gw, &early).await;
+}
+
+#[tokio::test]
+async fn a_logout_of_a_token_that_names_nothing_revocable_is_refused_not_called_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_task(dir.path(), |a| a).await;
+    let anonymous = token_with(|c| {
+        c.remove("sub");
+        c.remove("jti");
+        c.remove("sid");
+        c.insert("azp".into(), json!("some-client"));
+    });
+    let r = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/logout", Some(&anonymous), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("nothing names it"), "{}", r.text());
+}

@@ -95,6 +95,14 @@ impl Api {
                 return Refusal::InvalidToken(e.description()).into();
             }
         };
+        if id.jti.is_none() && id.sid.is_none() && id.subject.is_none() {
+            // Nothing names this token alone or its holder: answering
+            // "already_revoked" would tell the client a live token is dead.
+            return Refusal::BadRequest(
+                "the token carries no jti, sid or sub: nothing names it to revoke".into(),
+            )
+            .into();
+        }
         let now = now_unix();
         let expired = id.expires_at.is_some_and(|e| e <= now);
         let max_lifetime = self

@@ -38,7 +38,7 @@ impl Refusal {
             Refusal::NoCredentials => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_request",
-                "admin token required".into(),
+                "a bearer token is required".into(),
             ),
             Refusal::Forbidden => (
                 StatusCode::FORBIDDEN,

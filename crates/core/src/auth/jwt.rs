@@ -514,13 +514,24 @@ impl Verifier {
             if exp.saturating_add(leeway) <= now {
                 return Err(AuthError::Expired);
             }
+            // RFC 9068 §2.2: `iat` is required. Without it a token cannot
+            // be placed before or after a revocation cut-off, nor its whole
+            // lifetime bounded (below).
+            let Some(iat) = id.issued_at else {
+                return Err(AuthError::Claim("token lacks a required claim"));
+            };
             // Issued in the future: it would dodge every `sub`/`client`
             // revocation (`iat < before`) made until then.
-            if id
-                .issued_at
-                .is_some_and(|iat| iat > now.saturating_add(leeway))
-            {
+            if iat > now.saturating_add(leeway) {
                 return Err(AuthError::Claim("token is issued in the future"));
+            }
+            // A whole lifetime (`exp - iat`) over the maximum: revoked
+            // early, it would pass again once its entry, which lives by
+            // that maximum, had expired.
+            if exp.saturating_sub(iat) > iv.max_lifetime.saturating_add(leeway) {
+                return Err(AuthError::Claim(
+                    "token lifetime exceeds the issuer's maximum",
+                ));
             }
             // Longer-lived than the issuer's maximum: it would outlive the
             // revocation entries made for it, which expire by that maximum.

@@ -103,7 +103,8 @@ pub struct Identity {
     pub subject: Option<String>,
     pub jti: Option<String>,
     pub sid: Option<String>,
-    /// `iat` in Unix seconds, rounded up when fractional.
+    /// `iat` in Unix seconds, rounded down when fractional: a revocation
+    /// cut-off (`iat < before`) then covers every token issued before it.
     pub issued_at: Option<i64>,
     /// `nbf` in Unix seconds, rounded up when fractional.
     pub not_before: Option<i64>,
@@ -138,10 +139,12 @@ impl Identity {
                 .map(Some)
                 .ok_or(AuthError::Claim("token has a malformed time claim")),
         };
-        // Conservative rounding: a token never lives longer, nor starts or
-        // counts as issued earlier, than it says.
+        // Conservative rounding: a token never lives longer, nor starts
+        // earlier, than it says; and it never counts as issued later than
+        // it says, which would let it slip past a revocation cut-off in the
+        // same second.
         let not_before = time("nbf", Round::Up)?;
-        let issued_at = time("iat", Round::Up)?;
+        let issued_at = time("iat", Round::Down)?;
         let expires_at = time("exp", Round::Down)?;
         Ok(Identity {
             issuer,

@@ -258,6 +258,14 @@ fn check_authority(c: &mut Check<'_>, a: &AuthorityConfig, line: u64) {
     for s in std::iter::once(&a.admin_token).chain(a.feed_token.iter()) {
         c.secret(line, s, "");
     }
+    // A credential guessed is a credential given: at least 16 bytes each.
+    for (s, what) in std::iter::once((&a.admin_token, "admin_token"))
+        .chain(a.feed_token.iter().map(|f| (f, "feed_token")))
+    {
+        if s.read(loaded).is_ok_and(|b| b.len() < 16) {
+            c.push(line, format!("authority.{what} must be at least 16 bytes"));
+        }
+    }
     if let (Ok(admin), Some(Ok(feed))) = (
         a.admin_token.read(loaded),
         a.feed_token.as_ref().map(|f| f.read(loaded)),
