@@ -411,20 +411,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a freshly verified token of `issuer` (the configured name)
-    /// that lacks a `sid` and/or a `jti`; off the cached path.
-    pub fn count_unnamed_token(&self, issuer: &str, without_sid: bool, without_jti: bool) {
-        let label = || IssuerLabel {
-            issuer: issuer.to_owned(),
-        };
-        if without_sid {
-            self.verified_without_sid.get_or_create(&label()).inc();
-        }
-        if without_jti {
-            self.verified_without_jti.get_or_create(&label()).inc();
-        }
-    }
-
     /// Counts one answered request, without a lock (see [`ShardedCounter`]).
     #[inline]
     pub fn record_request(

@@ -48,6 +48,10 @@ struct IssuerVerifier {
     /// `issuers[].max_token_lifetime` in seconds: revocation entries live
     /// this long, so a token living longer would outlive its revocation.
     max_lifetime: i64,
+    /// This issuer's counts of verified tokens without `sid` / `jti`,
+    /// looked up once here so a verification only increments them.
+    without_sid: prometheus_client::metrics::counter::Counter,
+    without_jti: prometheus_client::metrics::counter::Counter,
 }
 
 /// The header as we read it ourselves, strictly: unknown members are fine,
@@ -290,7 +294,13 @@ impl Verifier {
                 None => None,
             };
             by_iss.insert(ic.issuer.clone(), issuers.len());
+            let label = crate::metrics::IssuerLabel {
+                issuer: name.to_string(),
+            };
+            let m = crate::metrics::metrics();
             issuers.push(IssuerVerifier {
+                without_sid: m.verified_without_sid.get_or_create(&label).clone(),
+                without_jti: m.verified_without_jti.get_or_create(&label).clone(),
                 max_lifetime: ic.max_token_lifetime.as_secs() as i64,
                 iss: Arc::from(ic.issuer.as_str()),
                 leeway: i64::try_from(ic.leeway.as_secs()).unwrap_or(i64::MAX / 4),
@@ -362,14 +372,9 @@ impl Verifier {
     async fn verify_timed(&self, token: &str) -> Result<Verified, AuthError> {
         let started = std::time::Instant::now();
         let verified = self.verify_as(token, Purpose::Access).await;
-        let m = crate::metrics::metrics();
-        m.validation_duration
+        crate::metrics::metrics()
+            .validation_duration
             .observe(started.elapsed().as_secs_f64());
-        if let Ok((id, _)) = &verified {
-            // Once per distinct token (hits are not counted): which
-            // issuers' tokens a session or per-token logout cannot name.
-            m.count_unnamed_token(&id.issuer, id.sid.is_none(), id.jti.is_none());
-        }
         verified
     }
 
@@ -539,6 +544,14 @@ impl Verifier {
                 return Err(AuthError::Claim(
                     "token lifetime exceeds the issuer's maximum",
                 ));
+            }
+            // Once per verification (cache hits are not counted): which of
+            // this issuer's tokens a session or per-token logout cannot name.
+            if id.sid.is_none() {
+                iv.without_sid.inc();
+            }
+            if id.jti.is_none() {
+                iv.without_jti.inc();
             }
         }
         Ok((id, verified_by))
