@@ -46,9 +46,12 @@ pub mod server {
             .revocation
             .as_ref()
             .and_then(|r| r.value.embedded.as_ref());
-        let local = match embedded {
-            Some(e) => Some(local_authority(e, loaded).await?),
-            None => None,
+        let local = match (embedded, &loaded.config.revocation) {
+            (Some(e), Some(r)) => {
+                let name = gatehouse_gateway::revocation::gateway_name(&r.value, loaded);
+                Some(local_authority(e, loaded, name).await?)
+            }
+            _ => None,
         };
         gatehouse_gateway::server::start_on(loaded, workers, local).await
     }
@@ -57,16 +60,22 @@ pub mod server {
     /// Without a configured feed token the two share a random one, never
     /// the admin token; with TLS the gateway pins the authority's own
     /// certificate (it dials an address, which no certificate names).
+    /// Its answers wait for this gateway (`gateway_name`) to enforce them.
     async fn local_authority(
         e: &AuthorityConfig,
         loaded: &LoadedConfig,
+        gateway_name: String,
     ) -> anyhow::Result<LocalAuthority> {
         let token = match &e.feed_token {
             Some(t) => t.read(loaded)?,
             None => gatehouse_core::ids::secret_token()?.into_bytes(),
         };
         let internal = e.feed_token.is_none().then(|| token.clone());
-        let handle = gatehouse_authority::start_with(e, loaded, internal)
+        let embedded = gatehouse_authority::Embedded {
+            internal_feed_token: internal,
+            local_gateway: Some(gateway_name),
+        };
+        let handle = gatehouse_authority::start_with(e, loaded, embedded)
             .await
             .context("embedded authority")?;
         let scheme = if e.tls.is_some() { "https" } else { "http" };

@@ -69,11 +69,17 @@ impl Backend {
 
     /// Starts whatever keeps `pos` current beyond this process's own
     /// writes (for Redis, the other replicas' writes).
-    pub async fn follow(&self, pos: &Arc<watch::Sender<Pos>>) -> anyhow::Result<()> {
+    /// On Redis, every change any replica commits is also recorded in
+    /// `commits` with its time (the stream id's).
+    pub async fn follow(
+        &self,
+        pos: &Arc<watch::Sender<Pos>>,
+        commits: Arc<crate::gateways::Commits>,
+    ) -> anyhow::Result<()> {
         let p = self.current().await?;
         pos.send_replace(p);
         if let Backend::Redis(r) = self {
-            r.spawn_notifier(pos.clone());
+            r.spawn_notifier(pos.clone(), commits);
         }
         Ok(())
     }
@@ -142,6 +148,51 @@ impl Backend {
         match self {
             Backend::Embedded(s) => Self::blocking(s, move |s| s.get(id)).await,
             Backend::Redis(r) => r.get(id).await,
+        }
+    }
+
+    /// Where the entry was last written in the change log.
+    pub async fn committed(&self, id: u64) -> anyhow::Result<Option<Pos>> {
+        match self {
+            Backend::Embedded(s) => Ok(Self::blocking(s, move |s| s.committed(id))
+                .await?
+                .map(|n| Pos(0, n))),
+            Backend::Redis(r) => r.committed(id).await,
+        }
+    }
+
+    /// Gateway records kept by the store (name, JSON): on Redis the table
+    /// every replica shares, read fresh; embedded, the gateways known when
+    /// the store was opened.
+    pub async fn gateways(&self) -> anyhow::Result<Vec<(String, String)>> {
+        match self {
+            Backend::Embedded(s) => Self::blocking(s, |s| s.gateways()).await,
+            Backend::Redis(r) => r.gateways().await,
+        }
+    }
+
+    /// Whether the store holds the one gateway table of several replicas
+    /// (Redis), rather than this process being its only keeper.
+    pub fn shares_gateways(&self) -> bool {
+        matches!(self, Backend::Redis(_))
+    }
+
+    /// One gateway's record as the store holds it (only meaningful on
+    /// Redis, where another replica may have written it).
+    pub async fn gateway(&self, name: &str) -> anyhow::Result<Option<String>> {
+        match self {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Redis(r) => r.gateway(name).await,
+        }
+    }
+
+    /// Keeps (`Some`) or forgets (`None`) one gateway's record.
+    pub async fn save_gateway(&self, name: String, record: Option<String>) -> anyhow::Result<()> {
+        match self {
+            Backend::Embedded(s) => {
+                Self::blocking(s, move |s| s.save_gateway(&name, record.as_deref())).await
+            }
+            Backend::Redis(r) => r.save_gateway(&name, record.as_deref()).await,
         }
     }
 

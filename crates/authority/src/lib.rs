@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod gateways;
 pub mod records;
 pub mod redis_store;
 pub mod store;
@@ -45,18 +46,36 @@ pub async fn start(
     cfg: &AuthorityConfig,
     loaded: &LoadedConfig,
 ) -> anyhow::Result<AuthorityHandle> {
-    start_with(cfg, loaded, None).await
+    start_with(cfg, loaded, Embedded::default()).await
 }
 
-/// Like [`start`]; `internal_feed_token` is the feed credential of an
-/// embedded authority's own gateway when `feed_token` is not configured,
-/// so the admin token is never the feed's credential by default.
+/// What an embedded authority knows of the gateway in its process.
+#[derive(Default)]
+pub struct Embedded {
+    /// The feed credential of the gateway in the same process when
+    /// `feed_token` is not configured, so the admin token is never the
+    /// feed's credential by default.
+    pub internal_feed_token: Option<Vec<u8>>,
+    /// That gateway's name on the feed: every write is answered only once
+    /// it enforces it (read your writes on one host).
+    pub local_gateway: Option<String>,
+}
+
+/// Like [`start`], for an authority embedded next to a gateway.
 pub async fn start_with(
     cfg: &AuthorityConfig,
     loaded: &LoadedConfig,
-    internal_feed_token: Option<Vec<u8>>,
+    embedded: Embedded,
 ) -> anyhow::Result<AuthorityHandle> {
-    let api = Arc::new(api::Api::new(cfg, loaded, internal_feed_token).await?);
+    let api = Arc::new(
+        api::Api::new(
+            cfg,
+            loaded,
+            embedded.internal_feed_token,
+            embedded.local_gateway,
+        )
+        .await?,
+    );
     let store_name = api.store_name(cfg, loaded);
     api.clone().spawn_purger(cfg.purge_interval);
     let tls = match &cfg.tls {

@@ -54,6 +54,7 @@ local function put_one(key, rev)
     -- Past its expiry but not purged yet: gone for every gateway, so
     -- revoking again creates it anew.
     redis.call('HDEL', B, o.id)
+    redis.call('HDEL', P .. 'committed', o.id)
     old = nil
   end
   if old then
@@ -80,7 +81,9 @@ local function put_one(key, rev)
   end
   redis.call('HSET', E, key, enc)
   redis.call('ZADD', X, exp, key)
-  log('{"op":"put",' .. string.sub(enc, 2))
+  local pos = log('{"op":"put",' .. string.sub(enc, 2))
+  -- Where each entry was last written, for receipts.
+  redis.call('HSET', P .. 'committed', cjson.decode(enc).id, pos)
   return enc, outcome
 end
 
@@ -145,6 +148,7 @@ elseif op == 'delete' then
     return {}
   end
   redis.call('HDEL', B, ARGV[3])
+  redis.call('HDEL', P .. 'committed', ARGV[3])
   local rev = redis.call('HGET', E, key)
   if not rev then
     return {}
@@ -163,7 +167,9 @@ elseif op == 'purge' then
   for _, key in ipairs(due) do
     local rev = redis.call('HGET', E, key)
     if rev then
-      redis.call('HDEL', B, cjson.decode(rev).id)
+      local gone = cjson.decode(rev).id
+      redis.call('HDEL', B, gone)
+      redis.call('HDEL', P .. 'committed', gone)
       redis.call('HDEL', E, key)
       removed = removed + 1
     end

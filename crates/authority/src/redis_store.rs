@@ -354,6 +354,46 @@ impl RedisStore {
         self.noted(r).context("Redis HGET")
     }
 
+    /// The log position of the entry's latest write.
+    pub async fn committed(&self, id: u64) -> anyhow::Result<Option<Pos>> {
+        Ok(self
+            .hget("committed", &id.to_string())
+            .await?
+            .and_then(|p| parse_id(&p)))
+    }
+
+    /// One gateway's shared record (JSON), as the last replica it polled
+    /// wrote it.
+    pub async fn gateway(&self, name: &str) -> anyhow::Result<Option<String>> {
+        self.hget("gateways", name).await
+    }
+
+    /// Every gateway record (name, JSON): the table all replicas share.
+    pub async fn gateways(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut con = self.con.clone();
+        let r = redis::cmd("HGETALL")
+            .arg(self.key("gateways"))
+            .query_async::<Vec<(String, String)>>(&mut con)
+            .await;
+        self.noted(r).context("Redis HGETALL gateways")
+    }
+
+    /// Writes one gateway's record (`Some`) or forgets it (`None`).
+    pub async fn save_gateway(&self, name: &str, record: Option<&str>) -> anyhow::Result<()> {
+        let mut con = self.con.clone();
+        let mut cmd = match record {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
+        };
+        cmd.arg(self.key("gateways")).arg(name);
+        if let Some(r) = record {
+            cmd.arg(r);
+        }
+        let r = cmd.query_async::<i64>(&mut con).await;
+        self.noted(r).context("Redis gateway record")?;
+        Ok(())
+    }
+
     pub async fn get(&self, id: u64) -> anyhow::Result<Option<Revocation>> {
         let Some(key) = self.hget("byid", &id.to_string()).await? else {
             return Ok(None);
@@ -583,7 +623,11 @@ impl RedisStore {
     /// Follows the change log with `XREAD BLOCK` on a connection of its
     /// own and publishes the newest position, so long-polls on this
     /// replica wake the moment any replica writes.
-    pub fn spawn_notifier(self: &Arc<Self>, pos: Arc<watch::Sender<Pos>>) {
+    pub fn spawn_notifier(
+        self: &Arc<Self>,
+        pos: Arc<watch::Sender<Pos>>,
+        commits: Arc<crate::gateways::Commits>,
+    ) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut con = None;
@@ -625,12 +669,17 @@ impl RedisStore {
                 match r {
                     Ok(reply) => {
                         me.reachable.store(true, Ordering::Relaxed);
-                        let newest = reply
+                        let mut newest = None;
+                        for p in reply
                             .iter()
                             .flat_map(|r| r.keys.iter())
                             .flat_map(|k| k.ids.iter())
                             .filter_map(|i| parse_id(&i.id))
-                            .max();
+                        {
+                            // A stream id's first part is its commit time.
+                            commits.record(p, p.0 as i64);
+                            newest = newest.max(Some(p));
+                        }
                         if let Some(n) = newest {
                             pos.send_if_modified(|cur| {
                                 let newer = n > *cur;

@@ -23,6 +23,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_STR: TableDefinition<&str, &str> = TableDefinition::new("meta_str");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The change-log sequence of each entry's latest write (by id): what a
+/// receipt compares with the gateways' acknowledged cursors.
+const COMMITTED: TableDefinition<u64, u64> = TableDefinition::new("committed");
+/// The gateways that have read the feed (name → their last known record,
+/// JSON), written when one is first seen: after a restart the authority
+/// still waits for them.
+const GATEWAYS: TableDefinition<&str, &str> = TableDefinition::new("gateways");
 /// Back-channel logout token ids seen (`issuer\0jti`), until when.
 const LOGOUT_JTIS: TableDefinition<&str, i64> = TableDefinition::new("logout_jtis");
 
@@ -90,6 +97,8 @@ impl Store {
             tx.open_table(SESSIONS)?;
             tx.open_table(AUDIT)?;
             tx.open_table(LOGOUT_JTIS)?;
+            tx.open_table(COMMITTED)?;
+            tx.open_table(GATEWAYS)?;
             let mut m = tx.open_table(META_STR)?;
             let existing = m.get("epoch")?.map(|v| v.value().to_owned());
             match existing {
@@ -199,6 +208,7 @@ impl Store {
             let Some(key) = by_id.remove(id)?.map(|k| k.value().to_owned()) else {
                 return Ok(None);
             };
+            tx.open_table(COMMITTED)?.remove(id)?;
             let mut entries = tx.open_table(ENTRIES)?;
             let Some(rev) = entries
                 .remove(key.as_str())?
@@ -224,6 +234,43 @@ impl Store {
         }
         tx.commit()?;
         Ok(Some(out))
+    }
+
+    /// The change-log sequence of the entry's latest write.
+    pub fn committed(&self, id: u64) -> anyhow::Result<Option<u64>> {
+        let tx = self.db()?.begin_read()?;
+        let v = tx.open_table(COMMITTED)?.get(id)?.map(|v| v.value());
+        Ok(v)
+    }
+
+    /// Every gateway record kept (name, JSON).
+    pub fn gateways(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let tx = self.db()?.begin_read()?;
+        let t = tx.open_table(GATEWAYS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Keeps one gateway's record (`Some`) or forgets it (`None`).
+    pub fn save_gateway(&self, name: &str, record: Option<&str>) -> anyhow::Result<()> {
+        let tx = self.db()?.begin_write()?;
+        {
+            let mut t = tx.open_table(GATEWAYS)?;
+            match record {
+                Some(r) => {
+                    t.insert(name, r)?;
+                }
+                None => {
+                    t.remove(name)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn get(&self, id: u64) -> anyhow::Result<Option<Revocation>> {
@@ -355,6 +402,7 @@ impl Store {
             let mut expiry = tx.open_table(EXPIRY)?;
             let mut entries = tx.open_table(ENTRIES)?;
             let mut by_id = tx.open_table(BY_ID)?;
+            let mut committed = tx.open_table(COMMITTED)?;
             let due: Vec<(i64, String)> = expiry
                 .range(..(now, ""))?
                 .map(|i| i.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
@@ -364,6 +412,7 @@ impl Store {
                 if let Some(v) = entries.remove(key.as_str())? {
                     let r: Revocation = serde_json::from_slice(v.value())?;
                     by_id.remove(r.id)?;
+                    committed.remove(r.id)?;
                     removed += 1;
                 }
             }
@@ -504,6 +553,7 @@ fn put_tx(
         let mut by_id = tx.open_table(BY_ID)?;
         let mut expiry = tx.open_table(EXPIRY)?;
         let mut changes = tx.open_table(CHANGES)?;
+        let mut committed = tx.open_table(COMMITTED)?;
         let mut meta = tx.open_table(META)?;
         let mut next_seq = get_u64(&meta, "seq")?;
         let mut next_id = get_u64(&meta, "next_id")?;
@@ -519,6 +569,7 @@ fn put_tx(
             let existing = match existing {
                 Some(old) if old.expires_at <= now => {
                     by_id.remove(old.id)?;
+                    committed.remove(old.id)?;
                     expiry.remove((old.expires_at, key.as_str()))?;
                     None
                 }
@@ -563,6 +614,7 @@ fn put_tx(
                     next_seq,
                     serde_json::to_vec(&Change::Put(rev.clone()))?.as_slice(),
                 )?;
+                committed.insert(rev.id, next_seq)?;
             }
             results.push((rev, outcome));
         }

@@ -75,6 +75,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -257,6 +262,14 @@ pub struct Metrics {
     /// Distinct tokens verified without `jti`, by configured issuer name.
     pub verified_without_jti: Family<IssuerLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
+    /// Upgraded connections (WebSocket, ...) closed because their
+    /// credential ended (reason: revoked, expired).
+    pub tunnels_closed: Family<ReasonLabel, Counter>,
+    /// At the authority: gateways reading the feed, by state (live, stale, gone).
+    pub authority_gateways: Family<StateLabel, Gauge>,
+    /// At the authority: seconds from a change's commit to each gateway's
+    /// acknowledgement of it (its next feed poll's `since`).
+    pub authority_propagation: prometheus_client::metrics::histogram::Histogram,
     pub open_connections: Gauge,
     pub tasks_alive: Gauge,
     registry: Registry,
@@ -381,6 +394,27 @@ impl Metrics {
             "Client connections currently open",
             open_connections.clone(),
         );
+        let tunnels_closed = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "tunnels_closed",
+            "Upgraded connections (WebSocket and other tunnels) closed because their credential ended, by reason (revoked, expired)",
+            tunnels_closed.clone(),
+        );
+        let authority_gateways = Family::<StateLabel, Gauge>::default();
+        r.register(
+            "authority_gateways",
+            "At the authority: gateways reading the feed, by state (live, stale, gone)",
+            authority_gateways.clone(),
+        );
+        // 0.5 ms .. ~16 s
+        let authority_propagation = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 16),
+        );
+        r.register(
+            "authority_propagation_seconds",
+            "At the authority: seconds from a change's commit to each gateway's acknowledgement of it",
+            authority_propagation.clone(),
+        );
         let tasks_alive = Gauge::default();
         r.register(
             "tasks_alive",
@@ -406,6 +440,9 @@ impl Metrics {
             verified_without_sid,
             verified_without_jti,
             reloads,
+            tunnels_closed,
+            authority_gateways,
+            authority_propagation,
             open_connections,
             registry: r,
         }

@@ -111,6 +111,12 @@ pub enum Line {
     Change(Change),
 }
 
+/// The request header a gateway names itself with on every feed poll
+/// (`GET /v1/feed`); the poll's `since` is then that gateway's
+/// acknowledgement of everything up to the cursor (see the authority's
+/// gateway table and revocation receipts).
+pub const GATEWAY_HEADER: http::HeaderName = http::HeaderName::from_static("gatehouse-gateway");
+
 /// Appends `v` (a [`FeedMarker`], [`Change`] or [`Revocation`]) as one line
 /// to `out`. The one writer of the wire form (feed responses, the state
 /// file, the stores' change logs).

@@ -57,14 +57,47 @@ impl Api {
     /// Changes since the cursor (waiting up to `wait` for the first one),
     /// or the whole set when the cursor is missing, foreign or too old.
     /// Streamed as JSON lines (see `revocation::model`).
-    pub(super) async fn feed(&self, req: &Request<Incoming>) -> Resp {
+    ///
+    /// A poll naming its gateway (`Gatehouse-Gateway`) is recorded in the
+    /// gateway table when it starts (its `since` acknowledges everything
+    /// up to it) and when it is answered.
+    pub(super) async fn feed(&self, req: &Request<Incoming>, peer: SocketAddr) -> Resp {
         let q = query(req);
         let wait = q
             .get("wait")
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
-        let since = match q.get("since") {
+        let name = match req.headers().get(gatehouse_core::revocation::GATEWAY_HEADER) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(n) if gatehouse_core::config::valid_gateway_name(n) => Some(n.to_owned()),
+                _ => {
+                    return Refusal::BadRequest(
+                        "Gatehouse-Gateway: 1 to 128 bytes of letters, digits and .-_:@".into(),
+                    )
+                    .into()
+                }
+            },
+        };
+        let since = q.get("since").map(String::as_str);
+        if let Some(n) = &name {
+            let until = now_unix_ms() + wait.as_millis() as i64;
+            self.gateways
+                .polled(&self.store, n, peer.to_string(), since, Some(until))
+                .await;
+        }
+        let resp = self.changes_or_snapshot(since, wait).await;
+        if let Some(n) = &name {
+            self.gateways
+                .polled(&self.store, n, peer.to_string(), None, None)
+                .await;
+        }
+        resp
+    }
+
+    async fn changes_or_snapshot(&self, since: Option<&str>, wait: Duration) -> Resp {
+        let since = match since {
             Some(c) => self.store.parse_cursor_fresh(c).await.map(|p| {
                 // Epochs are hex: the cursor's epoch ends at its first `-`.
                 let epoch = c.split('-').next().unwrap_or_default().to_owned();

@@ -35,6 +35,10 @@ fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
 
 impl Api {
     pub(super) async fn session(&self, req: Request<Incoming>) -> Resp {
+        let wait = match self.wait_mode(&req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
         let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
             Err(r) => return r.into(),
@@ -60,7 +64,8 @@ impl Api {
             Ok((revoked, seq)) => {
                 self.advance(seq);
                 let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
-                json_resp(StatusCode::OK, &json!({ "replaced": sids }))
+                self.answer(wait, seq, StatusCode::OK, json!({ "replaced": sids }))
+                    .await
             }
             Err(e) => Refusal::Unavailable(e).into(),
         }
@@ -71,6 +76,10 @@ impl Api {
     /// already expired or revoked (`already_revoked`), so a client can
     /// always clear a dead session.
     pub(super) async fn logout(&self, req: Request<Incoming>) -> Resp {
+        let wait = match self.wait_mode(&req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
         let header_token = match gatehouse_core::auth::bearer(req.headers()) {
             Bearer::Token(t) => Some(t.to_owned()),
             _ => None,
@@ -143,11 +152,19 @@ impl Api {
                 ));
             }
         }
-        let created = if news.is_empty() {
-            false
+        // Nothing new to write: what the answer stands for is everything
+        // committed so far.
+        let (created, pos) = if news.is_empty() {
+            match self.store.current().await {
+                Ok(p) => (false, p),
+                Err(e) => return Refusal::Unavailable(e).into(),
+            }
         } else {
             match self.put(news).await {
-                Ok(results) => results.iter().any(|(_, o)| *o != PutOutcome::Unchanged),
+                Ok((results, pos)) => (
+                    results.iter().any(|(_, o)| *o != PutOutcome::Unchanged),
+                    pos,
+                ),
                 Err(e) => return Refusal::Unavailable(e).into(),
             }
         };
@@ -156,7 +173,8 @@ impl Api {
         } else {
             "already_revoked"
         };
-        json_resp(StatusCode::OK, &json!({ "status": status }))
+        self.answer(wait, pos, StatusCode::OK, json!({ "status": status }))
+            .await
     }
 
     /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
@@ -172,6 +190,12 @@ impl Api {
         let refuse = |reason: &str| {
             tracing::warn!(target: "gatehouse::authority", reason, "back-channel logout refused");
             Resp::from(Refusal::BadRequest(reason.to_owned()))
+        };
+        // The identity provider waits too when its registered logout URI
+        // carries `?wait=applied`.
+        let wait = match self.wait_mode(&req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
         };
         let body = match read_body(req, SMALL_BODY).await {
             Ok(b) => b,
@@ -251,7 +275,7 @@ impl Api {
             }
         }
         match self.put(news).await {
-            Ok(_) => json_resp(StatusCode::OK, &json!({})),
+            Ok((_, pos)) => self.answer(wait, pos, StatusCode::OK, json!({})).await,
             Err(e) => {
                 // Not kept: the identity provider's retry must not be
                 // refused as a replay.

@@ -3,7 +3,7 @@
 //! | call | who | what |
 //! |---|---|---|
 //! | `POST /v1/revocations` | admin | one revocation or a batch |
-//! | `GET /v1/revocations/{id}` | admin | one entry |
+//! | `GET /v1/revocations/{id}` | admin | one entry, with its receipt (which gateways applied it) |
 //! | `DELETE /v1/revocations/{id}` | admin | un-revoke (audited) |
 //! | `GET /v1/revocations?subject=` | admin | entries for a subject |
 //! | `POST /v1/sessions` | admin (login service) | a new session; enforces the session limit |
@@ -11,6 +11,16 @@
 //! | `POST /backchannel-logout` | the identity provider (signed logout token) | OIDC Back-Channel Logout 1.0 |
 //! | `GET /v1/feed?since=&wait=` | feed token only (never the admin token) | changes since a cursor, or a snapshot |
 //! | `GET /v1/status` | admin | entry count and cursor |
+//! | `GET /v1/gateways` | admin | the gateways reading the feed: state, cursor, lag |
+//! | `GET /metrics` | admin | Prometheus text (gateways by state, propagation) |
+//!
+//! Writes (`POST /v1/revocations`, `DELETE /v1/revocations/{id}`,
+//! `POST /v1/sessions`, `POST /v1/logout`, `POST /backchannel-logout`) take
+//! a wait mode, `?wait=applied&timeout=2s` or the header
+//! `Gatehouse-Wait: applied; timeout=2s`: the answer comes once every
+//! gateway that is not gone has applied the change, with a `receipt` in
+//! the body; on timeout the change is committed but not yet everywhere:
+//! `202 Accepted`, with the receipt naming the gateways that lag.
 //! | `GET /healthz` | anyone | liveness: `{"status":"ok"}` only |
 
 use std::collections::HashMap;
@@ -34,14 +44,16 @@ mod feed;
 mod logout;
 mod refusal;
 mod revocations;
+mod wait;
 
 pub use refusal::Refusal;
 
 use crate::backend::Backend;
+use crate::gateways::{Commits, Gateways};
 use crate::records::{push_line, NewRevocation, Pos, PutOutcome};
 use gatehouse_core::auth::{Bearer, Identity, Verifier};
 use gatehouse_core::body::{BoxError, ProxyBody};
-use gatehouse_core::clock::now_unix;
+use gatehouse_core::clock::{now_unix, now_unix_ms};
 use gatehouse_core::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
 use gatehouse_core::revocation::{covers, keys_of, FeedMarker, Kind, Revocation};
 
@@ -76,7 +88,16 @@ pub struct Api {
     max_batch_body: usize,
     /// The newest change-log position known; long-polls wait on it.
     seq: Arc<watch::Sender<Pos>>,
+    /// The gateways reading the feed and what each has applied.
+    gateways: Gateways,
+    commits: Arc<Commits>,
+    /// An embedded authority's own gateway: every write is answered only
+    /// once that gateway enforces it (read your writes on one host).
+    local_gateway: Option<String>,
 }
+
+/// How long an embedded authority's answer waits for its own gateway.
+const LOCAL_WAIT: Duration = Duration::from_secs(2);
 
 type Resp = Response<ProxyBody>;
 
@@ -97,14 +118,19 @@ fn json_resp(status: StatusCode, v: &Value) -> Resp {
 }
 
 impl Api {
+    /// `local_gateway`: the name of the gateway in this process, when the
+    /// authority is embedded.
     pub async fn new(
         cfg: &AuthorityConfig,
         loaded: &LoadedConfig,
         internal_feed_token: Option<Vec<u8>>,
+        local_gateway: Option<String>,
     ) -> anyhow::Result<Api> {
         let store = Backend::open(cfg, loaded).await?;
         let seq = Arc::new(watch::channel(Pos::default()).0);
-        store.follow(&seq).await?;
+        let commits = Arc::new(Commits::default());
+        store.follow(&seq, commits.clone()).await?;
+        let gateways = Gateways::open(&store, cfg.gateways.clone(), commits.clone()).await?;
         let issuers = loaded
             .config
             .issuers
@@ -149,6 +175,9 @@ impl Api {
             max_sessions: cfg.max_sessions_per_subject,
             max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
             seq,
+            gateways,
+            commits,
+            local_gateway,
         })
     }
 
@@ -158,7 +187,16 @@ impl Api {
 
     pub fn spawn_purger(self: Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(&self);
+        let ticker = weak.clone();
         drop(self);
+        // The gateway table's gauges, once a second.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(api) = ticker.upgrade() else { return };
+                api.gateways.tick(&api.store).await;
+            }
+        });
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -197,7 +235,15 @@ impl Api {
                 Err(r) => r.into(),
             },
             (&Method::GET, ["v1", "feed"]) => match self.authorize(&req, true) {
-                Ok(()) => self.feed(&req).await,
+                Ok(()) => self.feed(&req, peer).await,
+                Err(r) => r.into(),
+            },
+            (&Method::GET, ["v1", "gateways"]) => match self.authorize(&req, false) {
+                Ok(()) => self.gateway_table().await,
+                Err(r) => r.into(),
+            },
+            (&Method::GET, ["metrics"]) => match self.authorize(&req, false) {
+                Ok(()) => self.metrics().await,
                 Err(r) => r.into(),
             },
             (&Method::POST, ["v1", "logout"]) => self.logout(req).await,
@@ -209,8 +255,10 @@ impl Api {
                 match (method, segments.as_slice()) {
                     (&Method::POST, ["v1", "revocations"]) => self.create(req).await,
                     (&Method::GET, ["v1", "revocations"]) => self.list(&req).await,
-                    (&Method::GET, ["v1", "revocations", id]) => self.get(id).await,
-                    (&Method::DELETE, ["v1", "revocations", id]) => self.delete(id, peer).await,
+                    (&Method::GET, ["v1", "revocations", id]) => self.get(&req, id).await,
+                    (&Method::DELETE, ["v1", "revocations", id]) => {
+                        self.delete(&req, id, peer).await
+                    }
                     (&Method::POST, ["v1", "sessions"]) => self.session(req).await,
                     _ => Refusal::MethodNotAllowed.into(),
                 }
@@ -243,13 +291,19 @@ impl Api {
         }
     }
 
-    async fn put(&self, news: Vec<NewRevocation>) -> anyhow::Result<Vec<(Revocation, PutOutcome)>> {
+    async fn put(
+        &self,
+        news: Vec<NewRevocation>,
+    ) -> anyhow::Result<(Vec<(Revocation, PutOutcome)>, Pos)> {
         let (results, seq) = self.store.put(news).await?;
         self.advance(seq);
-        Ok(results)
+        Ok((results, seq))
     }
 
     fn advance(&self, seq: Pos) {
+        // Redis positions carry their commit time; embedded ones are now.
+        let at = if seq.0 > 0 { seq.0 as i64 } else { now_unix_ms() };
+        self.commits.record(seq, at);
         self.seq.send_if_modified(|cur| {
             let newer = seq > *cur;
             *cur = (*cur).max(seq);
@@ -277,7 +331,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusa
     }
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+fn query<B>(req: &Request<B>) -> HashMap<String, String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()

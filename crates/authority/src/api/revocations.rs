@@ -97,6 +97,10 @@ impl Api {
     }
 
     pub(super) async fn create(&self, req: Request<Incoming>) -> Resp {
+        let wait = match self.wait_mode(&req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
         let body = match read_body(req, self.max_batch_body).await {
             Ok(b) => b,
             Err(r) => return r.into(),
@@ -118,7 +122,7 @@ impl Api {
             }
         }
         match self.put(news).await {
-            Ok(results) => {
+            Ok((results, pos)) => {
                 let created = results.iter().any(|(_, o)| *o != PutOutcome::Unchanged);
                 let items: Vec<Value> = results
                     .into_iter()
@@ -133,24 +137,60 @@ impl Api {
                 } else {
                     StatusCode::OK
                 };
-                json_resp(status, &json!({ "revocations": items }))
+                self.answer(wait, pos, status, json!({ "revocations": items }))
+                    .await
             }
             Err(e) => Refusal::Unavailable(e).into(),
         }
     }
 
-    pub(super) async fn get(&self, id: &str) -> Resp {
+    /// One entry, with its receipt: which gateways have applied its
+    /// latest write (waited for with the wait mode, as a write is).
+    pub(super) async fn get(&self, req: &Request<Incoming>, id: &str) -> Resp {
+        let wait = match self.wait_mode(req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
         let Ok(id) = id.parse::<u64>() else {
             return Refusal::NotFound("no such revocation").into();
         };
-        match self.store.get(id).await {
-            Ok(Some(r)) => json_resp(StatusCode::OK, &json!(r)),
-            Ok(None) => Refusal::NotFound("no such revocation").into(),
+        let found = async {
+            Ok::<_, anyhow::Error>((self.store.get(id).await?, self.store.committed(id).await?))
+        };
+        match found.await {
+            Ok((Some(r), pos)) => {
+                // An entry written before receipts were kept: the whole log
+                // up to now covers it.
+                let pos = match pos {
+                    Some(p) => p,
+                    None => match self.store.current().await {
+                        Ok(p) => p,
+                        Err(e) => return Refusal::Unavailable(e).into(),
+                    },
+                };
+                let mut v = json!(r);
+                let receipt = match wait {
+                    Some(t) => self.gateways.wait(&self.store, pos, t, None).await,
+                    None => self.gateways.receipt(&self.store, pos, None).await,
+                };
+                let status = if wait.is_some() && !receipt.complete {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                v["receipt"] = json!(receipt);
+                json_resp(status, &v)
+            }
+            Ok((None, _)) => Refusal::NotFound("no such revocation").into(),
             Err(e) => Refusal::Unavailable(e).into(),
         }
     }
 
-    pub(super) async fn delete(&self, id: &str, peer: SocketAddr) -> Resp {
+    pub(super) async fn delete(&self, req: &Request<Incoming>, id: &str, peer: SocketAddr) -> Resp {
+        let wait = match self.wait_mode(req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
         let Ok(id) = id.parse::<u64>() else {
             return Refusal::NotFound("no such revocation").into();
         };
@@ -159,7 +199,8 @@ impl Api {
             Ok(Some((r, seq))) => {
                 tracing::warn!(target: "gatehouse::audit", id, actor = %actor, kind = r.kind.as_str(), issuer = %r.issuer, "revocation removed");
                 self.advance(seq);
-                json_resp(StatusCode::OK, &json!({ "deleted": r }))
+                self.answer(wait, seq, StatusCode::OK, json!({ "deleted": r }))
+                    .await
             }
             Ok(None) => Refusal::NotFound("no such revocation").into(),
             Err(e) => Refusal::Unavailable(e).into(),

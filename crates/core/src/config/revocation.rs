@@ -29,6 +29,21 @@ pub struct RevocationConfig {
     /// Long-poll wait asked of the authority.
     #[serde(default = "default_poll_wait", with = "duration")]
     pub poll_wait: Duration,
+    /// This gateway's name on the feed (`Gatehouse-Gateway` header): the
+    /// authority's gateway table and revocation receipts list it. Default:
+    /// the host name and the first listener's port, `host:8443`, stable
+    /// across restarts. 1–128 bytes of letters, digits and `.-_:@`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Whether a gateway name is one the authority accepts: 1–128 bytes of
+/// ASCII letters, digits and `.-_:@` (it appears in a header, logs, JSON
+/// and metrics unchanged).
+pub fn valid_gateway_name(n: &str) -> bool {
+    (1..=128).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@".contains(&b))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +123,9 @@ pub struct AuthorityConfig {
     /// `exp`, or for this long when it has none.
     #[serde(default = "default_logout_token_max_age", with = "duration")]
     pub logout_token_max_age: Duration,
+    /// How the authority judges the gateways that read its feed.
+    #[serde(default)]
+    pub gateways: GatewayTracking,
     /// The authority listener's limits: the same keys and defaults as the
     /// gateway's top-level `limits` (header read timeout, header size and
     /// count, idle timeout, connections); `max_body_bytes` bounds admin
@@ -115,6 +133,59 @@ pub struct AuthorityConfig {
     /// and session bodies have a fixed small limit of their own.
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// `authority.gateways`: when a gateway that reads the feed counts as
+/// stale or gone, and how long a waited revocation may wait.
+///
+/// A gateway is **live** while it holds a feed long-poll open or was seen
+/// within `stale_after`; **stale** after that (a waited revocation still
+/// waits for it, and names it when it times out); **gone** once unseen for
+/// `gone_after` (no longer waited for; listed until forgotten after
+/// `forget_after`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTracking {
+    #[serde(default = "default_stale_after", with = "duration")]
+    pub stale_after: Duration,
+    #[serde(default = "default_gone_after", with = "duration")]
+    pub gone_after: Duration,
+    #[serde(default = "default_forget_after", with = "duration")]
+    pub forget_after: Duration,
+    /// The wait of a waited call when it names none (`wait=applied`).
+    #[serde(default = "default_wait_timeout", with = "duration")]
+    pub default_wait: Duration,
+    /// The longest wait a caller may ask for.
+    #[serde(default = "default_max_wait", with = "duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for GatewayTracking {
+    fn default() -> Self {
+        GatewayTracking {
+            stale_after: default_stale_after(),
+            gone_after: default_gone_after(),
+            forget_after: default_forget_after(),
+            default_wait: default_wait_timeout(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+fn default_stale_after() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_gone_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_forget_after() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_wait_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +313,14 @@ pub(super) fn check(c: &mut Check<'_>) {
             "revocation takes exactly one of authority or embedded".into(),
         ),
     }
+    if let Some(n) = &r.value.name {
+        if !valid_gateway_name(n) {
+            c.push(
+                line,
+                format!("revocation.name `{n}`: 1 to 128 bytes of letters, digits and .-_:@"),
+            );
+        }
+    }
     if r.value.max_staleness < r.value.poll_wait + Duration::from_secs(1) {
         c.push(
             line,
@@ -322,6 +401,19 @@ fn check_authority(c: &mut Check<'_>, a: &AuthorityConfig, line: u64) {
             line,
             "the authority takes exactly one of path (embedded store) or store.redis".into(),
         ),
+    }
+    let g = &a.gateways;
+    if g.stale_after.is_zero() || g.gone_after <= g.stale_after || g.forget_after < g.gone_after {
+        c.push(
+            line,
+            "authority.gateways: 0 < stale_after < gone_after <= forget_after".into(),
+        );
+    }
+    if g.default_wait.is_zero() || g.default_wait > g.max_wait {
+        c.push(
+            line,
+            "authority.gateways: 0 < default_wait <= max_wait".into(),
+        );
     }
     if a.max_sessions_per_subject == Some(0) {
         c.push(line, "max_sessions_per_subject must be at least 1".into());

@@ -235,14 +235,31 @@ impl Proxy {
         }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let credential = d.identity.clone().map(|id| (id, self.revocations.clone()));
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((c, b)) => {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(c),
-                            &mut TokioIo::new(b),
-                        )
-                        .await;
+                        let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                        let pipe = tokio::io::copy_bidirectional(&mut c, &mut b);
+                        match credential {
+                            None => {
+                                let _ = pipe.await;
+                            }
+                            Some((id, revocations)) => {
+                                tokio::select! {
+                                    _ = pipe => {}
+                                    reason = credential_ended(&id, revocations) => {
+                                        // Dropping both sides closes both
+                                        // connections.
+                                        metrics()
+                                            .tunnels_closed
+                                            .get_or_create(&gatehouse_core::metrics::ReasonLabel { reason })
+                                            .inc();
+                                        tracing::info!(reason, subject = id.subject.as_deref().unwrap_or("-"), "tunnel closed: its credential ended");
+                                    }
+                                }
+                            }
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                 }
@@ -264,5 +281,44 @@ impl Proxy {
     fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Resolves when an open tunnel's credential ends: `"revoked"` as soon as
+/// the gateway applies a revocation that covers it (checked again each
+/// time revocations become visible, and once at the start, for one that
+/// arrived during the upgrade), `"expired"` at its `exp`. A tunnel is
+/// judged once, at its upgrade request; without this it would outlive a
+/// forced logout and its token's lifetime.
+async fn credential_ended(
+    id: &gatehouse_core::auth::Identity,
+    revocations: Option<Arc<Revocations>>,
+) -> &'static str {
+    let expiry = async {
+        match id.expires_at {
+            Some(exp) => {
+                let left_ms = exp.saturating_mul(1000) - gatehouse_core::clock::now_unix_ms();
+                tokio::time::sleep(std::time::Duration::from_millis(left_ms.max(0) as u64)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let revoked = async {
+        let Some(r) = revocations else {
+            return std::future::pending().await;
+        };
+        let mut applied = r.watch_applied();
+        loop {
+            if r.is_revoked(id) {
+                return;
+            }
+            if applied.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = expiry => "expired",
+        _ = revoked => "revoked",
     }
 }

@@ -45,6 +45,9 @@ pub struct Revocations {
     /// Sequence part of the last applied cursor (for metrics).
     cursor_seq: AtomicU64,
     ready: AtomicBool,
+    /// Bumped each time changes or a snapshot become visible to requests:
+    /// what an open tunnel waits on to re-check its credential.
+    applied: tokio::sync::watch::Sender<u64>,
     max_staleness: Duration,
     on_stale: StalePolicy,
     /// Keeps an embedded authority running as long as the gateway.
@@ -81,12 +84,7 @@ pub struct Status {
     pub entries: Counts,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use gatehouse_core::clock::now_unix_ms as now_ms;
 
 impl Revocations {
     /// The check on the request path: one atomic load, up to four hash
@@ -115,6 +113,19 @@ impl Revocations {
                 Ok(())
             }
         }
+    }
+
+    /// Whether an entry held now covers this identity (readiness and
+    /// staleness aside; nothing counted): for re-judging a live tunnel.
+    pub fn is_revoked(&self, id: &Identity) -> bool {
+        self.set.load().check(id).is_some()
+    }
+
+    /// Wakes whenever new revocations become visible to requests (never
+    /// on the request path: for long-lived tunnels that must end with
+    /// their credential).
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// No word from the authority within `max_staleness` of the state
@@ -162,6 +173,7 @@ impl Revocations {
             source: std::sync::atomic::AtomicU8::new(if ready { 2 } else { 0 }),
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(ready),
+            applied: tokio::sync::watch::channel(0).0,
             max_staleness: Duration::from_secs(u64::from(u32::MAX)),
             on_stale: StalePolicy::FailStatic,
             _embedded: None,
@@ -230,11 +242,16 @@ impl Revocations {
             source: std::sync::atomic::AtomicU8::new(u8::from(has_state)),
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(has_state),
+            applied: tokio::sync::watch::channel(0).0,
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
             _embedded: embedded,
         });
+        let name = gateway_name(cfg, loaded);
+        tracing::info!(gateway = %name, "reading the revocation feed as this gateway");
         let mut feed = Feed {
+            name: http::HeaderValue::from_str(&name)
+                .context("revocation.name is not a valid header value")?,
             owner: Arc::downgrade(&me),
             client,
             urls: bases
@@ -280,7 +297,28 @@ impl Revocations {
     }
 }
 
+/// This gateway's name on the feed: `revocation.name`, or else the host
+/// name and the first listener's port (`host:8443`), stable across
+/// restarts of the same deployment.
+pub fn gateway_name(cfg: &RevocationConfig, loaded: &LoadedConfig) -> String {
+    if let Some(n) = &cfg.name {
+        return n.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| gatehouse_core::config::valid_gateway_name(h))
+        .unwrap_or_else(|| "gateway".to_owned());
+    match loaded.config.listeners.first() {
+        Some(l) => format!("{host}:{}", l.value.address.port()),
+        None => host,
+    }
+}
+
 struct Feed {
+    /// This gateway's name on the feed (`Gatehouse-Gateway`).
+    name: http::HeaderValue,
     owner: std::sync::Weak<Revocations>,
     client: HttpClient,
     /// Replicas of one authority; the feed stays on one until it fails.
@@ -344,6 +382,12 @@ impl Feed {
             url.push_str(c);
         }
         let mut req = http::Request::get(url).body(Empty::<Bytes>::new())?;
+        // The `since` of each poll acknowledges everything up to it as
+        // applied: the cursor only moves once a response is applied.
+        req.headers_mut().insert(
+            gatehouse_core::revocation::GATEWAY_HEADER,
+            self.name.clone(),
+        );
         if let Some(t) = &self.token {
             let mut v = b"Bearer ".to_vec();
             v.extend_from_slice(t);
@@ -433,6 +477,7 @@ impl Feed {
                     }
                 }
                 me.set.store(set);
+                me.applied.send_modify(|n| *n += 1);
                 tracing::info!(cursor = %cursor, entries = n.total(), "revocation snapshot applied");
             }
             Parsed::Changes(changes) if !changes.is_empty() => {
@@ -462,6 +507,7 @@ impl Feed {
                     }
                     None => apply(&set),
                 }
+                me.applied.send_modify(|n| *n += 1);
                 tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
                 // Fold a large change layer into a new compact base, built
                 // aside (requests keep using the current set) and swapped.

@@ -9,4 +9,4 @@ pub mod state;
 /// The revocation model and wire form (the contract, in core).
 pub use gatehouse_core::revocation as model;
 
-pub use feed::{LocalAuthority, Revocations};
+pub use feed::{gateway_name, LocalAuthority, Revocations};

@@ -1,0 +1,497 @@
+//! The gateways that read the feed, as the authority sees them, and the
+//! receipts built from that: which gateway has applied which change.
+//!
+//! A gateway names itself on every poll (`Gatehouse-Gateway`) and its
+//! cursor moves only once a response is applied, so the `since` of its
+//! next poll acknowledges everything up to that cursor: no extra call.
+//! Embedded, this process is the table's only keeper (names persisted, so
+//! a restart still waits for them); on Redis every replica writes the
+//! record of the gateways that poll it into one shared hash and reads the
+//! others' from there.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::backend::Backend;
+use crate::records::Pos;
+use gatehouse_core::clock::now_unix_ms;
+use gatehouse_core::config::GatewayTracking;
+
+/// Acknowledgements kept per gateway (for "when" in receipts).
+const ACKS_KEPT: usize = 64;
+/// Commit times kept (for the propagation histogram and lag in time).
+const COMMITS_KEPT: usize = 20_000;
+/// Gateways tracked at most: a feed credential must not grow the table
+/// without bound.
+const MAX_GATEWAYS: usize = 10_000;
+/// How often a waiter on a shared (Redis) table reads it again: acks
+/// taken by other replicas are seen no later than this.
+const SHARED_RECHECK: Duration = Duration::from_millis(5);
+
+/// What the authority knows of one gateway. Times are Unix milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Seen {
+    /// Peer address of its latest poll.
+    pub addr: String,
+    pub first_seen_ms: i64,
+    /// Start or end of its latest poll.
+    pub last_seen_ms: i64,
+    /// While it holds a long-poll open: when that poll ends at the latest
+    /// (0: not polling).
+    pub polling_until_ms: i64,
+    /// The `since` of its latest poll: everything up to it is applied.
+    pub cursor: Option<String>,
+    /// Recent acknowledgements, oldest first: a cursor and when the
+    /// authority first saw it.
+    #[serde(default)]
+    pub acks: VecDeque<(String, i64)>,
+}
+
+/// `live`: polling now, or seen within `stale_after`; `stale`: not seen
+/// since, still waited for; `gone`: unseen for `gone_after`, not waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Live,
+    Stale,
+    Gone,
+}
+
+impl State {
+    pub const ALL: [State; 3] = [State::Live, State::Stale, State::Gone];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Live => "live",
+            State::Stale => "stale",
+            State::Gone => "gone",
+        }
+    }
+}
+
+impl Seen {
+    pub fn state(&self, now: i64, t: &GatewayTracking) -> State {
+        let quiet = if self.polling_until_ms > now {
+            0
+        } else {
+            now - self.last_seen_ms
+        };
+        if quiet <= t.stale_after.as_millis() as i64 {
+            State::Live
+        } else if quiet <= t.gone_after.as_millis() as i64 {
+            State::Stale
+        } else {
+            State::Gone
+        }
+    }
+
+    /// When the authority first saw a cursor at or past `target` (the
+    /// gateway had applied it by then: an upper bound, exact while the
+    /// acknowledgements kept reach back that far); `None` when not applied.
+    fn applied(&self, store: &Backend, target: Pos) -> Option<Option<i64>> {
+        let at = |c: &str| store.parse_cursor(c).is_some_and(|p| p >= target);
+        if !self.cursor.as_deref().is_some_and(at) {
+            return None;
+        }
+        Some(self.acks.iter().find(|(c, _)| at(c)).map(|(_, t)| *t))
+    }
+
+    /// Folds in another replica's view of the same gateway: the newest
+    /// sighting, the furthest cursor, every acknowledgement.
+    fn merge(&mut self, other: Seen, store: &Backend) {
+        let pos = |c: &Option<String>| c.as_deref().and_then(|c| store.parse_cursor(c));
+        if other.last_seen_ms > self.last_seen_ms {
+            self.last_seen_ms = other.last_seen_ms;
+            self.polling_until_ms = other.polling_until_ms;
+            self.addr = other.addr;
+        }
+        if self.first_seen_ms == 0 || (other.first_seen_ms > 0 && other.first_seen_ms < self.first_seen_ms) {
+            self.first_seen_ms = other.first_seen_ms;
+        }
+        if pos(&other.cursor) > pos(&self.cursor) {
+            self.cursor = other.cursor;
+        }
+        for a in other.acks {
+            if !self.acks.contains(&a) {
+                self.acks.push_back(a);
+            }
+        }
+        self.acks.make_contiguous().sort_by_key(|(_, t)| *t);
+        while self.acks.len() > ACKS_KEPT {
+            self.acks.pop_front();
+        }
+    }
+}
+
+/// When each recent change was committed (Unix ms): this process's own
+/// writes, and on Redis every replica's (the stream id's time).
+#[derive(Default)]
+pub struct Commits(Mutex<BTreeMap<Pos, i64>>);
+
+impl Commits {
+    pub fn record(&self, pos: Pos, at_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.entry(pos).or_insert(at_ms);
+            while m.len() > COMMITS_KEPT {
+                m.pop_first();
+            }
+        }
+    }
+
+    /// Commit times of the changes in `(after, upto]`.
+    fn between(&self, after: Option<Pos>, upto: Pos) -> Vec<i64> {
+        let Ok(m) = self.0.lock() else {
+            return Vec::new();
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        m.range((from, std::ops::Bound::Included(upto)))
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// Changes known after `after`, and when the first of them was committed.
+    fn after(&self, after: Option<Pos>) -> (usize, Option<i64>) {
+        let Ok(m) = self.0.lock() else {
+            return (0, None);
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut r = m.range((from, std::ops::Bound::Unbounded));
+        let first = r.next().map(|(_, t)| *t);
+        (usize::from(first.is_some()) + r.count(), first)
+    }
+}
+
+/// One gateway's line in a receipt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub name: String,
+    pub state: State,
+    pub applied: bool,
+    /// When the authority learned it was applied (Unix ms): the gateway had
+    /// applied it by then. `null` when applied long before (or not yet).
+    pub applied_at_ms: Option<i64>,
+}
+
+/// Whether a change is enforced on every gateway that is not gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    /// The change-log cursor the receipt is about (everything up to it).
+    pub cursor: String,
+    /// Every gateway not gone has applied it.
+    pub complete: bool,
+    /// Gateways not gone that have not applied it.
+    pub lagging: Vec<String>,
+    pub gateways: Vec<Applied>,
+    /// How long the call waited for it, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<f64>,
+}
+
+/// One row of `GET /v1/gateways`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub state: State,
+    pub addr: String,
+    pub cursor: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub polling: bool,
+    /// Changes committed that it has not acknowledged (on Redis: among the
+    /// last 20,000 this replica knows of).
+    pub lag_changes: usize,
+    /// Seconds since the oldest change it has not acknowledged was
+    /// committed (0 when it has them all).
+    pub lag_seconds: f64,
+}
+
+pub struct Gateways {
+    tracking: GatewayTracking,
+    /// This process's view: every gateway embedded; on Redis, the ones
+    /// that polled this replica (the shared hash has the rest).
+    local: Mutex<HashMap<String, Seen>>,
+    /// Bumped on every acknowledgement taken here: waiters wake.
+    acked: watch::Sender<u64>,
+    commits: Arc<Commits>,
+}
+
+impl Gateways {
+    /// The table as the store kept it: embedded, the gateways known before
+    /// a restart are waited for again (as last seen now) until they poll
+    /// or go.
+    pub async fn open(
+        store: &Backend,
+        tracking: GatewayTracking,
+        commits: Arc<Commits>,
+    ) -> anyhow::Result<Gateways> {
+        let mut local = HashMap::new();
+        if !store.shares_gateways() {
+            let now = now_unix_ms();
+            for (name, json) in store.gateways().await? {
+                let mut seen: Seen = serde_json::from_str(&json).unwrap_or_default();
+                seen.last_seen_ms = now;
+                seen.polling_until_ms = 0;
+                seen.cursor = None;
+                seen.acks.clear();
+                local.insert(name, seen);
+            }
+        }
+        Ok(Gateways {
+            tracking,
+            local: Mutex::new(local),
+            acked: watch::channel(0).0,
+            commits,
+        })
+    }
+
+    pub fn tracking(&self) -> &GatewayTracking {
+        &self.tracking
+    }
+
+    /// A poll from `name` begins (`polling_until_ms` set) or ends (`None`):
+    /// its `since` acknowledges everything up to it. Errors from a shared
+    /// store are logged: the poll itself is served regardless.
+    pub async fn polled(
+        &self,
+        store: &Backend,
+        name: &str,
+        addr: String,
+        since: Option<&str>,
+        polling_until_ms: Option<i64>,
+    ) {
+        let now = now_unix_ms();
+        let shared = if store.shares_gateways() {
+            match store.gateway(name).await {
+                Ok(r) => r.and_then(|j| serde_json::from_str::<Seen>(&j).ok()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), gateway = name, "cannot read the shared gateway record");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (record, new, advanced) = {
+            let Ok(mut map) = self.local.lock() else {
+                return;
+            };
+            if !map.contains_key(name) && map.len() >= MAX_GATEWAYS {
+                tracing::warn!(gateway = name, "gateway table full: not tracked");
+                return;
+            }
+            let new = !map.contains_key(name);
+            let seen = map.entry(name.to_owned()).or_insert_with(|| Seen {
+                first_seen_ms: now,
+                ..Seen::default()
+            });
+            if let Some(s) = shared {
+                seen.merge(s, store);
+            }
+            seen.addr = addr;
+            seen.last_seen_ms = now;
+            seen.polling_until_ms = polling_until_ms.unwrap_or(0);
+            let mut advanced = None;
+            if let Some(c) = since {
+                let held = seen.cursor.as_deref().and_then(|c| store.parse_cursor(c));
+                let got = store.parse_cursor(c);
+                if seen.cursor.as_deref() != Some(c) && (got > held || held.is_none()) {
+                    seen.cursor = Some(c.to_owned());
+                    seen.acks.push_back((c.to_owned(), now));
+                    while seen.acks.len() > ACKS_KEPT {
+                        seen.acks.pop_front();
+                    }
+                    if let Some(g) = got {
+                        advanced = Some((held, g));
+                    }
+                }
+            }
+            (seen.clone(), new, advanced)
+        };
+        if let Some((from, to)) = advanced {
+            let h = &gatehouse_core::metrics::metrics().authority_propagation;
+            for at in self.commits.between(from, to) {
+                h.observe((now - at).max(0) as f64 / 1000.0);
+            }
+            self.acked.send_modify(|n| *n += 1);
+        }
+        if new || store.shares_gateways() {
+            if new {
+                tracing::info!(gateway = name, addr = %record.addr, "a new gateway reads the feed");
+            }
+            let json = serde_json::to_string(&record).unwrap_or_default();
+            if let Err(e) = store.save_gateway(name.to_owned(), Some(json)).await {
+                tracing::warn!(error = %format!("{e:#}"), gateway = name, "cannot keep the gateway record");
+            }
+        }
+    }
+
+    /// Every gateway known, with the shared table's view folded in.
+    async fn all(&self, store: &Backend) -> HashMap<String, Seen> {
+        let mut map = self.local.lock().map(|m| m.clone()).unwrap_or_default();
+        if store.shares_gateways() {
+            match store.gateways().await {
+                Ok(rows) => {
+                    for (name, json) in rows {
+                        let Ok(s) = serde_json::from_str::<Seen>(&json) else {
+                            continue;
+                        };
+                        match map.get_mut(&name) {
+                            Some(mine) => mine.merge(s, store),
+                            None => {
+                                map.insert(name, s);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the shared gateway table")
+                }
+            }
+        }
+        map
+    }
+
+    /// `GET /v1/gateways`: every gateway, by name.
+    pub async fn table(&self, store: &Backend, current: Pos) -> Vec<Row> {
+        let now = now_unix_ms();
+        let mut rows: Vec<Row> = self
+            .all(store)
+            .await
+            .into_iter()
+            .map(|(name, s)| {
+                let acked = s.cursor.as_deref().and_then(|c| store.parse_cursor(c));
+                let (known, first) = self.commits.after(acked);
+                let lag_changes = match (store.shares_gateways(), acked) {
+                    (false, Some(a)) => current.1.saturating_sub(a.1) as usize,
+                    (false, None) => current.1 as usize,
+                    (true, _) => known,
+                };
+                let lag_seconds = match first {
+                    Some(t) if lag_changes > 0 => (now - t).max(0) as f64 / 1000.0,
+                    _ => 0.0,
+                };
+                Row {
+                    state: s.state(now, &self.tracking),
+                    addr: s.addr,
+                    cursor: s.cursor,
+                    first_seen_ms: s.first_seen_ms,
+                    last_seen_ms: s.last_seen_ms,
+                    polling: s.polling_until_ms > now,
+                    lag_changes,
+                    lag_seconds,
+                    name,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
+    }
+
+    /// Which gateways have applied everything up to `target`. `only`
+    /// narrows it to one gateway (an embedded authority's own).
+    pub async fn receipt(&self, store: &Backend, target: Pos, only: Option<&str>) -> Receipt {
+        let now = now_unix_ms();
+        let mut gateways: Vec<Applied> = self
+            .all(store)
+            .await
+            .into_iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n))
+            .map(|(name, s)| {
+                let applied = s.applied(store, target);
+                Applied {
+                    state: s.state(now, &self.tracking),
+                    applied: applied.is_some(),
+                    applied_at_ms: applied.flatten(),
+                    name,
+                }
+            })
+            .collect();
+        gateways.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut lagging: Vec<String> = gateways
+            .iter()
+            .filter(|g| !g.applied && g.state != State::Gone)
+            .map(|g| g.name.clone())
+            .collect();
+        if let Some(o) = only {
+            if gateways.is_empty() {
+                lagging.push(o.to_owned());
+            }
+        }
+        Receipt {
+            cursor: store.cursor(target),
+            complete: lagging.is_empty(),
+            lagging,
+            gateways,
+            waited_ms: None,
+        }
+    }
+
+    /// Waits until every gateway that is not gone (or `only`) has applied
+    /// everything up to `target`, or `timeout` passes; the receipt says
+    /// which it was.
+    pub async fn wait(
+        &self,
+        store: &Backend,
+        target: Pos,
+        timeout: Duration,
+        only: Option<&str>,
+    ) -> Receipt {
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        let mut acked = self.acked.subscribe();
+        loop {
+            acked.mark_unchanged();
+            let mut r = self.receipt(store, target, only).await;
+            let now = tokio::time::Instant::now();
+            if r.complete || now >= deadline {
+                r.waited_ms = Some(now.duration_since(start).as_secs_f64() * 1000.0);
+                return r;
+            }
+            let recheck = if store.shares_gateways() {
+                (now + SHARED_RECHECK).min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = acked.changed() => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    /// Sets the by-state gauges and forgets gateways unseen for
+    /// `forget_after`.
+    pub async fn tick(&self, store: &Backend) {
+        let now = now_unix_ms();
+        let all = self.all(store).await;
+        let mut counts = [0i64; 3];
+        let mut forget = Vec::new();
+        for (name, s) in &all {
+            let st = s.state(now, &self.tracking);
+            counts[st as usize] += 1;
+            if st == State::Gone
+                && now - s.last_seen_ms > self.tracking.forget_after.as_millis() as i64
+            {
+                forget.push(name.clone());
+            }
+        }
+        let g = &gatehouse_core::metrics::metrics().authority_gateways;
+        for st in State::ALL {
+            g.get_or_create(&gatehouse_core::metrics::StateLabel { state: st.as_str() })
+                .set(counts[st as usize]);
+        }
+        for name in forget {
+            if let Ok(mut m) = self.local.lock() {
+                m.remove(&name);
+            }
+            tracing::info!(gateway = %name, "gateway forgotten (unseen for forget_after)");
+            if let Err(e) = store.save_gateway(name, None).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot forget a gateway record");
+            }
+        }
+    }
+}
