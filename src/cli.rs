@@ -85,6 +85,11 @@ struct RevokeArgs {
     /// CA bundle for an https authority.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Answer only once every gateway that is not gone has applied it, and
+    /// print the receipt; after this long (e.g. `2s`), exit 3 naming the
+    /// gateways that lag (the revocation is committed either way).
+    #[arg(long, num_args = 0..=1, default_missing_value = "5s", value_name = "TIMEOUT")]
+    wait: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -391,8 +396,19 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     }
 }
 
+/// Exit 0 when applied (or not waited for), 3 when a waited revocation is
+/// committed but not yet applied everywhere, 1 on failure.
 fn revoke(a: RevokeArgs) -> ExitCode {
-    block_on(async move {
+    let mut lagged = None;
+    let done = block_on(async {
+        lagged = revoke_call(a).await?;
+        Ok(())
+    });
+    lagged.map_or(done, ExitCode::from)
+}
+
+async fn revoke_call(a: RevokeArgs) -> anyhow::Result<Option<u8>> {
+    {
         use http_body_util::BodyExt;
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let token = match std::env::var("GATEHOUSE_ADMIN_TOKEN") {
@@ -425,8 +441,12 @@ fn revoke(a: RevokeArgs) -> ExitCode {
             a.ca_file.as_deref(),
             std::time::Duration::from_secs(5),
         )?;
+        let wait = match &a.wait {
+            Some(t) => format!("?wait=applied&timeout={t}"),
+            None => String::new(),
+        };
         let req = http::Request::post(format!(
-            "{}/v1/revocations",
+            "{}/v1/revocations{wait}",
             a.authority.trim_end_matches('/')
         ))
         .header("authorization", format!("Bearer {}", token.trim()))
@@ -438,12 +458,20 @@ fn revoke(a: RevokeArgs) -> ExitCode {
         let status = resp.status();
         let text = resp.into_body().collect().await?.to_bytes();
         println!("{}", String::from_utf8_lossy(&text));
+        if status == http::StatusCode::ACCEPTED {
+            let lagging = serde_json::from_slice::<serde_json::Value>(&text)
+                .ok()
+                .map(|v| v["receipt"]["lagging"].to_string())
+                .unwrap_or_default();
+            eprintln!("committed, but not yet applied on every gateway: lagging {lagging}");
+            return Ok(Some(3));
+        }
         if status.is_success() {
-            Ok(())
+            Ok(None)
         } else {
             anyhow::bail!("the authority answered {status}")
         }
-    })
+    }
 }
 
 fn token(a: TokenArgs) -> ExitCode {

@@ -109,7 +109,9 @@ impl Seen {
             self.polling_until_ms = other.polling_until_ms;
             self.addr = other.addr;
         }
-        if self.first_seen_ms == 0 || (other.first_seen_ms > 0 && other.first_seen_ms < self.first_seen_ms) {
+        if self.first_seen_ms == 0
+            || (other.first_seen_ms > 0 && other.first_seen_ms < self.first_seen_ms)
+        {
             self.first_seen_ms = other.first_seen_ms;
         }
         if pos(&other.cursor) > pos(&self.cursor) {

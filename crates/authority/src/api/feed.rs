@@ -68,7 +68,10 @@ impl Api {
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
-        let name = match req.headers().get(gatehouse_core::revocation::GATEWAY_HEADER) {
+        let name = match req
+            .headers()
+            .get(gatehouse_core::revocation::GATEWAY_HEADER)
+        {
             None => None,
             Some(v) => match v.to_str() {
                 Ok(n) if gatehouse_core::config::valid_gateway_name(n) => Some(n.to_owned()),

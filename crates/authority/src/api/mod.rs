@@ -302,7 +302,11 @@ impl Api {
 
     fn advance(&self, seq: Pos) {
         // Redis positions carry their commit time; embedded ones are now.
-        let at = if seq.0 > 0 { seq.0 as i64 } else { now_unix_ms() };
+        let at = if seq.0 > 0 {
+            seq.0 as i64
+        } else {
+            now_unix_ms()
+        };
         self.commits.record(seq, at);
         self.seq.send_if_modified(|cur| {
             let newer = seq > *cur;

@@ -65,7 +65,13 @@ impl Api {
     /// everywhere; the receipt names the gateways that lag). Not waited:
     /// at once, except that an embedded authority first waits (briefly)
     /// for the gateway of its own process.
-    pub(super) async fn answer(&self, wait: Wait, pos: Pos, status: StatusCode, mut body: Value) -> Resp {
+    pub(super) async fn answer(
+        &self,
+        wait: Wait,
+        pos: Pos,
+        status: StatusCode,
+        mut body: Value,
+    ) -> Resp {
         match wait {
             Some(timeout) => {
                 let r = self.gateways.wait(&self.store, pos, timeout, None).await;
@@ -80,7 +86,10 @@ impl Api {
             }
             None => {
                 if let Some(me) = &self.local_gateway {
-                    let r = self.gateways.wait(&self.store, pos, LOCAL_WAIT, Some(me)).await;
+                    let r = self
+                        .gateways
+                        .wait(&self.store, pos, LOCAL_WAIT, Some(me))
+                        .await;
                     if !r.complete {
                         tracing::warn!(target: "gatehouse::authority", gateway = %me, "this process's gateway did not apply the write within 2s");
                     }

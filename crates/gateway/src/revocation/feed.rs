@@ -299,7 +299,8 @@ impl Revocations {
 
 /// This gateway's name on the feed: `revocation.name`, or else the host
 /// name and the first listener's port (`host:8443`), stable across
-/// restarts of the same deployment.
+/// restarts of the same deployment (with an ephemeral port, `host:` and a
+/// random suffix).
 pub fn gateway_name(cfg: &RevocationConfig, loaded: &LoadedConfig) -> String {
     if let Some(n) = &cfg.name {
         return n.clone();
@@ -310,9 +311,16 @@ pub fn gateway_name(cfg: &RevocationConfig, loaded: &LoadedConfig) -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| gatehouse_core::config::valid_gateway_name(h))
         .unwrap_or_else(|| "gateway".to_owned());
-    match loaded.config.listeners.first() {
-        Some(l) => format!("{host}:{}", l.value.address.port()),
-        None => host,
+    match loaded
+        .config
+        .listeners
+        .first()
+        .map(|l| l.value.address.port())
+    {
+        // An ephemeral port names nothing stable: a random suffix keeps
+        // two such gateways on one host apart.
+        Some(0) | None => format!("{host}:{}", &gatehouse_core::ids::random_id()[..8]),
+        Some(port) => format!("{host}:{port}"),
     }
 }
 
