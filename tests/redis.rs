@@ -500,3 +500,73 @@ async fn same_second_logins_evict_the_one_that_arrived_first_on_redis() {
     }
     assert_eq!(replaced, [json!([]), json!([]), json!([]), json!(["z1"])]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waited_revocation_through_one_replica_completes_while_gateways_poll_the_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let backend = Backend::start().await;
+    let p = prefix("receipts");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let b = replica(dir.path(), "b", &redis.url(), &p, |a| a);
+    // Every gateway polls replica B only.
+    let urls = [format!("http://{}", b.addr)];
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        let state = dir.path().join(format!("gw{i}.state"));
+        let token = dir.path().join("feed.token");
+        std::fs::write(&token, FEED).expect("token");
+        let yaml = yaml::Config::gateway()
+            .route(yaml::Route::to(backend.addr))
+            .revocation(
+                yaml::Revocation::authority(&urls, &token, &state).with("name", format!("gw-{i}")),
+            )
+            .yaml();
+        gws.push(start_gateway(&yaml).await);
+    }
+    // Replica A sees the gateways that poll B: the table is shared.
+    let start = std::time::Instant::now();
+    loop {
+        let t = admin(a.addr, "GET", "/v1/gateways", None).await.json();
+        if t["gateways"].as_array().map_or(0, Vec::len) == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "A never listed the gateways: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gw_addrs: Vec<SocketAddr> = gws.iter().map(|(g, _)| g.addrs()[0]).collect();
+    for round in 0..20 {
+        let jti = format!("via-a-{round}");
+        let token = token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+        });
+        for gw in &gw_addrs {
+            assert_eq!(status_of(*gw, &token).await.0, StatusCode::OK);
+        }
+        let r = admin(
+            a.addr,
+            "POST",
+            "/v1/revocations?wait=applied&timeout=5s",
+            Some(json!({"jti": jti})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let receipt = &r.json()["receipt"];
+        assert_eq!(receipt["complete"], true, "{receipt}");
+        assert_eq!(
+            receipt["gateways"].as_array().map(Vec::len),
+            Some(3),
+            "{receipt}"
+        );
+        for gw in &gw_addrs {
+            assert_eq!(
+                status_of(*gw, &token).await.0,
+                StatusCode::UNAUTHORIZED,
+                "round {round}"
+            );
+        }
+    }
+}
