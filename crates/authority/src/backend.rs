@@ -74,7 +74,7 @@ impl Backend {
     pub async fn follow(
         &self,
         pos: &Arc<watch::Sender<Pos>>,
-        commits: Arc<crate::gateways::Commits>,
+        commits: Arc<crate::records::Commits>,
     ) -> anyhow::Result<()> {
         let p = self.current().await?;
         pos.send_replace(p);

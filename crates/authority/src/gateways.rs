@@ -9,7 +9,7 @@
 //! record of the gateways that poll it into one shared hash and reads the
 //! others' from there.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,14 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::records::Pos;
+use crate::records::{Commits, Pos};
 use gatehouse_core::clock::now_unix_ms;
 use gatehouse_core::config::GatewayTracking;
 
 /// Acknowledgements kept per gateway (for "when" in receipts).
 const ACKS_KEPT: usize = 64;
-/// Commit times kept (for the propagation histogram and lag in time).
-const COMMITS_KEPT: usize = 20_000;
 /// Gateways tracked at most: a feed credential must not grow the table
 /// without bound.
 const MAX_GATEWAYS: usize = 10_000;
@@ -126,44 +124,6 @@ impl Seen {
         while self.acks.len() > ACKS_KEPT {
             self.acks.pop_front();
         }
-    }
-}
-
-/// When each recent change was committed (Unix ms): this process's own
-/// writes, and on Redis every replica's (the stream id's time).
-#[derive(Default)]
-pub struct Commits(Mutex<BTreeMap<Pos, i64>>);
-
-impl Commits {
-    pub fn record(&self, pos: Pos, at_ms: i64) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(pos).or_insert(at_ms);
-            while m.len() > COMMITS_KEPT {
-                m.pop_first();
-            }
-        }
-    }
-
-    /// Commit times of the changes in `(after, upto]`.
-    fn between(&self, after: Option<Pos>, upto: Pos) -> Vec<i64> {
-        let Ok(m) = self.0.lock() else {
-            return Vec::new();
-        };
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        m.range((from, std::ops::Bound::Included(upto)))
-            .map(|(_, t)| *t)
-            .collect()
-    }
-
-    /// Changes known after `after`, and when the first of them was committed.
-    fn after(&self, after: Option<Pos>) -> (usize, Option<i64>) {
-        let Ok(m) = self.0.lock() else {
-            return (0, None);
-        };
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let mut r = m.range((from, std::ops::Bound::Unbounded));
-        let first = r.next().map(|(_, t)| *t);
-        (usize::from(first.is_some()) + r.count(), first)
     }
 }
 

@@ -626,7 +626,7 @@ impl RedisStore {
     pub fn spawn_notifier(
         self: &Arc<Self>,
         pos: Arc<watch::Sender<Pos>>,
-        commits: Arc<crate::gateways::Commits>,
+        commits: Arc<crate::records::Commits>,
     ) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -49,8 +49,8 @@ mod wait;
 pub use refusal::Refusal;
 
 use crate::backend::Backend;
-use crate::gateways::{Commits, Gateways};
-use crate::records::{push_line, NewRevocation, Pos, PutOutcome};
+use crate::gateways::Gateways;
+use crate::records::{push_line, Commits, NewRevocation, Pos, PutOutcome};
 use gatehouse_core::auth::{Bearer, Identity, Verifier};
 use gatehouse_core::body::{BoxError, ProxyBody};
 use gatehouse_core::clock::{now_unix, now_unix_ms};
