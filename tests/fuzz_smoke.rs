@@ -212,3 +212,30 @@ fn mutated_feed_responses_never_panic_and_apply_only_when_complete() {
         }
     }
 }
+
+#[test]
+fn mutated_wait_modes_and_gateway_names_never_panic_and_stay_in_bounds() {
+    let t = gatehouse::config::GatewayTracking::default();
+    let seeds: Vec<Vec<u8>> = vec![
+        b"wait=applied&timeout=2s".to_vec(),
+        b"applied; timeout=500ms".to_vec(),
+        b"wait=applied".to_vec(),
+        b"web-1.example:8443".to_vec(),
+    ];
+    let mut rng = Rng(0x94D0_49BB_1331_11EB);
+    for i in 0..ROUNDS {
+        let m = rng.mutate(&seeds[i % seeds.len()], &seeds);
+        let text = String::from_utf8_lossy(&m);
+        for r in [
+            gatehouse::authority::api::parse_wait(&text, None, &t),
+            gatehouse::authority::api::parse_wait("", Some(&m), &t),
+        ] {
+            if let Ok(Some(d)) = r {
+                assert!(!d.is_zero() && d <= t.max_wait, "{text:?} -> {d:?}");
+            }
+        }
+        if gatehouse::config::valid_gateway_name(&text) {
+            assert!(http::HeaderValue::from_str(&text).is_ok(), "{text:?}");
+        }
+    }
+}

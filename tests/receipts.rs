@@ -405,3 +405,95 @@ async fn an_open_websocket_is_cut_when_its_token_is_revoked_and_when_it_expires(
     assert!(now() >= exp, "closed before exp");
     assert!(echoes(&mut ws, "unrelated tunnel still open").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_mode_or_gateway_name_the_authority_does_not_understand_is_refused_and_commits_nothing(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority(dir.path());
+    for query in [
+        "?wait=aplied",
+        "?wait=applied&timeout=soon",
+        "?wait=applied&timeout=0s",
+        "?wait=applied&timeout=2h",
+        "?timeout=2s",
+    ] {
+        let r = admin(
+            auth.addr,
+            "POST",
+            &format!("/v1/revocations{query}"),
+            Some(json!({"jti": "typo"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.text());
+    }
+    for header in [
+        "applied; timeout=2s; extra=1",
+        "applied;timeout=1s;timeout=2s",
+        "later",
+        "\u{0}",
+    ] {
+        let mut req = json_req(
+            "POST",
+            "/v1/revocations",
+            Some(ADMIN),
+            Some(&json!({"jti": "typo"})),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(header) {
+            req.headers_mut().insert("gatehouse-wait", v);
+        } else {
+            continue;
+        }
+        let r = send(auth.addr, Proto::Plain, "authority", req).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{header:?}: {}",
+            r.text()
+        );
+    }
+    // None of them committed anything.
+    let listed = admin(auth.addr, "GET", "/v1/revocations?subject=typo", None).await;
+    assert_eq!(listed.json()["revocations"], json!([]), "{}", listed.text());
+    let status = admin(auth.addr, "GET", "/v1/status", None).await.json();
+    assert_eq!(status["entries"], 0, "{status}");
+
+    // A feed poll naming itself with something that is not a gateway name
+    // is refused and not tracked; the admin token still never reads the feed.
+    for name in [
+        "",
+        "has space",
+        "x".repeat(129).as_str(),
+        "caf\u{e9}",
+        "a\"b",
+    ] {
+        let mut req = json_req("GET", "/v1/feed", Some(FEED), None);
+        if let Ok(v) = http::HeaderValue::from_str(name) {
+            req.headers_mut().insert("gatehouse-gateway", v);
+            let r = send(auth.addr, Proto::Plain, "authority", req).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name:?}");
+        }
+    }
+    let mut req = json_req("GET", "/v1/feed", Some(ADMIN), None);
+    req.headers_mut().insert(
+        "gatehouse-gateway",
+        http::HeaderValue::from_static("impostor"),
+    );
+    assert_eq!(
+        send(auth.addr, Proto::Plain, "authority", req).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let table = admin(auth.addr, "GET", "/v1/gateways", None).await.json();
+    assert_eq!(table["gateways"], json!([]), "{table}");
+    // The gateway table and metrics are admin-only.
+    for path in ["/v1/gateways", "/metrics"] {
+        let r = send(
+            auth.addr,
+            Proto::Plain,
+            "authority",
+            json_req("GET", path, Some(FEED), None),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+}

@@ -47,6 +47,7 @@ mod revocations;
 mod wait;
 
 pub use refusal::Refusal;
+pub use wait::parse_wait;
 
 use crate::backend::Backend;
 use crate::gateways::Gateways;

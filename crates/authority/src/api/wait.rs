@@ -13,50 +13,14 @@ const WAIT_HEADER: &str = "gatehouse-wait";
 pub(super) type Wait = Option<Duration>;
 
 impl Api {
-    /// Reads the wait mode from the query (`wait=applied`, `timeout=2s`)
-    /// or the `Gatehouse-Wait` header (`applied; timeout=2s`). Anything
-    /// else in them is a 400: a caller who asked to wait must not get an
-    /// unwaited answer by a typo.
+    /// The request's wait mode (see [`parse_wait`]).
     pub(super) fn wait_mode<B>(&self, req: &Request<B>) -> Result<Wait, Refusal> {
-        let bad = |d: &str| Refusal::BadRequest(d.to_owned());
-        let q = query(req);
-        let (mode, timeout) = if q.contains_key("wait") || q.contains_key("timeout") {
-            (q.get("wait").cloned(), q.get("timeout").cloned())
-        } else if let Some(h) = req.headers().get(WAIT_HEADER) {
-            let h = h
-                .to_str()
-                .map_err(|_| bad("Gatehouse-Wait must be ASCII"))?;
-            let mut parts = h.split(';').map(str::trim);
-            let mode = parts.next().map(str::to_owned);
-            let mut timeout = None;
-            for p in parts {
-                match p.split_once('=') {
-                    Some(("timeout", v)) => timeout = Some(v.trim().to_owned()),
-                    _ => return Err(bad("Gatehouse-Wait: applied[; timeout=<duration>]")),
-                }
-            }
-            (mode, timeout)
-        } else {
-            return Ok(None);
-        };
-        match mode.as_deref() {
-            Some("applied") => {}
-            None if timeout.is_none() => return Ok(None),
-            _ => return Err(bad("wait takes `applied`")),
-        }
-        let t = self.gateways.tracking();
-        let timeout = match timeout {
-            None => t.default_wait,
-            Some(v) => humantime::parse_duration(&v)
-                .map_err(|_| bad("timeout: a duration such as 2s or 500ms"))?,
-        };
-        if timeout.is_zero() || timeout > t.max_wait {
-            return Err(Refusal::BadRequest(format!(
-                "timeout must be more than 0 and at most {}",
-                humantime::format_duration(t.max_wait)
-            )));
-        }
-        Ok(Some(timeout))
+        parse_wait(
+            req.uri().query().unwrap_or(""),
+            req.headers().get(WAIT_HEADER).map(HeaderValue::as_bytes),
+            self.gateways.tracking(),
+        )
+        .map_err(Refusal::BadRequest)
     }
 
     /// The answer to a write committed at `pos`. Waited: once every
@@ -125,4 +89,53 @@ impl Api {
         );
         r
     }
+}
+
+/// Reads a write's wait mode from its query string (`wait=applied`,
+/// `timeout=2s`) or, when the query has neither, from the value of the
+/// `Gatehouse-Wait` header (`applied; timeout=2s`). `Ok(None)`: no wait
+/// asked; `Ok(Some(t))`: wait up to `t`, `0 < t <= tracking.max_wait`
+/// (`tracking.default_wait` when no timeout is given). Anything else in
+/// them is an error (a 400): a caller who asked to wait must never get an
+/// unwaited answer by a typo.
+pub fn parse_wait(
+    query: &str,
+    header: Option<&[u8]>,
+    tracking: &gatehouse_core::config::GatewayTracking,
+) -> Result<Option<Duration>, String> {
+    let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let (mode, timeout) = if q.contains_key("wait") || q.contains_key("timeout") {
+        (q.get("wait").cloned(), q.get("timeout").cloned())
+    } else if let Some(h) = header {
+        let h = std::str::from_utf8(h).map_err(|_| "Gatehouse-Wait must be ASCII".to_owned())?;
+        let mut parts = h.split(';').map(str::trim);
+        let mode = parts.next().map(str::to_owned);
+        let mut timeout = None;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("timeout", v)) if timeout.is_none() => timeout = Some(v.trim().to_owned()),
+                _ => return Err("Gatehouse-Wait: applied[; timeout=<duration>]".into()),
+            }
+        }
+        (mode, timeout)
+    } else {
+        return Ok(None);
+    };
+    if mode.as_deref() != Some("applied") {
+        return Err("wait takes `applied` (and an optional timeout)".into());
+    }
+    let timeout = match timeout {
+        None => tracking.default_wait,
+        Some(v) => humantime::parse_duration(&v)
+            .map_err(|_| "timeout: a duration such as 2s or 500ms".to_owned())?,
+    };
+    if timeout.is_zero() || timeout > tracking.max_wait {
+        return Err(format!(
+            "timeout must be more than 0 and at most {}",
+            humantime::format_duration(tracking.max_wait)
+        ));
+    }
+    Ok(Some(timeout))
 }
