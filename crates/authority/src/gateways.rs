@@ -98,22 +98,20 @@ impl Seen {
         Some(self.acks.iter().find(|(c, _)| at(c)).map(|(_, t)| *t))
     }
 
-    /// Folds in another replica's view of the same gateway: the newest
-    /// sighting, the furthest cursor, every acknowledgement.
-    fn merge(&mut self, other: Seen, store: &Backend) {
-        let pos = |c: &Option<String>| c.as_deref().and_then(|c| store.parse_cursor(c));
+    /// Folds in another replica's view of the same gateway: the latest
+    /// sighting says where it is now (its cursor may have moved back: a
+    /// restart from an older state file), every acknowledgement is kept.
+    fn merge(&mut self, other: Seen) {
         if other.last_seen_ms > self.last_seen_ms {
             self.last_seen_ms = other.last_seen_ms;
             self.polling_until_ms = other.polling_until_ms;
             self.addr = other.addr;
+            self.cursor = other.cursor;
         }
         if self.first_seen_ms == 0
             || (other.first_seen_ms > 0 && other.first_seen_ms < self.first_seen_ms)
         {
             self.first_seen_ms = other.first_seen_ms;
-        }
-        if pos(&other.cursor) > pos(&self.cursor) {
-            self.cursor = other.cursor;
         }
         for a in other.acks {
             if !self.acks.contains(&a) {
@@ -125,6 +123,16 @@ impl Seen {
             self.acks.pop_front();
         }
     }
+}
+
+/// A feed poll's start (with its `since`, and when its long-poll ends at
+/// the latest, Unix ms) or its end.
+pub enum FeedPoll<'a> {
+    Start {
+        since: Option<&'a str>,
+        until_ms: i64,
+    },
+    End,
 }
 
 /// One gateway's line in a receipt.
@@ -214,17 +222,11 @@ impl Gateways {
         &self.tracking
     }
 
-    /// A poll from `name` begins (`polling_until_ms` set) or ends (`None`):
-    /// its `since` acknowledges everything up to it. Errors from a shared
-    /// store are logged: the poll itself is served regardless.
-    pub async fn polled(
-        &self,
-        store: &Backend,
-        name: &str,
-        addr: String,
-        since: Option<&str>,
-        polling_until_ms: Option<i64>,
-    ) {
+    /// A poll from `name` begins or ends. A beginning poll's `since`
+    /// acknowledges everything up to it; one without `since` says the
+    /// gateway holds nothing from the feed (it asks for a snapshot).
+    /// Errors from a shared store are logged: the poll is served regardless.
+    pub async fn polled(&self, store: &Backend, name: &str, addr: String, poll: FeedPoll<'_>) {
         let now = now_unix_ms();
         let shared = if store.shares_gateways() {
             match store.gateway(name).await {
@@ -251,24 +253,42 @@ impl Gateways {
                 ..Seen::default()
             });
             if let Some(s) = shared {
-                seen.merge(s, store);
+                seen.merge(s);
             }
             seen.addr = addr;
             seen.last_seen_ms = now;
-            seen.polling_until_ms = polling_until_ms.unwrap_or(0);
             let mut advanced = None;
-            if let Some(c) = since {
+            let since = match poll {
+                FeedPoll::Start { since, until_ms } => {
+                    seen.polling_until_ms = until_ms;
+                    if since.is_none() {
+                        seen.cursor = None;
+                        seen.acks.clear();
+                    }
+                    since
+                }
+                FeedPoll::End => {
+                    seen.polling_until_ms = 0;
+                    None
+                }
+            };
+            if let Some(c) = since.filter(|c| seen.cursor.as_deref() != Some(*c)) {
+                // What it holds now, even when that is behind what it
+                // acknowledged before: a receipt must never count a change
+                // a running gateway no longer has.
                 let held = seen.cursor.as_deref().and_then(|c| store.parse_cursor(c));
                 let got = store.parse_cursor(c);
-                if seen.cursor.as_deref() != Some(c) && (got > held || held.is_none()) {
-                    seen.cursor = Some(c.to_owned());
-                    seen.acks.push_back((c.to_owned(), now));
-                    while seen.acks.len() > ACKS_KEPT {
-                        seen.acks.pop_front();
-                    }
-                    if let Some(g) = got {
-                        advanced = Some((held, g));
-                    }
+                if got.is_some() && got < held {
+                    tracing::warn!(gateway = name, held = seen.cursor.as_deref().unwrap_or("-"), got = c, "a gateway acknowledged less than before: restarted from an older state, or two gateways share this name");
+                    seen.acks.retain(|(a, _)| store.parse_cursor(a) <= got);
+                }
+                seen.cursor = Some(c.to_owned());
+                seen.acks.push_back((c.to_owned(), now));
+                while seen.acks.len() > ACKS_KEPT {
+                    seen.acks.pop_front();
+                }
+                if let Some(g) = got.filter(|g| held.is_none_or(|h| *g > h)) {
+                    advanced = Some((held, g));
                 }
             }
             (seen.clone(), new, advanced)
@@ -302,7 +322,7 @@ impl Gateways {
                             continue;
                         };
                         match map.get_mut(&name) {
-                            Some(mine) => mine.merge(s, store),
+                            Some(mine) => mine.merge(s),
                             None => {
                                 map.insert(name, s);
                             }

@@ -3,6 +3,7 @@
 //! `GET /healthz` (anyone).
 
 use super::*;
+use crate::gateways::FeedPoll;
 
 fn ndjson(body: ProxyBody) -> Resp {
     let mut r = Response::new(body);
@@ -87,13 +88,21 @@ impl Api {
         if let Some(n) = &name {
             let until = now_unix_ms() + wait.as_millis() as i64;
             self.gateways
-                .polled(&self.store, n, peer.to_string(), since, Some(until))
+                .polled(
+                    &self.store,
+                    n,
+                    peer.to_string(),
+                    FeedPoll::Start {
+                        since,
+                        until_ms: until,
+                    },
+                )
                 .await;
         }
         let resp = self.changes_or_snapshot(since, wait).await;
         if let Some(n) = &name {
             self.gateways
-                .polled(&self.store, n, peer.to_string(), None, None)
+                .polled(&self.store, n, peer.to_string(), FeedPoll::End)
                 .await;
         }
         resp
