@@ -227,8 +227,8 @@ fn mutated_wait_modes_and_gateway_names_never_panic_and_stay_in_bounds() {
         let m = rng.mutate(&seeds[i % seeds.len()], &seeds);
         let text = String::from_utf8_lossy(&m);
         for r in [
-            gatehouse::authority::api::parse_wait(&text, None, &t),
-            gatehouse::authority::api::parse_wait("", Some(&m), &t),
+            gatehouse::authority::api::parse_wait(&text, &[], &t),
+            gatehouse::authority::api::parse_wait("", &[&m], &t),
         ] {
             if let Ok(Some(d)) = r {
                 assert!(!d.is_zero() && d <= t.max_wait, "{text:?} -> {d:?}");

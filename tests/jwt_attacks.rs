@@ -513,6 +513,29 @@ async fn an_iss_array_naming_the_issuer_is_refused() {
 }
 
 #[tokio::test]
+async fn a_token_naming_two_different_clients_is_refused() {
+    // A `client_id` revocation must have one client to match: with `azp`
+    // and `client_id` differing, one reading would escape it.
+    crypto();
+    let backend = Backend::start().await;
+    let gw = gateway_with(backend.addr, "");
+    let two = token_with(|c| {
+        c.insert("azp".into(), json!("other-client"));
+        c.insert("client_id".into(), json!("revoked-client"));
+    });
+    let (status, d) = status_of(gw.addr, &two).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(d, "token names two clients (azp and client_id differ)");
+    assert_eq!(backend.hits(), 0);
+    let same = token_with(|c| {
+        c.insert("azp".into(), json!("one-client"));
+        c.insert("client_id".into(), json!("one-client"));
+    });
+    assert_eq!(status_of(gw.addr, &same).await.0, StatusCode::OK);
+    assert_eq!(backend.hits(), 1);
+}
+
+#[tokio::test]
 async fn a_fractional_exp_is_accepted_and_rounded_down() {
     crypto();
     let backend = Backend::start().await;

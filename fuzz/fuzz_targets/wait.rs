@@ -10,10 +10,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == b'\n');
     let query = std::str::from_utf8(parts.next().unwrap_or_default()).unwrap_or("");
-    let header = parts.next();
+    let header: Vec<&[u8]> = parts.next().into_iter().collect();
     let name = parts.next().unwrap_or_default();
     let t = gatehouse::config::GatewayTracking::default();
-    if let Ok(Some(d)) = gatehouse::authority::api::parse_wait(query, header, &t) {
+    if let Ok(Some(d)) = gatehouse::authority::api::parse_wait(query, &header, &t) {
         assert!(!d.is_zero() && d <= t.max_wait, "{d:?}");
     }
     if let Ok(n) = std::str::from_utf8(name) {

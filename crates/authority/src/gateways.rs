@@ -22,7 +22,7 @@ use gatehouse_core::clock::now_unix_ms;
 use gatehouse_core::config::GatewayTracking;
 
 /// Acknowledgements kept per gateway (for "when" in receipts).
-const ACKS_KEPT: usize = 64;
+const ACKS_KEPT: usize = 16;
 /// Gateways tracked at most: a feed credential must not grow the table
 /// without bound.
 const MAX_GATEWAYS: usize = 10_000;
@@ -47,6 +47,9 @@ pub struct Seen {
     /// authority first saw it.
     #[serde(default)]
     pub acks: VecDeque<(String, i64)>,
+    /// When an embedded authority last wrote this record to its store.
+    #[serde(default)]
+    pub saved_at_ms: i64,
 }
 
 /// `live`: polling now, or seen within `stale_after`; `stale`: not seen
@@ -171,8 +174,8 @@ pub struct Row {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub polling: bool,
-    /// Changes committed that it has not acknowledged (on Redis: among the
-    /// last 20,000 this replica knows of).
+    /// Changes committed that it has not acknowledged, among the last
+    /// 20,000 this process knows of (since it started).
     pub lag_changes: usize,
     /// Seconds since the oldest change it has not acknowledged was
     /// committed (0 when it has them all).
@@ -181,6 +184,8 @@ pub struct Row {
 
 pub struct Gateways {
     tracking: GatewayTracking,
+    /// Ticks so far (the embedded store keeps the table every 30).
+    ticks: std::sync::atomic::AtomicU64,
     /// This process's view: every gateway embedded; on Redis, the ones
     /// that polled this replica (the shared hash has the rest).
     local: Mutex<HashMap<String, Seen>>,
@@ -203,7 +208,13 @@ impl Gateways {
             let now = now_unix_ms();
             for (name, json) in store.gateways().await? {
                 let mut seen: Seen = serde_json::from_str(&json).unwrap_or_default();
-                seen.last_seen_ms = now;
+                // Gone already when the authority stopped: stays gone.
+                // Otherwise waited for again (as seen now) until it polls
+                // or goes: a restart must not make a receipt forget it.
+                let gone_ms = tracking.gone_after.as_millis() as i64;
+                if seen.saved_at_ms - seen.last_seen_ms <= gone_ms {
+                    seen.last_seen_ms = now;
+                }
                 seen.polling_until_ms = 0;
                 seen.cursor = None;
                 seen.acks.clear();
@@ -212,6 +223,7 @@ impl Gateways {
         }
         Ok(Gateways {
             tracking,
+            ticks: std::sync::atomic::AtomicU64::new(0),
             local: Mutex::new(local),
             acked: watch::channel(0).0,
             commits,
@@ -338,7 +350,7 @@ impl Gateways {
     }
 
     /// `GET /v1/gateways`: every gateway, by name.
-    pub async fn table(&self, store: &Backend, current: Pos) -> Vec<Row> {
+    pub async fn table(&self, store: &Backend) -> Vec<Row> {
         let now = now_unix_ms();
         let mut rows: Vec<Row> = self
             .all(store)
@@ -347,11 +359,7 @@ impl Gateways {
             .map(|(name, s)| {
                 let acked = s.cursor.as_deref().and_then(|c| store.parse_cursor(c));
                 let (known, first) = self.commits.after(acked);
-                let lag_changes = match (store.shares_gateways(), acked) {
-                    (false, Some(a)) => current.1.saturating_sub(a.1) as usize,
-                    (false, None) => current.1 as usize,
-                    (true, _) => known,
-                };
+                let lag_changes = known;
                 let lag_seconds = match first {
                     Some(t) if lag_changes > 0 => (now - t).max(0) as f64 / 1000.0,
                     _ => 0.0,
@@ -467,13 +475,49 @@ impl Gateways {
                 .set(counts[st as usize]);
         }
         for name in forget {
-            if let Ok(mut m) = self.local.lock() {
-                m.remove(&name);
-            }
             tracing::info!(gateway = %name, "gateway forgotten (unseen for forget_after)");
-            if let Err(e) = store.save_gateway(name, None).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot forget a gateway record");
+            self.forget(store, &name).await;
+        }
+        // Embedded, the table is kept every 30 s, so that after a restart
+        // a gateway already gone stays gone.
+        let n = self
+            .ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !store.shares_gateways() && n % 30 == 29 {
+            let rows: Vec<(String, String)> = self
+                .local
+                .lock()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            let mut v = v.clone();
+                            v.saved_at_ms = now;
+                            (k.clone(), serde_json::to_string(&v).unwrap_or_default())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (name, json) in rows {
+                if let Err(e) = store.save_gateway(name, Some(json)).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot keep the gateway table");
+                    break;
+                }
             }
         }
+    }
+
+    /// Drops a gateway from the table (decommissioned, or a name that
+    /// never was one): it is no longer waited for. False if unknown.
+    pub async fn forget(&self, store: &Backend, name: &str) -> bool {
+        let local = self
+            .local
+            .lock()
+            .map(|mut m| m.remove(name).is_some())
+            .unwrap_or(false);
+        let shared = store.shares_gateways() && store.gateway(name).await.ok().flatten().is_some();
+        if let Err(e) = store.save_gateway(name.to_owned(), None).await {
+            tracing::warn!(error = %format!("{e:#}"), gateway = name, "cannot forget a gateway record");
+        }
+        local || shared
     }
 }

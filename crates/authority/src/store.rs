@@ -61,6 +61,21 @@ pub struct Store {
     change_retention: u64,
 }
 
+/// The change-log position after `prev`: the wall clock in microseconds
+/// when it is ahead, else `prev + 1`. Positions are never handed out twice
+/// for different changes, even by a store restored from a backup and then
+/// written to (its new positions are later than any it handed out before
+/// the restore, as long as the clock does not go back by more than the
+/// restored span): a gateway holding a cursor from the lost future gets
+/// the new changes after it, never positions it believes it has.
+fn next_position(prev: u64) -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    (prev + 1).max(now_us)
+}
+
 fn get_u64(t: &impl ReadableTable<&'static str, u64>, k: &str) -> anyhow::Result<u64> {
     Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
 }
@@ -220,7 +235,7 @@ impl Store {
             tx.open_table(EXPIRY)?
                 .remove((rev.expires_at, key.as_str()))?;
             let mut meta = tx.open_table(META)?;
-            let seq = get_u64(&meta, "seq")? + 1;
+            let seq = next_position(get_u64(&meta, "seq")?);
             meta.insert("seq", seq)?;
             tx.open_table(CHANGES)?.insert(
                 seq,
@@ -418,13 +433,24 @@ impl Store {
             }
             tx.open_table(LOGOUT_JTIS)?.retain(|_, until| until > now)?;
             let mut meta = tx.open_table(META)?;
-            let seq = get_u64(&meta, "seq")?;
-            let keep_from = seq.saturating_sub(self.change_retention) + 1;
-            let min_seq = get_u64(&meta, "min_seq")?;
-            if keep_from > min_seq {
-                let mut changes = tx.open_table(CHANGES)?;
-                changes.retain_in(..keep_from, |_, _| false)?;
-                meta.insert("min_seq", keep_from)?;
+            // Keep the newest `change_retention` records. Positions have
+            // gaps (see `next_position`), so the records are counted;
+            // `min_seq` is one past the newest record dropped: a cursor
+            // before it may have missed one.
+            let mut changes = tx.open_table(CHANGES)?;
+            let n = changes.len()?;
+            if n > self.change_retention {
+                let drop = (n - self.change_retention) as usize;
+                let last_dropped = match changes.iter()?.nth(drop - 1) {
+                    Some(item) => Some(item?.0.value()),
+                    None => None,
+                };
+                if let Some(last) = last_dropped {
+                    changes.retain_in(..=last, |_, _| false)?;
+                    if last + 1 > get_u64(&meta, "min_seq")? {
+                        meta.insert("min_seq", last + 1)?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -609,7 +635,7 @@ fn put_tx(
             if outcome != PutOutcome::Unchanged {
                 entries.insert(key.as_str(), serde_json::to_vec(&rev)?.as_slice())?;
                 expiry.insert((rev.expires_at, key.as_str()), ())?;
-                next_seq += 1;
+                next_seq = next_position(next_seq);
                 changes.insert(
                     next_seq,
                     serde_json::to_vec(&Change::Put(rev.clone()))?.as_slice(),

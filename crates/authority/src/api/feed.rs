@@ -84,22 +84,40 @@ impl Api {
                 }
             },
         };
-        let since = q.get("since").map(String::as_str);
+        // The cursor as this store reads it (with its epoch), and whether
+        // it is ahead of the store: then it acknowledges nothing (it is
+        // from a history the store does not have) and is answered at once.
+        let given = q.get("since").map(String::as_str);
+        let since = match given {
+            Some(c) => self.store.parse_cursor_fresh(c).await.map(|p| {
+                // Epochs are hex: the cursor's epoch ends at its first `-`.
+                let epoch = c.split('-').next().unwrap_or_default().to_owned();
+                (p, epoch)
+            }),
+            None => None,
+        };
+        let ahead = match &since {
+            Some((p, _)) => {
+                *p > *self.seq.borrow() && self.store.current().await.is_ok_and(|c| *p > c)
+            }
+            None => false,
+        };
         if let Some(n) = &name {
             let until = now_unix_ms() + wait.as_millis() as i64;
+            let acknowledged = given.filter(|_| !ahead);
             self.gateways
                 .polled(
                     &self.store,
                     n,
                     peer.to_string(),
                     FeedPoll::Start {
-                        since,
+                        since: acknowledged,
                         until_ms: until,
                     },
                 )
                 .await;
         }
-        let resp = self.changes_or_snapshot(since, wait).await;
+        let resp = self.changes_or_snapshot(since, ahead, wait).await;
         if let Some(n) = &name {
             self.gateways
                 .polled(&self.store, n, peer.to_string(), FeedPoll::End)
@@ -108,18 +126,19 @@ impl Api {
         resp
     }
 
-    async fn changes_or_snapshot(&self, since: Option<&str>, wait: Duration) -> Resp {
-        let since = match since {
-            Some(c) => self.store.parse_cursor_fresh(c).await.map(|p| {
-                // Epochs are hex: the cursor's epoch ends at its first `-`.
-                let epoch = c.split('-').next().unwrap_or_default().to_owned();
-                (p, epoch)
-            }),
-            None => None,
-        };
+    /// `ahead`: the cursor is past the store's newest position (see `feed`).
+    async fn changes_or_snapshot(
+        &self,
+        since: Option<(Pos, String)>,
+        ahead: bool,
+        wait: Duration,
+    ) -> Resp {
         if let Some((since, epoch)) = since {
             let mut rx = self.seq.subscribe();
-            if *rx.borrow() <= since && !wait.is_zero() {
+            // A cursor ahead of the store (restored from a backup, or not
+            // a cursor this store gave) is answered at once, never after a
+            // long-poll: the store starts a new epoch.
+            if *rx.borrow() <= since && !ahead && !wait.is_zero() {
                 let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s > since)).await;
             }
             match self.store.changes_since(since, epoch, MAX_CHANGES).await {

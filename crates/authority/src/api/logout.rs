@@ -64,8 +64,14 @@ impl Api {
             Ok((revoked, seq)) => {
                 self.advance(seq);
                 let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
-                self.answer(wait, seq, StatusCode::OK, json!({ "replaced": sids }))
-                    .await
+                self.answer(
+                    wait,
+                    Caller::Admin,
+                    seq,
+                    StatusCode::OK,
+                    json!({ "replaced": sids }),
+                )
+                .await
             }
             Err(e) => Refusal::Unavailable(e).into(),
         }
@@ -173,8 +179,14 @@ impl Api {
         } else {
             "already_revoked"
         };
-        self.answer(wait, pos, StatusCode::OK, json!({ "status": status }))
-            .await
+        self.answer(
+            wait,
+            Caller::Public,
+            pos,
+            StatusCode::OK,
+            json!({ "status": status }),
+        )
+        .await
     }
 
     /// OIDC Back-Channel Logout 1.0 §2.5–2.8: a signed logout token naming
@@ -275,7 +287,10 @@ impl Api {
             }
         }
         match self.put(news).await {
-            Ok((_, pos)) => self.answer(wait, pos, StatusCode::OK, json!({})).await,
+            Ok((_, pos)) => {
+                self.answer(wait, Caller::Public, pos, StatusCode::OK, json!({}))
+                    .await
+            }
             Err(e) => {
                 // Not kept: the identity provider's retry must not be
                 // refused as a replay.

@@ -12,6 +12,7 @@
 //! | `GET /v1/feed?since=&wait=` | feed token only (never the admin token) | changes since a cursor, or a snapshot |
 //! | `GET /v1/status` | admin | entry count and cursor |
 //! | `GET /v1/gateways` | admin | the gateways reading the feed: state, cursor, lag |
+//! | `DELETE /v1/gateways/{name}` | admin | forget a gateway (decommissioned): no longer waited for |
 //! | `GET /metrics` | admin | Prometheus text (gateways by state, propagation) |
 //!
 //! Writes (`POST /v1/revocations`, `DELETE /v1/revocations/{id}`,
@@ -48,6 +49,7 @@ mod wait;
 
 pub use refusal::Refusal;
 pub use wait::parse_wait;
+use wait::Caller;
 
 use crate::backend::Backend;
 use crate::gateways::Gateways;
@@ -241,6 +243,10 @@ impl Api {
             },
             (&Method::GET, ["v1", "gateways"]) => match self.authorize(&req, false) {
                 Ok(()) => self.gateway_table().await,
+                Err(r) => r.into(),
+            },
+            (&Method::DELETE, ["v1", "gateways", name]) => match self.authorize(&req, false) {
+                Ok(()) => self.forget_gateway(name, peer).await,
                 Err(r) => r.into(),
             },
             (&Method::GET, ["metrics"]) => match self.authorize(&req, false) {

@@ -137,8 +137,14 @@ impl Api {
                 } else {
                     StatusCode::OK
                 };
-                self.answer(wait, pos, status, json!({ "revocations": items }))
-                    .await
+                self.answer(
+                    wait,
+                    Caller::Admin,
+                    pos,
+                    status,
+                    json!({ "revocations": items }),
+                )
+                .await
             }
             Err(e) => Refusal::Unavailable(e).into(),
         }
@@ -199,8 +205,14 @@ impl Api {
             Ok(Some((r, seq))) => {
                 tracing::warn!(target: "gatehouse::audit", id, actor = %actor, kind = r.kind.as_str(), issuer = %r.issuer, "revocation removed");
                 self.advance(seq);
-                self.answer(wait, seq, StatusCode::OK, json!({ "deleted": r }))
-                    .await
+                self.answer(
+                    wait,
+                    Caller::Admin,
+                    seq,
+                    StatusCode::OK,
+                    json!({ "deleted": r }),
+                )
+                .await
             }
             Ok(None) => Refusal::NotFound("no such revocation").into(),
             Err(e) => Refusal::Unavailable(e).into(),

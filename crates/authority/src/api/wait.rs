@@ -3,9 +3,19 @@
 //! and `GET /metrics`.
 
 use super::*;
+use crate::gateways::State;
 
 /// The header form of the wait mode.
 const WAIT_HEADER: &str = "gatehouse-wait";
+
+/// Who a waited answer is for: an admin sees the whole receipt; a client
+/// logging out or an identity provider only whether it is done (and waits
+/// at most `default_wait`).
+#[derive(Clone, Copy)]
+pub(super) enum Caller {
+    Admin,
+    Public,
+}
 
 /// What a caller asked of a write's answer: `None` = answer at commit
 /// (as always); `Some(t)` = once every gateway that is not gone applied
@@ -15,9 +25,15 @@ pub(super) type Wait = Option<Duration>;
 impl Api {
     /// The request's wait mode (see [`parse_wait`]).
     pub(super) fn wait_mode<B>(&self, req: &Request<B>) -> Result<Wait, Refusal> {
+        let header: Vec<&[u8]> = req
+            .headers()
+            .get_all(WAIT_HEADER)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
         parse_wait(
             req.uri().query().unwrap_or(""),
-            req.headers().get(WAIT_HEADER).map(HeaderValue::as_bytes),
+            &header,
             self.gateways.tracking(),
         )
         .map_err(Refusal::BadRequest)
@@ -32,20 +48,36 @@ impl Api {
     pub(super) async fn answer(
         &self,
         wait: Wait,
+        caller: Caller,
         pos: Pos,
         status: StatusCode,
         mut body: Value,
     ) -> Resp {
         match wait {
             Some(timeout) => {
+                let timeout = match caller {
+                    Caller::Admin => timeout,
+                    Caller::Public => timeout.min(self.gateways.tracking().default_wait),
+                };
                 let r = self.gateways.wait(&self.store, pos, timeout, None).await;
                 let status = if r.complete {
                     status
                 } else {
-                    tracing::warn!(target: "gatehouse::authority", lagging = ?r.lagging, cursor = %r.cursor, "waited write not applied everywhere in time");
+                    let shown: Vec<&str> = r.lagging.iter().take(10).map(String::as_str).collect();
+                    tracing::warn!(target: "gatehouse::authority", lagging = r.lagging.len(), first = ?shown, cursor = %r.cursor, "waited write not applied everywhere in time");
                     StatusCode::ACCEPTED
                 };
-                body["receipt"] = json!(r);
+                body["receipt"] = match caller {
+                    Caller::Admin => json!(r),
+                    // Whoever logs out learns whether it is done, not the
+                    // names and states of the gateways.
+                    Caller::Public => json!({
+                        "complete": r.complete,
+                        "gateways": r.gateways.iter().filter(|g| g.state != State::Gone).count(),
+                        "lagging": r.lagging.len(),
+                        "waited_ms": r.waited_ms,
+                    }),
+                };
                 json_resp(status, &body)
             }
             None => {
@@ -63,10 +95,21 @@ impl Api {
         }
     }
 
+    /// `DELETE /v1/gateways/{name}`: no longer tracked nor waited for
+    /// (until it polls again).
+    pub(super) async fn forget_gateway(&self, name: &str, peer: SocketAddr) -> Resp {
+        if self.gateways.forget(&self.store, name).await {
+            tracing::warn!(target: "gatehouse::audit", gateway = name, actor = %format!("admin@{}", peer.ip()), "gateway forgotten");
+            json_resp(StatusCode::OK, &json!({ "forgotten": name }))
+        } else {
+            Refusal::NotFound("no such gateway").into()
+        }
+    }
+
     pub(super) async fn gateway_table(&self) -> Resp {
         match self.store.current().await {
             Ok(current) => {
-                let rows = self.gateways.table(&self.store, current).await;
+                let rows = self.gateways.table(&self.store).await;
                 json_resp(
                     StatusCode::OK,
                     &json!({"cursor": self.store.cursor(current), "gateways": rows}),
@@ -92,37 +135,61 @@ impl Api {
 }
 
 /// Reads a write's wait mode from its query string (`wait=applied`,
-/// `timeout=2s`) or, when the query has neither, from the value of the
-/// `Gatehouse-Wait` header (`applied; timeout=2s`). `Ok(None)`: no wait
+/// `timeout=2s`, nothing else, each once) or from the `Gatehouse-Wait`
+/// header's values (`applied; timeout=2s`, one field line), not both. `Ok(None)`: no wait
 /// asked; `Ok(Some(t))`: wait up to `t`, `0 < t <= tracking.max_wait`
 /// (`tracking.default_wait` when no timeout is given). Anything else in
 /// them is an error (a 400): a caller who asked to wait must never get an
 /// unwaited answer by a typo.
 pub fn parse_wait(
     query: &str,
-    header: Option<&[u8]>,
+    header: &[&[u8]],
     tracking: &gatehouse_core::config::GatewayTracking,
 ) -> Result<Option<Duration>, String> {
-    let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let (mode, timeout) = if q.contains_key("wait") || q.contains_key("timeout") {
-        (q.get("wait").cloned(), q.get("timeout").cloned())
-    } else if let Some(h) = header {
-        let h = std::str::from_utf8(h).map_err(|_| "Gatehouse-Wait must be ASCII".to_owned())?;
-        let mut parts = h.split(';').map(str::trim);
-        let mode = parts.next().map(str::to_owned);
-        let mut timeout = None;
-        for p in parts {
-            match p.split_once('=') {
-                Some(("timeout", v)) if timeout.is_none() => timeout = Some(v.trim().to_owned()),
-                _ => return Err("Gatehouse-Wait: applied[; timeout=<duration>]".into()),
+    let mut mode = None;
+    let mut timeout = None;
+    let mut from_query = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*k {
+            "wait" => &mut mode,
+            "timeout" => &mut timeout,
+            // Writes take no other parameter: `Wait=`, `wiat=`, ... are
+            // typos of a wait, never silently no wait.
+            other => {
+                return Err(format!(
+                    "unknown query parameter `{other}` (writes take wait and timeout)"
+                ))
+            }
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(format!("`{k}` given twice"));
+        }
+        from_query = true;
+    }
+    match (from_query, header) {
+        (_, []) => {}
+        (true, _) => {
+            return Err("give the wait mode in the query or in Gatehouse-Wait, not both".into())
+        }
+        (false, [h]) => {
+            let h =
+                std::str::from_utf8(h).map_err(|_| "Gatehouse-Wait must be ASCII".to_owned())?;
+            let mut parts = h.split(';').map(str::trim);
+            mode = parts.next().map(str::to_owned);
+            for p in parts {
+                match p.split_once('=') {
+                    Some(("timeout", v)) if timeout.is_none() => {
+                        timeout = Some(v.trim().to_owned())
+                    }
+                    _ => return Err("Gatehouse-Wait: applied[; timeout=<duration>]".into()),
+                }
             }
         }
-        (mode, timeout)
-    } else {
+        (false, _) => return Err("Gatehouse-Wait given twice".into()),
+    }
+    if mode.is_none() && timeout.is_none() {
         return Ok(None);
-    };
+    }
     if mode.as_deref() != Some("applied") {
         return Err("wait takes `applied` (and an optional timeout)".into());
     }

@@ -108,7 +108,8 @@ pub struct Identity {
     pub issued_at: Option<i64>,
     /// `nbf` in Unix seconds, rounded up when fractional.
     pub not_before: Option<i64>,
-    /// `azp`, or else `client_id`.
+    /// `azp`, or else `client_id` (a token where both are present and
+    /// differ is refused).
     pub client: Option<String>,
     /// `exp` in Unix seconds, rounded down when fractional.
     pub expires_at: Option<i64>,
@@ -146,6 +147,15 @@ impl Identity {
         let not_before = time("nbf", Round::Up)?;
         let issued_at = time("iat", Round::Down)?;
         let expires_at = time("exp", Round::Down)?;
+        // One client per token: `azp` (OIDC Core §2) and `client_id`
+        // (RFC 9068 §2.2) naming different clients leave a `client_id`
+        // revocation two readings, one of which escapes it.
+        let (azp, client_id) = (text("azp")?, text("client_id")?);
+        if azp.is_some() && client_id.is_some() && azp != client_id {
+            return Err(AuthError::Claim(
+                "token names two clients (azp and client_id differ)",
+            ));
+        }
         Ok(Identity {
             issuer,
             iss,
@@ -154,7 +164,7 @@ impl Identity {
             sid: text("sid")?,
             issued_at,
             not_before,
-            client: text("azp")?.or(text("client_id")?),
+            client: azp.or(client_id),
             expires_at,
             claims,
         })
