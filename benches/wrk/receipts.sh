@@ -36,7 +36,7 @@ caller() {
     if [ "$kind" = revoke ]; then
       curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST -H "$H" \
         "http://127.0.0.1:$APORT/v1/revocations?wait=applied&timeout=2s" \
-        -d "{\"jti\": \"bench-wait-$$-$i\"}" >> "$WORKDIR/receipts-calls.txt"
+        -d "{\"jti\": \"bench-wait-$(date +%s%N)\"}" >> "$WORKDIR/receipts-calls.txt"
     else
       curl -s -o /dev/null "http://127.0.0.1:$APORT/healthz"
     fi
@@ -59,5 +59,5 @@ for p in $(seq "$PAIRS"); do
   kill $C; wait $C 2>/dev/null || true
   echo "| $p | $A | $B | $(awk -v a="${A%% *}" -v b="${B%% *}" 'BEGIN{printf "%.3f", b / a}') |"
 done
-n=$(wc -l < "$WORKDIR/receipts-calls.txt"); ok=$(grep -c '^201 ' "$WORKDIR/receipts-calls.txt")
+n=$(wc -l < "$WORKDIR/receipts-calls.txt"); ok=$(grep -c '^201 ' "$WORKDIR/receipts-calls.txt" || true)
 sort -k2 -n "$WORKDIR/receipts-calls.txt" | awk -v n="$n" -v ok="$ok" '{t[NR]=$2} END{printf "waited revocations: %d, 201 complete: %d, answer p50 %.1f ms, p99 %.1f ms\n", n, ok, t[int(n*0.5)]*1000, t[int(n*0.99)]*1000}'
