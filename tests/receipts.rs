@@ -48,6 +48,29 @@ async fn waited(auth: SocketAddr, body: Value, timeout: &str) -> Answer {
     .await
 }
 
+/// `gatehouse revoke --wait <timeout> --jti <jti>` against `auth`: exit
+/// code, stdout, stderr.
+fn revoke_cli(auth: SocketAddr, jti: &str, timeout: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(gatehouse_bin())
+        .args([
+            "revoke",
+            "--authority",
+            &format!("http://{auth}"),
+            "--jti",
+            jti,
+            "--wait",
+            timeout,
+        ])
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("gatehouse revoke");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits until the authority's table lists `n` gateways.
 async fn table_lists(auth: SocketAddr, n: usize) -> Value {
     let start = std::time::Instant::now();
@@ -165,6 +188,21 @@ async fn after_a_waited_revocation_the_very_next_request_at_every_gateway_is_ref
         "requests admitted after a waited revocation returned"
     );
 
+    // The command line waits too, and prints the receipt.
+    let (code, out, err) = revoke_cli(auth.addr, "from-the-cli", "3s");
+    assert_eq!(code, 0, "{out}{err}");
+    let printed: Value = serde_json::from_str(out.trim()).expect("receipt JSON");
+    assert_eq!(printed["receipt"]["complete"], true, "{out}");
+    let cli_token = token_with(|c| {
+        c.insert("jti".into(), json!("from-the-cli"));
+    });
+    for gw in &gws {
+        assert_eq!(
+            status_of(gw.addr, &cli_token).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
     // The receipt of an entry: every gateway applied it, and when.
     let listed = admin(auth.addr, "GET", "/v1/revocations?subject=user-2", None)
         .await
@@ -238,6 +276,11 @@ async fn a_partitioned_gateway_is_named_by_the_wait_shown_stale_and_not_waited_f
         .cloned()
         .unwrap_or_default();
     assert!(lagging_row["lag_changes"].as_u64() >= Some(1), "{table}");
+
+    // `gatehouse revoke --wait` says so with exit code 3, naming it.
+    let (code, out, err) = revoke_cli(auth.addr, "partitioned-cli", "1s");
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("gw-2"), "{err}");
 
     // Once gone, it is no longer waited for.
     becomes(auth.addr, "gw-2", "gone", Duration::from_secs(10)).await;
