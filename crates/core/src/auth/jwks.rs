@@ -63,6 +63,11 @@ pub struct Key {
     /// The JWK's own `alg`, when it pins one.
     pub alg: Option<Algorithm>,
     pub decoding: DecodingKey,
+    /// The key parsed once for each algorithm it may verify (its kind's,
+    /// or the one it pins): a verification then costs the signature check
+    /// alone, not a parse of the key (RSA modulus, Montgomery constants,
+    /// EC point validation) every time.
+    parsed: Vec<(Algorithm, aws_lc_rs::signature::ParsedPublicKey)>,
     kid: Option<Arc<str>>,
     thumbprint: Box<str>,
     withdrawn: AtomicBool,
@@ -85,6 +90,11 @@ impl Key {
     /// Never goes back to false: a key published again is a new `Key`.
     pub fn is_withdrawn(&self) -> bool {
         self.withdrawn.load(Ordering::Acquire)
+    }
+
+    /// The key parsed for `alg`, if it may verify it.
+    pub fn parsed(&self, alg: Algorithm) -> Option<&aws_lc_rs::signature::ParsedPublicKey> {
+        self.parsed.iter().find(|(a, _)| *a == alg).map(|(_, k)| k)
     }
 
     /// Same material and same pinned algorithm: what was verified with one
@@ -266,6 +276,16 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
         }
     }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+    let material = public_key_bytes(&jwk.algorithm)?;
+    let mut parsed = Vec::new();
+    for a in ASYMMETRIC {
+        if kind.fits(a) && alg.is_none_or(|pinned| pinned == a) {
+            let k =
+                aws_lc_rs::signature::ParsedPublicKey::new(verification_algorithm(a), &material)
+                    .map_err(|e| format!("bad key material: {e}"))?;
+            parsed.push((a, k));
+        }
+    }
     let thumbprint = thumbprint?.into_boxed_str();
     Ok((
         jwk.common.key_id.clone(),
@@ -273,11 +293,105 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
             kind,
             alg,
             decoding,
+            parsed,
             kid: jwk.common.key_id.map(Arc::from),
             thumbprint,
             withdrawn: AtomicBool::new(false),
         },
     ))
+}
+
+/// Every asymmetric algorithm gatehouse verifies (RFC 7518 §3.3–3.5,
+/// RFC 8037 §3.1).
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// aws-lc-rs's verification for a JWS algorithm: RSA moduli of 2048 to
+/// 8192 bits (RFC 7518 §3.3 asks for at least 2048), ECDSA signatures in
+/// the fixed-width `r || s` form JWS uses (RFC 7518 §3.4), Ed25519.
+pub fn verification_algorithm(
+    a: Algorithm,
+) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+    use aws_lc_rs::signature as s;
+    match a {
+        Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &s::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &s::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &s::ED25519,
+        _ => &s::RSA_PKCS1_2048_8192_SHA256,
+    }
+}
+
+/// The public key in the form aws-lc-rs parses: an RSA key as a PKCS#1
+/// `RSAPublicKey` (RFC 8017 §A.1.1, DER), an EC key as the uncompressed
+/// point `04 || x || y` (SEC 1 §2.3.3), an Ed25519 key as its 32 bytes.
+fn public_key_bytes(p: &AlgorithmParameters) -> Result<Vec<u8>, String> {
+    let b64 = |v: &str, what: &str| {
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v)
+            .map_err(|_| format!("{what} is not base64url"))
+    };
+    match p {
+        AlgorithmParameters::RSA(r) => {
+            let (n, e) = (b64(&r.n, "n")?, b64(&r.e, "e")?);
+            let mut body = der_unsigned(&n);
+            body.extend(der_unsigned(&e));
+            Ok(der(0x30, &body))
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let (x, y) = (b64(&ec.x, "x")?, b64(&ec.y, "y")?);
+            let mut point = vec![0x04];
+            point.extend(x);
+            point.extend(y);
+            Ok(point)
+        }
+        AlgorithmParameters::OctetKeyPair(o) => b64(&o.x, "x"),
+        _ => Err("unsupported key type".into()),
+    }
+}
+
+/// A DER INTEGER holding the unsigned big-endian `v` (leading zeros
+/// dropped, one added when the top bit is set).
+fn der_unsigned(v: &[u8]) -> Vec<u8> {
+    let v = &v[v
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(v.len().saturating_sub(1))..];
+    let mut body = Vec::with_capacity(v.len() + 1);
+    if v.first().is_some_and(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(v);
+    der(0x02, &body)
+}
+
+/// A DER TLV with a definite length.
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = body.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let len = n.to_be_bytes();
+        let skip = len.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (len.len() - skip) as u8);
+        out.extend_from_slice(&len[skip..]);
+    }
+    out.extend_from_slice(body);
+    out
 }
 
 fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {

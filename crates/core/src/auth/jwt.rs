@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::jwks::{Key, KeySource};
 use super::{AuthError, Identity};
-use crate::config::{self, IssuerConfig, LoadedConfig, UnknownKidPolicy};
+use crate::config::{self, LoadedConfig, UnknownKidPolicy};
 
 pub struct Verifier {
     issuers: Vec<IssuerVerifier>,
@@ -34,16 +34,17 @@ pub struct Verifier {
 struct IssuerVerifier {
     name: Arc<str>,
     iss: Arc<str>,
-    /// One `Validation` per allowed algorithm, built once: signature,
-    /// `iss` and `aud` only; the time claims are ours (see
-    /// [`Identity::from_claims`]).
-    validations: Vec<(Algorithm, Validation)>,
+    /// `issuers[].algorithms`: the only ones a token may name.
+    algorithms: Vec<Algorithm>,
+    /// `issuers[].audiences`: a token's `aud` must name one.
+    audiences: Vec<String>,
     /// `issuers[].leeway` in seconds, for `exp`, `nbf` and `iat`.
     leeway: i64,
     /// `issuers[].require_at_jwt`: access tokens must say `typ: at+jwt`.
     require_at_jwt: bool,
     keys: Option<Arc<KeySource>>,
-    hmac: Option<DecodingKey>,
+    /// The configured secret as a key for each HS algorithm allowed.
+    hmac: Vec<(Algorithm, aws_lc_rs::hmac::Key)>,
     unknown_kid: UnknownKidPolicy,
     /// `issuers[].max_token_lifetime` in seconds: revocation entries live
     /// this long, so a token living longer would outlive its revocation.
@@ -290,8 +291,23 @@ impl Verifier {
                 None => None,
             };
             let hmac = match &ic.hmac_secret {
-                Some(s) => Some(DecodingKey::from_secret(&read_secret(s, loaded)?)),
-                None => None,
+                Some(s) => {
+                    let secret = read_secret(s, loaded)?;
+                    ic.algorithms
+                        .iter()
+                        .map(|a| to_jwt_alg(*a))
+                        .filter_map(|a| {
+                            let h = match a {
+                                Algorithm::HS256 => aws_lc_rs::hmac::HMAC_SHA256,
+                                Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
+                                Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
+                                _ => return None,
+                            };
+                            Some((a, aws_lc_rs::hmac::Key::new(h, &secret)))
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
             };
             by_iss.insert(ic.issuer.clone(), issuers.len());
             let label = crate::metrics::IssuerLabel {
@@ -305,11 +321,8 @@ impl Verifier {
                 iss: Arc::from(ic.issuer.as_str()),
                 leeway: i64::try_from(ic.leeway.as_secs()).unwrap_or(i64::MAX / 4),
                 require_at_jwt: ic.require_at_jwt,
-                validations: ic
-                    .algorithms
-                    .iter()
-                    .map(|a| (to_jwt_alg(*a), validation_for(ic, to_jwt_alg(*a))))
-                    .collect(),
+                algorithms: ic.algorithms.iter().map(|a| to_jwt_alg(*a)).collect(),
+                audiences: ic.audiences.clone(),
                 name,
                 keys,
                 hmac,
@@ -468,37 +481,57 @@ impl Verifier {
         // The type before any signature work: a logout token or an ID
         // token costs no more than a malformed one.
         purpose.check_typ(&header.typ, iv.require_at_jwt)?;
-        let validation = iv
-            .validations
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .map(|(_, v)| v)
-            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        if !iv.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
 
-        let keys_guard;
-        let (key, verified_by): (&DecodingKey, Option<Arc<Key>>) = if alg_is_hmac(alg) {
+        // RFC 7515 §5.2: the signature over `header.payload`, checked
+        // before the payload is read. Keys are parsed once, when the key set
+        // is loaded, never per token.
+        let (signing_input, sig64) = token
+            .rsplit_once('.')
+            .ok_or(AuthError::Malformed("not a signed JWT"))?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(sig64)
+            .map_err(|_| AuthError::Malformed("token could not be decoded"))?;
+        let verified_by: Option<Arc<Key>> = if alg_is_hmac(alg) {
             // Configured secret only; a `kid` cannot point an HS token at a
             // public key.
-            (
-                iv.hmac.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?,
-                None,
-            )
+            let key = iv
+                .hmac
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .map(|(_, k)| k)
+                .ok_or(AuthError::AlgorithmNotAllowed)?;
+            aws_lc_rs::hmac::verify(key, signing_input.as_bytes(), &signature)
+                .map_err(|_| AuthError::BadSignature)?;
+            None
         } else {
             let src = iv.keys.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
-            keys_guard = src.keys();
-            let k = keys_guard
+            let keys = src.keys();
+            let k = keys
                 .find(header.kid.as_deref(), alg)
                 .ok_or(AuthError::UnknownKey { issuer: idx })?;
             if !k.kind.fits(alg) || k.alg.is_some_and(|a| a != alg) {
                 return Err(AuthError::KeyMismatch);
             }
-            (&k.decoding, Some(k.clone()))
+            k.parsed(alg)
+                .ok_or(AuthError::KeyMismatch)?
+                .verify_sig(signing_input.as_bytes(), &signature)
+                .map_err(|_| AuthError::BadSignature)?;
+            Some(k.clone())
         };
 
-        let data = jsonwebtoken::decode::<crate::auth::StrictClaims>(token, key, validation)
-            .map_err(map_jwt_error)?;
-        crate::auth::check_iss(&data.claims.0, &iv.iss)?;
-        let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), data.claims.0)?;
+        // The payload, decoded and parsed once (duplicate claims refused).
+        let payload = URL_SAFE_NO_PAD
+            .decode(p64)
+            .map_err(|_| AuthError::Malformed("token could not be decoded"))?;
+        let claims: crate::auth::StrictClaims = serde_json::from_slice(&payload)
+            .map_err(|_| AuthError::Malformed("token could not be decoded"))?;
+        let claims = claims.0;
+        check_aud(&claims, &iv.audiences)?;
+        crate::auth::check_iss(&claims, &iv.iss)?;
+        let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), claims)?;
         purpose.check_claims(&id)?;
         let now = now_unix();
         let leeway = iv.leeway;
@@ -746,21 +779,27 @@ fn alg_is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-fn validation_for(ic: &IssuerConfig, alg: Algorithm) -> Validation {
-    let mut v = Validation::new(alg);
-    v.algorithms = vec![alg];
-    v.set_issuer(&[&ic.issuer]);
-    v.set_audience(&ic.audiences);
-    // `exp` and `nbf` are read and checked by us: jsonwebtoken reads them
-    // as `u64` and rounds a fractional NumericDate to the *nearest* second,
-    // which can make a token live up to half a second longer than it says
-    // (RFC 7519 §2 allows fractions; see `Identity::from_claims`).
-    v.set_required_spec_claims(&["iss", "aud"]);
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.validate_aud = true;
-    v.leeway = ic.leeway.as_secs();
-    v
+/// RFC 7519 §4.1.3: `aud` is required here, a string or an array of
+/// strings, and must name one of the issuer's `audiences` (as
+/// jsonwebtoken's validation did: a malformed `aud` counts as missing).
+fn check_aud(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    audiences: &[String],
+) -> Result<(), AuthError> {
+    use serde_json::Value;
+    let ours = |a: &str| audiences.iter().any(|x| x == a);
+    match claims.get("aud") {
+        Some(Value::String(a)) if ours(a) => Ok(()),
+        Some(Value::String(_)) => Err(AuthError::Claim("token is not meant for this audience")),
+        Some(Value::Array(v)) if v.iter().all(Value::is_string) => {
+            if v.iter().filter_map(Value::as_str).any(ours) {
+                Ok(())
+            } else {
+                Err(AuthError::Claim("token is not meant for this audience"))
+            }
+        }
+        _ => Err(AuthError::Claim("token lacks a required claim")),
+    }
 }
 
 fn read_secret(s: &config::SecretSource, loaded: &LoadedConfig) -> anyhow::Result<Vec<u8>> {
@@ -772,19 +811,4 @@ fn read_secret(s: &config::SecretSource, loaded: &LoadedConfig) -> anyhow::Resul
         anyhow::bail!("hmac_secret is shorter than 32 bytes");
     }
     Ok(bytes)
-}
-
-fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
-    use jsonwebtoken::errors::ErrorKind as K;
-    match e.kind() {
-        K::ExpiredSignature => AuthError::Expired,
-        K::ImmatureSignature => AuthError::NotYetValid,
-        K::InvalidAudience => AuthError::Claim("token is not meant for this audience"),
-        K::InvalidIssuer => AuthError::Claim("token issuer is not accepted"),
-        K::MissingRequiredClaim(_) => AuthError::Claim("token lacks a required claim"),
-        K::InvalidClaimFormat(_) => AuthError::Claim("token has a malformed claim"),
-        K::InvalidSignature => AuthError::BadSignature,
-        K::InvalidAlgorithm => AuthError::KeyMismatch,
-        _ => AuthError::Malformed("token could not be decoded"),
-    }
 }
