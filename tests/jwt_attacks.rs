@@ -190,6 +190,8 @@ async fn rfc8725_attack_suite() {
         ("crit unknown extension", rs(&with_header(json!({"crit": ["urn:x"], "urn:x": true})), &good_payload)),
         ("nested JWT", rs(&with_header(json!({"cty": "JWT"})), valid.as_bytes())),
         ("nested jwt lowercase", rs(&with_header(json!({"cty": "jwt"})), &good_payload)),
+        ("nested JWT as a full media type", rs(&with_header(json!({"cty": "application/JWT"})), &good_payload)),
+        ("header as a JSON array", rs(br#"["RS256","test-rs256"]"#, &good_payload)),
         ("JWE (5 parts)", format!("{}.{}.{}.{}.{}", b64(br#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), "a", "b", "c", "d")),
         // Duplicate names.
         ("duplicate exp (expired, then valid)", rs(&rs_header().to_string().into_bytes(), &dup_payload("exp", &(n - 100).to_string(), &(n + 600).to_string()))),

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::{JwksConfig, LoadedConfig};
@@ -250,6 +252,16 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return Err("not a signature key (use != sig)".into());
     }
+    // RFC 7517 §4.3: a key whose `key_ops` do not include `verify` is not
+    // for checking signatures.
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Err("not a verification key (key_ops without verify)".into());
+    }
     let kind = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => KeyKind::Rsa,
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
@@ -346,6 +358,15 @@ fn public_key_bytes(p: &AlgorithmParameters) -> Result<Vec<u8>, String> {
     match p {
         AlgorithmParameters::RSA(r) => {
             let (n, e) = (b64(&r.n, "n")?, b64(&r.e, "e")?);
+            // RFC 7518 §3.3: 2048 bits or more; a shorter key could never
+            // verify a token (aws-lc-rs refuses it), so it is not loaded.
+            let bits = n
+                .iter()
+                .position(|b| *b != 0)
+                .map_or(0, |i| (n.len() - i) * 8 - n[i].leading_zeros() as usize);
+            if bits < 2048 {
+                return Err(format!("RSA key of {bits} bits (at least 2048 are needed)"));
+            }
             let mut body = der_unsigned(&n);
             body.extend(der_unsigned(&e));
             Ok(der(0x30, &body))
@@ -647,6 +668,28 @@ mod tests {
         let key = set.find(Some("2011-04-29"), Algorithm::RS256).expect("key");
         assert_eq!(key.thumbprint(), expected);
         assert_eq!(key.kid(), Some("2011-04-29"));
+    }
+
+    #[test]
+    fn short_rsa_keys_and_keys_not_for_verifying_are_skipped_with_a_reason() {
+        // A 1024-bit modulus (128 bytes, top bit set) could never verify a
+        // token; `key_ops` without `verify` is not for signatures.
+        let short = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            [0xC5u8; 128],
+        );
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "short", "n": short, "e": "AQAB"},
+            {"kty": "RSA", "kid": "enc-only", "key_ops": ["encrypt"], "n": fixture("jwks.json")["keys"][0]["n"], "e": "AQAB"},
+        ]});
+        let (set, skipped) = parse_jwks(doc.to_string().as_bytes()).expect("jwks");
+        assert!(set.find(Some("short"), Algorithm::RS256).is_none());
+        assert!(set.find(Some("enc-only"), Algorithm::RS256).is_none());
+        assert!(
+            skipped.iter().any(|r| r.contains("1024 bits")),
+            "{skipped:?}"
+        );
+        assert!(skipped.iter().any(|r| r.contains("key_ops")), "{skipped:?}");
     }
 
     #[test]

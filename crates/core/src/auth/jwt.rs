@@ -453,6 +453,11 @@ impl Verifier {
         let header_json = URL_SAFE_NO_PAD
             .decode(h64)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        // RFC 7515 §4: a JSON object. serde would also read an array by
+        // position (`["RS256","kid"]`), which no other reader does.
+        if header_json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AuthError::Malformed("header is not a JSON object"));
+        }
         let header: RawHeader<'_> = serde_json::from_slice(&header_json)
             .map_err(|_| AuthError::Malformed("header is not valid JSON"))?;
         if header.crit {
@@ -463,11 +468,15 @@ impl Verifier {
                 "embedded or remote keys are not accepted",
             ));
         }
-        if header
-            .cty
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case("JWT"))
-        {
+        // RFC 7515 §4.1.10: `JWT` and `application/JWT` are the same media
+        // type (the prefix may be left out), in any case.
+        if header.cty.as_deref().is_some_and(|c| {
+            let c = c.trim();
+            c.eq_ignore_ascii_case("JWT")
+                || c.get(..12)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+                    && c[12..].eq_ignore_ascii_case("JWT")
+        }) {
             return Err(AuthError::Malformed("nested tokens are not accepted"));
         }
         let alg = header
@@ -605,6 +614,9 @@ impl Verifier {
         let payload = URL_SAFE_NO_PAD
             .decode(p64)
             .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AuthError::Malformed("payload is not a JSON object"));
+        }
         let peek: IssOnly<'_> = serde_json::from_slice(&payload)
             .map_err(|_| AuthError::Malformed("payload is not valid JSON"))?;
         let iss = peek.iss.ok_or(AuthError::Claim("token has no issuer"))?;
