@@ -288,6 +288,15 @@ async fn a_partitioned_gateway_is_named_by_the_wait_shown_stale_and_not_waited_f
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(r.json()["receipt"]["complete"], true);
 
+    // An operator forgets it at once (decommissioned); an unknown name is 404.
+    let forgot = admin(auth.addr, "DELETE", "/v1/gateways/gw-2", None).await;
+    assert_eq!(forgot.status, StatusCode::OK, "{}", forgot.text());
+    assert_eq!(forgot.json()["forgotten"], "gw-2");
+    let never = admin(auth.addr, "DELETE", "/v1/gateways/never-was", None).await;
+    assert_eq!(never.status, StatusCode::NOT_FOUND);
+    let t = admin(auth.addr, "GET", "/v1/gateways", None).await.json();
+    assert_eq!(state_of(&t, "gw-2"), "", "{t}");
+
     // The partition heals: gw-2 catches up, enforces it, and is live again.
     relay.resume();
     let start = std::time::Instant::now();
