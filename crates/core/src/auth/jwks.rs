@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 use crate::config::{JwksConfig, LoadedConfig};
 
@@ -64,7 +64,6 @@ pub struct Key {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it pins one.
     pub alg: Option<Algorithm>,
-    pub decoding: DecodingKey,
     /// The key parsed once for each algorithm it may verify (its kind's,
     /// or the one it pins): a verification then costs the signature check
     /// alone, not a parse of the key (RSA modulus, Montgomery constants,
@@ -287,7 +286,6 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
             return Err(format!("key type does not fit its own alg {a:?}"));
         }
     }
-    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
     let material = public_key_bytes(&jwk.algorithm)?;
     let mut parsed = Vec::new();
     for a in ASYMMETRIC {
@@ -304,7 +302,6 @@ fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
         Key {
             kind,
             alg,
-            decoding,
             parsed,
             kid: jwk.common.key_id.map(Arc::from),
             thumbprint,
