@@ -76,8 +76,13 @@ impl State {
 
 impl Seen {
     pub fn state(&self, now: i64, t: &GatewayTracking) -> State {
-        let quiet = if self.polling_until_ms > now {
-            0
+        // A poll still open counts as seen until its deadline: the
+        // authority answers it at that deadline, and the gateway polls
+        // again at once, so the quiet time only starts there (else a
+        // gateway in the middle of a long poll would look stale while its
+        // answer is on its way).
+        let quiet = if self.polling_until_ms > 0 {
+            (now - self.polling_until_ms).max(0)
         } else {
             now - self.last_seen_ms
         };
@@ -519,5 +524,37 @@ impl Gateways {
             tracing::warn!(error = %format!("{e:#}"), gateway = name, "cannot forget a gateway record");
         }
         local || shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(last_seen_ms: i64, polling_until_ms: i64) -> Seen {
+        Seen {
+            last_seen_ms,
+            polling_until_ms,
+            ..Seen::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_whose_long_poll_is_being_answered_at_its_deadline_is_still_live() {
+        let t = GatewayTracking::default();
+        let stale = t.stale_after.as_millis() as i64;
+        let gone = t.gone_after.as_millis() as i64;
+        // Poll opened at 0 for 30 s; its answer is a little late.
+        let open = seen(0, 30_000);
+        assert_eq!(open.state(10_000, &t), State::Live);
+        assert_eq!(open.state(30_000 + stale / 2, &t), State::Live);
+        // A poll never answered (its connection dropped) stops counting
+        // at its deadline.
+        assert_eq!(open.state(30_000 + stale + 1, &t), State::Stale);
+        assert_eq!(open.state(30_000 + gone + 1, &t), State::Gone);
+        // Between polls the last sighting counts.
+        let between = seen(5_000, 0);
+        assert_eq!(between.state(5_000 + stale, &t), State::Live);
+        assert_eq!(between.state(5_000 + stale + 1, &t), State::Stale);
     }
 }
