@@ -84,10 +84,15 @@ pub mod server {
             handle.end_entities().to_vec(),
             Duration::from_secs(5),
         )?;
+        let post_client = gatehouse_core::httpclient::build_pinned_for(
+            handle.end_entities().to_vec(),
+            Duration::from_secs(5),
+        )?;
         Ok(LocalAuthority {
             url,
             token,
             client,
+            post_client,
             keep_alive: Box::new(handle),
         })
     }

@@ -16,6 +16,11 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// The same client for requests with a body (token endpoint, authority
+/// calls).
+pub type PostClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<Bytes>>;
+
 pub fn build(ca_file: Option<&Path>, connect_timeout: Duration) -> anyhow::Result<HttpClient> {
     build_for(ca_file, connect_timeout)
 }
@@ -29,6 +34,19 @@ pub fn build_pinned(
     pinned: Vec<CertificateDer<'static>>,
     connect_timeout: Duration,
 ) -> anyhow::Result<HttpClient> {
+    build_pinned_for(pinned, connect_timeout)
+}
+
+/// [`build_pinned`] for any request body type.
+pub fn build_pinned_for<B>(
+    pinned: Vec<CertificateDer<'static>>,
+    connect_timeout: Duration,
+) -> anyhow::Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(Pinned {
         certs: pinned,

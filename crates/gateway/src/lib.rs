@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod generation;
+pub mod login;
 pub mod proxy;
 pub mod revocation;
 pub mod server;

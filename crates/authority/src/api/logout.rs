@@ -77,6 +77,110 @@ impl Api {
         }
     }
 
+    /// An ID token (OpenID Connect Core 1.0 §2) of a configured issuer,
+    /// of any age, addressed to one of that issuer's `logout_audiences`
+    /// (its relying parties: a gateway's browser login among them). The
+    /// credential with which a gateway reports a browser login or ends the
+    /// session it stands for.
+    async fn verify_rp_id_token(&self, token: &str) -> Result<Identity, AuthError> {
+        let clients: Vec<String> = self
+            .issuers
+            .values()
+            .flat_map(|i| i.clients.iter().cloned())
+            .collect();
+        if clients.is_empty() {
+            return Err(AuthError::Claim(
+                "no issuer names relying parties (logout_audiences)",
+            ));
+        }
+        let id = self
+            .verifier
+            .verify_id_token_for_any(token, &clients)
+            .await?;
+        let ours = self.issuers.get(&*id.iss).is_some_and(|i| {
+            id.client
+                .as_ref()
+                .or(match id.claims.get("aud") {
+                    Some(Value::String(a)) => Some(a),
+                    _ => None,
+                })
+                .is_some_and(|c| i.clients.contains(c))
+        });
+        if !ours {
+            return Err(AuthError::Claim("token is not meant for this audience"));
+        }
+        Ok(id)
+    }
+
+    /// `POST /v1/login`: a relying party (a gateway's browser login)
+    /// reports the login its ID token stands for against the session
+    /// limit (`max_sessions_per_subject`). The ID token is the credential:
+    /// current (`exp` in the future), with a `sid`. Answers the sessions it
+    /// replaced, like `POST /v1/sessions`.
+    pub(super) async fn login(&self, req: Request<Incoming>) -> Resp {
+        let wait = match self.wait_mode(&req) {
+            Ok(w) => w,
+            Err(r) => return r.into(),
+        };
+        let body = match read_body(req, SMALL_BODY).await {
+            Ok(b) => b,
+            Err(r) => return r.into(),
+        };
+        let Some(token) = token_from_body(&body, "id_token") else {
+            return Refusal::BadRequest("id_token is required".into()).into();
+        };
+        let id = match self.verify_rp_id_token(&token).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(target: "gatehouse::authority", reason = e.description(), "login report refused");
+                return Refusal::InvalidToken(e.description()).into();
+            }
+        };
+        if id.expires_at.is_none_or(|e| e <= now_unix()) {
+            return Refusal::InvalidToken("token has expired").into();
+        }
+        let (Some(sub), Some(sid)) = (id.subject.clone(), id.sid.clone()) else {
+            return Refusal::BadRequest("the ID token carries no sid: no session to count".into())
+                .into();
+        };
+        let Some(limit) = self.max_sessions else {
+            return json_resp(StatusCode::OK, &json!({ "replaced": [] }));
+        };
+        let max_lifetime = self
+            .issuers
+            .get(&*id.iss)
+            .map_or(86_400, |i| i.max_lifetime);
+        let started = id.issued_at.unwrap_or_else(now_unix);
+        match self
+            .store
+            .report_session(
+                id.iss.to_string(),
+                sub,
+                sid,
+                started,
+                limit,
+                max_lifetime,
+                now_unix(),
+            )
+            .await
+        {
+            Ok((revoked, seq)) => {
+                self.advance(seq);
+                let sids: Vec<&str> = revoked.iter().map(|r| r.value.as_str()).collect();
+                tracing::info!(target: "gatehouse::authority", issuer = %id.iss, replaced = sids.len(), "browser login reported");
+                self.answer(
+                    wait,
+                    Caller::Public,
+                    seq,
+                    StatusCode::OK,
+                    json!({ "replaced": sids.len() }),
+                )
+                .await
+            }
+            Err(e) => Refusal::Unavailable(e).into(),
+        }
+    }
+
     /// Logout with the token itself as the credential. A genuine token of a
     /// configured issuer always gets 200, whether it is live (`revoked`) or
     /// already expired or revoked (`already_revoked`), so a client can
@@ -90,20 +194,34 @@ impl Api {
             Bearer::Token(t) => Some(t.to_owned()),
             _ => None,
         };
-        let token = match header_token {
-            Some(t) => t,
+        let (token, id_token) = match header_token {
+            Some(t) => (t, false),
             None => {
                 let body = match read_body(req, SMALL_BODY).await {
                     Ok(b) => b,
                     Err(r) => return r.into(),
                 };
-                match token_from_body(&body, "token") {
-                    Some(t) => t,
-                    None => return Refusal::BadRequest("a token is required".into()).into(),
+                match (
+                    token_from_body(&body, "token"),
+                    token_from_body(&body, "id_token"),
+                ) {
+                    (Some(t), None) => (t, false),
+                    (None, Some(t)) => (t, true),
+                    _ => {
+                        return Refusal::BadRequest(
+                            "exactly one of token or id_token is required".into(),
+                        )
+                        .into()
+                    }
                 }
             }
         };
-        let id = match self.verifier.verify_any_age(&token).await {
+        let verified = if id_token {
+            self.verify_rp_id_token(&token).await
+        } else {
+            self.verifier.verify_any_age(&token).await
+        };
+        let id = match verified {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(target: "gatehouse::authority", reason = e.description(), "logout refused");

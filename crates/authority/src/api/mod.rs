@@ -54,7 +54,7 @@ use wait::Caller;
 use crate::backend::Backend;
 use crate::gateways::Gateways;
 use crate::records::{push_line, Commits, NewRevocation, Pos, PutOutcome};
-use gatehouse_core::auth::{Bearer, Identity, Verifier};
+use gatehouse_core::auth::{AuthError, Bearer, Identity, Verifier};
 use gatehouse_core::body::{BoxError, ProxyBody};
 use gatehouse_core::clock::{now_unix, now_unix_ms};
 use gatehouse_core::config::{AuthorityConfig, BackchannelScope, LoadedConfig};
@@ -73,6 +73,9 @@ const MAX_CHANGES: usize = 50_000;
 struct IssuerInfo {
     max_lifetime: i64,
     backchannel: BackchannelScope,
+    /// `logout_audiences`: the relying parties (client ids) whose ID
+    /// tokens may report a login or end their own session.
+    clients: Vec<String>,
 }
 
 pub struct Api {
@@ -144,6 +147,7 @@ impl Api {
                     IssuerInfo {
                         max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
                         backchannel: i.value.backchannel_logout,
+                        clients: i.value.logout_audiences.clone(),
                     },
                 )
             })
@@ -254,6 +258,7 @@ impl Api {
                 Err(r) => r.into(),
             },
             (&Method::POST, ["v1", "logout"]) => self.logout(req).await,
+            (&Method::POST, ["v1", "login"]) => self.login(req).await,
             (&Method::POST, ["backchannel-logout"]) => self.backchannel_logout(req).await,
             (_, ["v1", "revocations", ..]) | (_, ["v1", "sessions"]) => {
                 if let Err(r) = self.authorize(&req, false) {

@@ -245,8 +245,13 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<(KeySet, Vec<String>), String> {
     Ok((set, skipped))
 }
 
-fn parse_key(raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
+fn parse_key(mut raw: serde_json::Value) -> Result<(Option<String>, Key), String> {
     let thumbprint = jwk_thumbprint(&raw);
+    // RFC 9864 §2.2: `Ed25519` is the fully-specified name of what JOSE
+    // called `EdDSA` over that curve; providers now publish keys with it.
+    if raw.get("alg").and_then(serde_json::Value::as_str) == Some("Ed25519") {
+        raw["alg"] = serde_json::Value::String("EdDSA".into());
+    }
     let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("unreadable JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return Err("not a signature key (use != sig)".into());
@@ -434,6 +439,84 @@ enum Origin {
         client: Box<JwksClient>,
         timeout: Duration,
     },
+    /// OpenID Connect Discovery 1.0: the provider's metadata document,
+    /// read again at every refresh, names the key set (`jwks_uri`).
+    Discovery {
+        uri: http::Uri,
+        client: Box<JwksClient>,
+        timeout: Duration,
+        /// The configured `iss`: the document must name exactly it (§4.3).
+        issuer: String,
+        allow_plaintext_http: bool,
+    },
+}
+
+/// What an OpenID provider publishes about itself (OpenID Connect
+/// Discovery 1.0 §3), as far as the gateway uses it. Endpoints are
+/// absolute `https` URLs (`http` only to loopback, or with
+/// `allow_plaintext_http`), checked when the document is read.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProviderMetadata {
+    pub issuer: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// OpenID Connect RP-Initiated Logout 1.0 §2.1.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// RFC 8414 §2 / RFC 7636: `S256` is what the login asks for.
+    #[serde(default)]
+    pub code_challenge_methods_supported: Vec<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+/// The largest discovery document read (providers publish a few KiB).
+const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+
+impl ProviderMetadata {
+    /// Parses and checks a discovery document: its `issuer` must be the
+    /// configured one exactly (Discovery §4.3, or the document could hand
+    /// us another provider's keys), and every endpoint must be a URL the
+    /// transport rule allows.
+    pub fn parse(bytes: &[u8], issuer: &str, allow_plaintext_http: bool) -> Result<Self, String> {
+        let m: ProviderMetadata = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not an OpenID discovery document: {e}"))?;
+        if m.issuer != issuer {
+            return Err(format!(
+                "the discovery document names issuer `{}`, not `{issuer}`",
+                m.issuer
+            ));
+        }
+        let endpoints = [
+            ("jwks_uri", Some(&m.jwks_uri)),
+            ("authorization_endpoint", m.authorization_endpoint.as_ref()),
+            ("token_endpoint", m.token_endpoint.as_ref()),
+            ("end_session_endpoint", m.end_session_endpoint.as_ref()),
+        ];
+        for (name, url) in endpoints {
+            let Some(url) = url else { continue };
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("{name} `{url}` is not a URL: {e}"))?;
+            match uri.scheme_str() {
+                Some("https") => {}
+                Some("http")
+                    if allow_plaintext_http
+                        || uri.host().is_some_and(crate::config::is_loopback_host) => {}
+                _ => {
+                    return Err(format!(
+                        "{name} `{url}` is not https (http only to loopback or with allow_plaintext_http)"
+                    ))
+                }
+            }
+        }
+        Ok(m)
+    }
 }
 
 use crate::httpclient::HttpClient as JwksClient;
@@ -442,48 +525,85 @@ impl Origin {
     fn describe(&self) -> String {
         match self {
             Origin::File(p) => p.display().to_string(),
-            Origin::Url { uri, .. } => uri.to_string(),
+            Origin::Url { uri, .. } | Origin::Discovery { uri, .. } => uri.to_string(),
         }
     }
 
-    async fn fetch(&self) -> Result<Vec<u8>, String> {
+    /// The key set document, and the provider's metadata when the keys
+    /// come by discovery.
+    async fn fetch(&self) -> Result<(Vec<u8>, Option<ProviderMetadata>), String> {
         match self {
-            Origin::File(p) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
+            Origin::File(p) => tokio::fs::read(p)
+                .await
+                .map(|b| (b, None))
+                .map_err(|e| e.to_string()),
             Origin::Url {
                 uri,
                 client,
                 timeout,
+            } => get(client, uri, *timeout, MAX_JWKS_BYTES)
+                .await
+                .map(|b| (b, None)),
+            Origin::Discovery {
+                uri,
+                client,
+                timeout,
+                issuer,
+                allow_plaintext_http,
             } => {
-                let fut = async {
-                    let req = http::Request::get(uri.clone())
-                        .header(http::header::ACCEPT, "application/json")
-                        .body(Empty::<Bytes>::new())
-                        .map_err(|e| e.to_string())?;
-                    let resp = client
-                        .request(req)
-                        .await
-                        .map_err(|e| format!("request failed: {e}"))?;
-                    if resp.status() != http::StatusCode::OK {
-                        return Err(format!("answered {}", resp.status()));
-                    }
-                    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-                        .collect()
-                        .await
-                        .map_err(|e| format!("reading body: {e}"))?;
-                    Ok(body.to_bytes().to_vec())
-                };
-                tokio::time::timeout(*timeout, fut)
+                let doc = get(client, uri, *timeout, MAX_DISCOVERY_BYTES)
                     .await
-                    .map_err(|_| format!("no answer within {timeout:?}"))?
+                    .map_err(|e| format!("discovery document: {e}"))?;
+                let meta = ProviderMetadata::parse(&doc, issuer, *allow_plaintext_http)?;
+                let jwks_uri: http::Uri = meta
+                    .jwks_uri
+                    .parse()
+                    .map_err(|e| format!("jwks_uri: {e}"))?;
+                let keys = get(client, &jwks_uri, *timeout, MAX_JWKS_BYTES)
+                    .await
+                    .map_err(|e| format!("jwks_uri {jwks_uri}: {e}"))?;
+                Ok((keys, Some(meta)))
             }
         }
     }
+}
+
+/// One GET of a JSON document, whole, at most `limit` bytes, within
+/// `timeout`; anything but 200 is an error.
+async fn get(
+    client: &JwksClient,
+    uri: &http::Uri,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let fut = async {
+        let req = http::Request::get(uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading body: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 /// One issuer's keys: the last good set, swapped atomically on refresh.
 pub struct KeySource {
     issuer: Arc<str>,
     origin: Origin,
+    metadata: arc_swap::ArcSwapOption<ProviderMetadata>,
     current: ArcSwap<KeySet>,
     /// False while the latest fetch failed: an unknown `kid` then may be a
     /// key we could not learn about, which the issuer's policy can answer
@@ -515,9 +635,55 @@ impl KeySource {
             },
             (None, None) => anyhow::bail!("jwks needs file or url"),
         };
+        Self::with_origin(issuer, origin, cfg).await
+    }
+
+    /// Keys found through the provider's OpenID Connect Discovery 1.0
+    /// document: `cfg.url`, or else `{iss}/.well-known/openid-configuration`
+    /// (§4). The document is read again at every refresh, so a moved
+    /// `jwks_uri` or endpoint is followed like a rotated key.
+    pub async fn discover(
+        issuer: Arc<str>,
+        iss: &str,
+        cfg: &JwksConfig,
+        loaded: &LoadedConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let uri: http::Uri = match &cfg.url {
+            Some(u) => u.0.clone(),
+            None => format!(
+                "{}/.well-known/openid-configuration",
+                iss.trim_end_matches('/')
+            )
+            .parse()?,
+        };
+        let origin = Origin::Discovery {
+            uri,
+            client: Box::new(crate::httpclient::build(
+                cfg.ca_file.as_deref().map(|p| loaded.resolve(p)).as_deref(),
+                cfg.timeout,
+            )?),
+            timeout: cfg.timeout,
+            issuer: iss.to_owned(),
+            allow_plaintext_http: cfg.allow_plaintext_http,
+        };
+        Self::with_origin(issuer, origin, cfg).await
+    }
+
+    /// The provider's metadata as last read (discovery only; `None` before
+    /// the first successful read).
+    pub fn metadata(&self) -> Option<Arc<ProviderMetadata>> {
+        self.metadata.load_full()
+    }
+
+    async fn with_origin(
+        issuer: Arc<str>,
+        origin: Origin,
+        cfg: &JwksConfig,
+    ) -> anyhow::Result<Arc<Self>> {
         let source = Arc::new(KeySource {
             issuer,
             origin,
+            metadata: arc_swap::ArcSwapOption::empty(),
             current: ArcSwap::from_pointee(KeySet::default()),
             healthy: AtomicBool::new(false),
             refresh_interval: cfg.refresh_interval,
@@ -554,7 +720,13 @@ impl KeySource {
     /// queue behind it see the new key set when they get the lock.
     async fn refresh_locked(&self, last: &mut Option<Instant>) -> Result<usize, String> {
         *last = Some(Instant::now());
-        let result = self.origin.fetch().await.and_then(|b| parse_jwks(&b));
+        let result = self.origin.fetch().await.and_then(|(b, meta)| {
+            let parsed = parse_jwks(&b)?;
+            if let Some(m) = meta {
+                self.metadata.store(Some(Arc::new(m)));
+            }
+            Ok(parsed)
+        });
         let ok = matches!(&result, Ok((set, _)) if !set.is_empty());
         crate::metrics::metrics()
             .jwks_refreshes

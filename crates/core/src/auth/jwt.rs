@@ -119,6 +119,12 @@ enum Purpose {
     AccessAnyAge,
     /// An OpenID Connect Back-Channel Logout 1.0 logout token.
     Logout,
+    /// An OpenID Connect Core 1.0 ID token (§2, §3.1.3.7), addressed to a
+    /// client of ours: current (`exp`, `iat` checked).
+    IdToken,
+    /// An ID token of any age (no `exp` check): the credential of a
+    /// logout, which must work on a session whose token has expired.
+    IdTokenAnyAge,
 }
 
 /// OpenID Connect Back-Channel Logout 1.0 §2.4: the member of `events`
@@ -159,6 +165,12 @@ impl Purpose {
                     "token is not a logout token (typ must be logout+jwt)",
                 )),
             },
+            // OIDC Core does not type ID tokens; providers send none or
+            // `JWT`. An access, logout or event token is typed otherwise.
+            Purpose::IdToken | Purpose::IdTokenAnyAge => match t {
+                None | Some("jwt") | Some("id_token+jwt") => Ok(()),
+                Some(_) => Err(AuthError::WrongType("token is not an ID token")),
+            },
         }
     }
 
@@ -170,7 +182,7 @@ impl Purpose {
     /// `sub` or a `sid`.
     fn check_claims(self, id: &Identity) -> Result<(), AuthError> {
         match self {
-            Purpose::Access | Purpose::AccessAnyAge => {
+            Purpose::Access | Purpose::AccessAnyAge | Purpose::IdToken | Purpose::IdTokenAnyAge => {
                 if id.claims.contains_key("events") {
                     return Err(AuthError::WrongType(
                         "token is a security event, not an access token",
@@ -234,12 +246,39 @@ fn parse_alg(s: &str) -> Option<Algorithm> {
         "PS512" => Algorithm::PS512,
         "ES256" => Algorithm::ES256,
         "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
+        // RFC 9864 §2.2: the fully-specified name for EdDSA over Ed25519,
+        // the only curve accepted.
+        "EdDSA" | "Ed25519" => Algorithm::EdDSA,
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
         "HS512" => Algorithm::HS512,
         _ => return None,
     })
+}
+
+/// The asymmetric algorithms a discovered provider advertises for ID
+/// tokens (Discovery §3 `id_token_signing_alg_values_supported`), for an
+/// issuer configured without `algorithms`. `none` and HMAC are never taken
+/// from a document (an HMAC key is never a published key). A provider
+/// that could not be read at start gets `RS256`, which OpenID Connect Core
+/// §15.1 makes every provider support.
+fn advertised_algorithms(src: Option<&KeySource>, name: &str) -> Vec<Algorithm> {
+    let advertised: Vec<Algorithm> = src
+        .and_then(KeySource::metadata)
+        .map(|m| {
+            m.id_token_signing_alg_values_supported
+                .iter()
+                .filter_map(|a| parse_alg(a))
+                .filter(|a| !alg_is_hmac(*a))
+                .collect()
+        })
+        .unwrap_or_default();
+    if advertised.is_empty() {
+        tracing::warn!(issuer = name, "no signing algorithms advertised (or the provider is not reachable yet): accepting RS256 only");
+        vec![Algorithm::RS256]
+    } else {
+        advertised
+    }
 }
 
 /// jsonwebtoken infers its crypto backend from cargo features and panics at
@@ -282,13 +321,20 @@ impl Verifier {
         for spanned in &cfg.issuers {
             let ic = &spanned.value;
             let name: Arc<str> = Arc::from(ic.display_name());
-            let keys = match &ic.jwks {
-                Some(j) => {
-                    let src = KeySource::start(name.clone(), j, loaded).await?;
-                    src.spawn_refresher();
-                    Some(src)
+            let keys = match (&ic.jwks, &ic.discovery) {
+                (Some(j), _) => Some(KeySource::start(name.clone(), j, loaded).await?),
+                (None, Some(d)) => {
+                    Some(KeySource::discover(name.clone(), &ic.issuer, d, loaded).await?)
                 }
-                None => None,
+                (None, None) => None,
+            };
+            if let Some(src) = &keys {
+                src.spawn_refresher();
+            }
+            let algorithms: Vec<Algorithm> = if !ic.algorithms.is_empty() {
+                ic.algorithms.iter().map(|a| to_jwt_alg(*a)).collect()
+            } else {
+                advertised_algorithms(keys.as_deref(), &name)
             };
             let hmac = match &ic.hmac_secret {
                 Some(s) => {
@@ -321,7 +367,7 @@ impl Verifier {
                 iss: Arc::from(ic.issuer.as_str()),
                 leeway: i64::try_from(ic.leeway.as_secs()).unwrap_or(i64::MAX / 4),
                 require_at_jwt: ic.require_at_jwt,
-                algorithms: ic.algorithms.iter().map(|a| to_jwt_alg(*a)).collect(),
+                algorithms,
                 audiences: ic.audiences.clone(),
                 name,
                 keys,
@@ -330,9 +376,8 @@ impl Verifier {
             });
         }
         let a = &cfg.auth;
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Verifier {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: recent::next_owner(),
             issuers,
             cache: (a.token_cache_size > 0)
                 .then(|| TokenCache::new(a.token_cache_size, a.token_cache_ttl)),
@@ -413,15 +458,77 @@ impl Verifier {
             .map(|(id, _)| id)
     }
 
+    /// An OpenID Connect Core 1.0 ID token from the issuer named `issuer`
+    /// (its configured name) for the client `client_id`, checked as §3.1.3.7
+    /// says: signature with the issuer's keys and configured algorithms,
+    /// `iss`, `aud` naming `client_id` (with several audiences, `azp` must
+    /// be there), `azp` if present equal to `client_id`, `exp` in the
+    /// future, `iat` present and not in the future, and `nonce` equal to
+    /// the one sent (compared in constant time). `nonce: None` skips only
+    /// the nonce check and allows any age (a logout's `id_token_hint`).
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        issuer: &str,
+        client_id: &str,
+        nonce: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let purpose = if nonce.is_some() {
+            Purpose::IdToken
+        } else {
+            Purpose::IdTokenAnyAge
+        };
+        let audiences = [client_id.to_owned()];
+        let (id, _) = self.verify_as_for(token, purpose, Some(&audiences)).await?;
+        if &*id.issuer != issuer {
+            return Err(AuthError::UnknownIssuer);
+        }
+        check_id_token_claims(&id, client_id, nonce)?;
+        Ok(id)
+    }
+
+    /// An ID token addressed to any of `clients` (the authority's
+    /// `logout_audiences`), of any age: the credential a gateway presents
+    /// to end or report the browser session it stands for.
+    pub async fn verify_id_token_for_any(
+        &self,
+        token: &str,
+        clients: &[String],
+    ) -> Result<Identity, AuthError> {
+        let (id, _) = self
+            .verify_as_for(token, Purpose::IdTokenAnyAge, Some(clients))
+            .await?;
+        let client = id.client.clone().or_else(|| match id.claims.get("aud") {
+            Some(serde_json::Value::String(a)) => Some(a.clone()),
+            _ => None,
+        });
+        let Some(client) = client.filter(|c| clients.contains(c)) else {
+            return Err(AuthError::Claim("token is not meant for this audience"));
+        };
+        check_id_token_claims(&id, &client, None)?;
+        Ok(id)
+    }
+
     async fn verify_as(&self, token: &str, purpose: Purpose) -> Result<Verified, AuthError> {
-        match self.verify_known(token, purpose) {
+        self.verify_as_for(token, purpose, None).await
+    }
+
+    /// `audiences`: what `aud` must name instead of the issuer's
+    /// `audiences` (an ID token's is the client's id).
+    async fn verify_as_for(
+        &self,
+        token: &str,
+        purpose: Purpose,
+        audiences: Option<&[String]>,
+    ) -> Result<Verified, AuthError> {
+        match self.verify_known(token, purpose, audiences) {
             Err(AuthError::UnknownKey { issuer }) => {
                 let iv = &self.issuers[issuer];
                 let Some(src) = &iv.keys else {
                     return Err(AuthError::UnknownKey { issuer });
                 };
                 src.refresh_for_unknown_kid().await;
-                match self.verify_known(token, purpose) {
+                match self.verify_known(token, purpose, audiences) {
                     Err(AuthError::UnknownKey { .. }) if !src.is_healthy() => {
                         match iv.unknown_kid {
                             UnknownKidPolicy::Unavailable => Err(AuthError::KeysUnavailable),
@@ -437,10 +544,16 @@ impl Verifier {
 
     /// Everything that needs no I/O; the common path.
     pub fn verify_with_known_keys(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verify_known(token, Purpose::Access).map(|(id, _)| id)
+        self.verify_known(token, Purpose::Access, None)
+            .map(|(id, _)| id)
     }
 
-    fn verify_known(&self, token: &str, purpose: Purpose) -> Result<Verified, AuthError> {
+    fn verify_known(
+        &self,
+        token: &str,
+        purpose: Purpose,
+        audiences: Option<&[String]>,
+    ) -> Result<Verified, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
@@ -538,7 +651,7 @@ impl Verifier {
         let claims: crate::auth::StrictClaims = serde_json::from_slice(&payload)
             .map_err(|_| AuthError::Malformed("token could not be decoded"))?;
         let claims = claims.0;
-        check_aud(&claims, &iv.audiences)?;
+        check_aud(&claims, audiences.unwrap_or(&iv.audiences))?;
         crate::auth::check_iss(&claims, &iv.iss)?;
         let id = Identity::from_claims(iv.name.clone(), iv.iss.clone(), claims)?;
         purpose.check_claims(&id)?;
@@ -624,6 +737,19 @@ impl Verifier {
             .get(&*iss)
             .copied()
             .ok_or(AuthError::UnknownIssuer)
+    }
+
+    /// The issuer configured under `name`: its `iss`, and for one found
+    /// by discovery the provider's metadata as last read (`None` until
+    /// the provider has answered once).
+    pub fn issuer(
+        &self,
+        name: &str,
+    ) -> Option<(Arc<str>, Option<Arc<super::jwks::ProviderMetadata>>)> {
+        self.issuers
+            .iter()
+            .find(|i| &*i.name == name)
+            .map(|i| (i.iss.clone(), i.keys.as_ref().and_then(|k| k.metadata())))
     }
 
     /// Each issuer's name and the size of its current key set (`None`
@@ -732,13 +858,20 @@ fn now_unix() -> i64 {
 /// token). Entries carry the same limits as the shared cache: never past
 /// `exp` or the TTL, only for the verifier that checked them, and only
 /// while the verifying key is still published.
-mod recent {
+pub mod recent {
     use std::cell::RefCell;
     use std::sync::Arc;
 
     use super::{Cached, Identity};
 
     const SLOTS: usize = 256;
+
+    /// A fresh owner id: entries put by one owner (a verifier, a session
+    /// store) are never found by another, nor by a later config's.
+    pub fn next_owner() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 
     struct Slot {
         verifier: u64,
@@ -762,7 +895,7 @@ mod recent {
     /// The identity, if this exact token is remembered, current, and its
     /// verifying key still published (checked here, so a hit clones only
     /// the identity's `Arc`).
-    pub(super) fn get(verifier: u64, token: &str, now: i64) -> Option<Arc<Identity>> {
+    pub fn get(verifier: u64, token: &str, now: i64) -> Option<Arc<Identity>> {
         MEMO.with(|m| {
             let m = m.borrow();
             let s = m.get(slot_of(token))?.as_ref()?;
@@ -774,7 +907,7 @@ mod recent {
         })
     }
 
-    pub(super) fn put(verifier: u64, token: &str, cached: Cached) {
+    pub fn put(verifier: u64, token: &str, cached: Cached) {
         MEMO.with(|m| {
             if let Some(slot) = m.borrow_mut().get_mut(slot_of(token)) {
                 *slot = Some(Slot {
@@ -785,6 +918,60 @@ mod recent {
             }
         });
     }
+}
+
+/// OpenID Connect Core 1.0 §3.1.3.7 steps 4, 5, 9, 10 and 11 (`iss`,
+/// `aud` and the signature are checked by the verification itself).
+fn check_id_token_claims(
+    id: &Identity,
+    client_id: &str,
+    nonce: Option<&str>,
+) -> Result<(), AuthError> {
+    if let Some(serde_json::Value::Array(auds)) = id.claims.get("aud") {
+        if auds.len() > 1 && id.claims.get("azp").is_none() {
+            return Err(AuthError::Claim(
+                "an ID token with several audiences must name its azp",
+            ));
+        }
+    }
+    if let Some(azp) = id.claims.get("azp") {
+        if azp.as_str() != Some(client_id) {
+            return Err(AuthError::Claim("ID token was issued to another client"));
+        }
+    }
+    if id.subject.is_none() {
+        return Err(AuthError::Claim("token lacks a required claim"));
+    }
+    let Some(iat) = id.issued_at else {
+        return Err(AuthError::Claim("token lacks a required claim"));
+    };
+    let now = now_unix();
+    if let Some(expected) = nonce {
+        let Some(exp) = id.expires_at else {
+            return Err(AuthError::Claim("token lacks a required claim"));
+        };
+        if exp <= now {
+            return Err(AuthError::Expired);
+        }
+        // A minute of clock skew at most: a token issued later than that
+        // was not issued for this login.
+        if iat > now + 60 {
+            return Err(AuthError::Claim("token is issued in the future"));
+        }
+        let got = id.claims.get("nonce").and_then(serde_json::Value::as_str);
+        let same = got.is_some_and(|g| {
+            g.len() == expected.len()
+                && aws_lc_rs::constant_time::verify_slices_are_equal(
+                    g.as_bytes(),
+                    expected.as_bytes(),
+                )
+                .is_ok()
+        });
+        if !same {
+            return Err(AuthError::Claim("ID token nonce does not match the login"));
+        }
+    }
+    Ok(())
 }
 
 fn alg_is_hmac(a: Algorithm) -> bool {

@@ -39,9 +39,20 @@ pub struct IssuerConfig {
     /// Exact `iss` value the tokens carry.
     pub issuer: String,
     pub audiences: Vec<String>,
+    /// The only algorithms a token may name. With `discovery` it may be
+    /// left out: the provider's advertised
+    /// `id_token_signing_alg_values_supported` (asymmetric ones only) are
+    /// used, read at start.
+    #[serde(default)]
     pub algorithms: Vec<Algorithm>,
     #[serde(default)]
     pub jwks: Option<JwksConfig>,
+    /// The provider's OpenID Connect Discovery 1.0 document instead of
+    /// `jwks`: `url` (default `{issuer}/.well-known/openid-configuration`)
+    /// and the same refresh, timeout and transport keys as `jwks`. The key
+    /// set comes from its `jwks_uri`; logins take their endpoints from it.
+    #[serde(default)]
+    pub discovery: Option<JwksConfig>,
     /// Shared secret for HS256/384/512. Never read from the JWKS: an HMAC key
     /// taken from a public key set is exactly the RS/HS confusion attack.
     #[serde(default)]
@@ -137,6 +148,8 @@ pub enum Algorithm {
     PS512,
     ES256,
     ES384,
+    /// Also written `Ed25519` (RFC 9864 §2.2).
+    #[serde(alias = "Ed25519")]
     EdDSA,
     HS256,
     HS384,
@@ -189,8 +202,54 @@ pub(super) fn check(c: &mut Check<'_>) {
                 "an issuer needs at least one audience (aud is always checked)".into(),
             );
         }
-        if ic.algorithms.is_empty() {
-            c.push(line, "an issuer needs at least one algorithm".into());
+        if ic.algorithms.is_empty() && ic.discovery.is_none() {
+            c.push(
+                line,
+                "an issuer needs at least one algorithm (or discovery, which advertises them)"
+                    .into(),
+            );
+        }
+        if let Some(d) = &ic.discovery {
+            if ic.jwks.is_some() {
+                c.push(line, "an issuer takes jwks or discovery, not both".into());
+            }
+            if d.file.is_some() {
+                c.push(
+                    line,
+                    "discovery takes a url (or none: {issuer}/.well-known/openid-configuration), not a file"
+                        .into(),
+                );
+            }
+            let text = d.url.as_ref().map_or_else(
+                || {
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        ic.issuer.trim_end_matches('/')
+                    )
+                },
+                |u| u.0.to_string(),
+            );
+            match text.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {
+                    if let Some(p) = plaintext_problem(
+                        "discovery url",
+                        &text,
+                        "http",
+                        u.host(),
+                        d.allow_plaintext_http,
+                        "discovery.allow_plaintext_http",
+                    ) {
+                        c.push(line, p);
+                    }
+                }
+                _ => c.push(
+                    line,
+                    format!("discovery url `{text}` is not an http(s) URL"),
+                ),
+            }
+            if let Some(ca) = &d.ca_file {
+                c.file_must_exist(line, ca, "discovery ca_file");
+            }
         }
         let wants_hmac = ic.algorithms.iter().any(|a| a.is_hmac());
         let wants_keys = ic.algorithms.iter().any(|a| !a.is_hmac());
@@ -206,7 +265,7 @@ pub(super) fn check(c: &mut Check<'_>) {
         if let Some(s) = &ic.hmac_secret {
             c.secret(line, s, "hmac_secret: ");
         }
-        match (&ic.jwks, wants_keys) {
+        match (&ic.jwks, wants_keys && ic.discovery.is_none()) {
             (None, true) => c.push(line, "asymmetric algorithms need jwks (file or url)".into()),
             (Some(j), _) => match (&j.file, &j.url) {
                 (Some(f), None) => c.file_must_exist(line, f, "jwks file"),

@@ -72,6 +72,9 @@ pub struct Config {
     pub strip_untrusted_headers: Vec<String>,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Browser sessions of `routes[].login`: cookie keys and lifetimes.
+    #[serde(default)]
+    pub sessions: Option<Spanned<SessionsConfig>>,
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// Request-serving threads, each with its own runtime and listening
@@ -549,6 +552,7 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
     check_top_level(&mut c);
     issuers::check(&mut c);
     routes::check(&mut c);
+    routes::check_logins(&mut c);
     c.issues
 }
 

@@ -60,6 +60,225 @@ pub struct RouteConfig {
     /// keep-alive timeout.
     #[serde(default = "default_backend_idle_timeout", with = "duration")]
     pub backend_idle_timeout: Duration,
+    /// Browser login (OpenID Connect authorization code flow) for this
+    /// route: a page navigation without credentials is sent to the
+    /// provider, and comes back with a session cookie. Needs `sessions`.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+    /// Let CORS preflights through without credentials: an `OPTIONS`
+    /// request with `Origin` and `Access-Control-Request-Method` (Fetch
+    /// standard §3.2.2, "CORS-preflight request"), which browsers send
+    /// without cookies or `Authorization`, is forwarded to the backend.
+    #[serde(default)]
+    pub cors_preflight: bool,
+}
+
+/// `routes[].login`: this gateway as an OpenID Connect relying party
+/// (OpenID Connect Core 1.0 §3.1, authorization code flow with PKCE S256,
+/// RFC 7636).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The name of the issuer that logs users in; its endpoints come from
+    /// its `discovery` document unless given below.
+    pub issuer: String,
+    pub client_id: String,
+    /// `client_secret_basic` client authentication (RFC 6749 §2.3.1).
+    #[serde(default)]
+    pub client_secret: Option<SecretSource>,
+    /// `private_key_jwt` client authentication (OIDC Core §9, RFC 7523).
+    #[serde(default)]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// Scopes asked for; `openid` is required.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser back (register
+    /// `https://<host><callback_path>` as a redirect URI).
+    #[serde(default = "default_callback_path")]
+    pub callback_path: String,
+    /// `POST` here logs out (the session ends everywhere, then the browser
+    /// goes to the provider's end-session endpoint).
+    #[serde(default = "default_logout_path")]
+    pub logout_path: String,
+    /// Where the provider sends the browser after logging out (OIDC
+    /// RP-Initiated Logout 1.0 §3); register it with the provider.
+    #[serde(default)]
+    pub post_logout_redirect_uri: Option<String>,
+    /// Endpoints for a provider without discovery (or to override it).
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+/// `login.private_key_jwt`: the key the gateway signs its client
+/// assertions with (RFC 7523 §2.2); register its public half with the
+/// provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateKeyJwt {
+    /// PEM private key (PKCS#8, or SEC1 for EC, or PKCS#1 for RSA).
+    pub key_file: PathBuf,
+    /// `RS256`, `PS256` or `ES256`.
+    pub alg: Algorithm,
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+fn default_login_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+fn default_callback_path() -> String {
+    "/.gatehouse/callback".into()
+}
+fn default_logout_path() -> String {
+    "/.gatehouse/logout".into()
+}
+
+/// `sessions`: the browser sessions made by `routes[].login`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Cookie keys, each at least 32 bytes (file or env): the first seals
+    /// new cookies, every one opens (rotation: put the new key first, drop
+    /// the old one after `absolute_lifetime`).
+    pub keys: Vec<SecretSource>,
+    /// A session ends this long after login, used or not.
+    #[serde(default = "default_session_absolute", with = "duration")]
+    pub absolute_lifetime: Duration,
+    /// A session ends after this long without a request.
+    #[serde(default = "default_session_idle", with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+fn default_session_absolute() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_session_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// `sessions` and every `login`: keys readable, the issuer known, exactly
+/// one client authentication, `openid` asked for, paths canonical.
+pub(super) fn check_logins(c: &mut Check<'_>) {
+    let cfg = &c.loaded.config;
+    let any_login = cfg.routes.iter().any(|r| r.value.login.is_some());
+    if let Some(s) = &cfg.sessions {
+        let line = s.referenced.line();
+        if s.value.keys.is_empty() {
+            c.push(line, "sessions.keys needs at least one key".into());
+        }
+        for k in &s.value.keys {
+            c.secret(line, k, "sessions.keys: ");
+            if let Ok(b) = k.read(c.loaded) {
+                if b.len() < 32 {
+                    c.push(
+                        line,
+                        "sessions.keys: a key must be at least 32 bytes".into(),
+                    );
+                }
+            }
+        }
+        if s.value.idle_timeout.is_zero() || s.value.absolute_lifetime.is_zero() {
+            c.push(line, "sessions: lifetimes must be more than zero".into());
+        }
+    } else if any_login {
+        c.push(
+            0,
+            "a route has login but there is no `sessions` block (its cookie keys)".into(),
+        );
+    }
+    for r in &cfg.routes {
+        let Some(l) = &r.value.login else { continue };
+        let line = r.referenced.line();
+        if !cfg
+            .issuers
+            .iter()
+            .any(|i| i.value.display_name() == l.issuer)
+        {
+            c.push(
+                line,
+                format!("login refers to unknown issuer `{}`", l.issuer),
+            );
+        }
+        match (&l.client_secret, &l.private_key_jwt) {
+            (Some(s), None) => c.secret(line, s, "login.client_secret: "),
+            (None, Some(k)) => {
+                c.file_must_exist(line, &k.key_file, "login.private_key_jwt key_file");
+                if !matches!(
+                    k.alg,
+                    Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
+                ) {
+                    c.push(
+                        line,
+                        "login.private_key_jwt.alg must be RS256, PS256 or ES256".into(),
+                    );
+                }
+            }
+            _ => c.push(
+                line,
+                "login takes exactly one of client_secret or private_key_jwt".into(),
+            ),
+        }
+        if !l.scopes.iter().any(|s| s == "openid") {
+            c.push(line, "login.scopes must include openid".into());
+        }
+        if l.client_id.is_empty() {
+            c.push(line, "login.client_id is empty".into());
+        }
+        for (what, p) in [
+            ("callback_path", &l.callback_path),
+            ("logout_path", &l.logout_path),
+        ] {
+            if !p.starts_with('/') {
+                c.push(line, format!("login.{what} `{p}` must start with /"));
+            } else if let Some(why) = not_canonical(p) {
+                c.push(line, format!("login.{what} `{p}` {why}"));
+            } else if !prefix_covers(&r.value.path_prefix, p) {
+                c.push(
+                    line,
+                    format!(
+                        "login.{what} `{p}` is not under the route's path_prefix `{}`",
+                        r.value.path_prefix
+                    ),
+                );
+            }
+        }
+        for (what, u) in [
+            ("post_logout_redirect_uri", &l.post_logout_redirect_uri),
+            ("authorization_endpoint", &l.authorization_endpoint),
+            ("token_endpoint", &l.token_endpoint),
+            ("end_session_endpoint", &l.end_session_endpoint),
+        ] {
+            let Some(u) = u else { continue };
+            match u.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("https" | "http")) => {
+                    if let Some(p) = plaintext_problem(
+                        &format!("login.{what}"),
+                        u,
+                        "http",
+                        uri.host(),
+                        false,
+                        "-",
+                    ) {
+                        c.push(line, p);
+                    }
+                }
+                _ => c.push(line, format!("login.{what} `{u}` is not an http(s) URL")),
+            }
+        }
+    }
+}
+
+/// Whether `path` is under `prefix` on a segment boundary.
+fn prefix_covers(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || path
+            .strip_prefix(prefix.trim_end_matches('/'))
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl RouteConfig {

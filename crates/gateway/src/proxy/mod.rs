@@ -64,7 +64,11 @@ impl Proxy {
     ) -> anyhow::Result<Self> {
         let cfg = &loaded.config;
         Ok(Proxy {
-            routes: RouteTable::from_config(cfg)?,
+            routes: {
+                let mut t = RouteTable::from_config(cfg)?;
+                t.attach_logins(loaded)?;
+                t
+            },
             verifier: Verifier::from_config(loaded).await?,
             revocations,
             realm: cfg.auth.realm.clone(),
@@ -138,8 +142,23 @@ impl Proxy {
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
         let (parts, body) = req.into_parts();
-        let decision = self.decide(&parts, conn, out).await?;
-        self.forward(decision, parts, body, conn).await
+        let mut decision = match self.decide(&parts, conn, out).await {
+            Ok(d) => d,
+            Err(Reject::Login(step)) => {
+                let a =
+                    crate::login::run(*step, &parts, &self.verifier, self.revocations.as_deref())
+                        .await;
+                out.label = a.label;
+                return Ok(a.response);
+            }
+            Err(e) => return Err(e),
+        };
+        let set_cookies = std::mem::take(&mut decision.set_cookies);
+        let mut resp = self.forward(decision, parts, body, conn).await?;
+        for c in set_cookies {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(resp)
     }
 
     /// Applies a decision: the request as the policy judged it, and only
@@ -171,6 +190,8 @@ impl Proxy {
         if from_h2 {
             headers::join_cookies(h);
         }
+        // The browser session is the gateway's: never the backend's.
+        crate::login::cookie::strip_ours(h);
         if !route.forward_authorization {
             h.remove(header::AUTHORIZATION);
         }

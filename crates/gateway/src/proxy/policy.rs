@@ -24,6 +24,7 @@ use super::headers;
 use super::reject::Reject;
 use super::routes::Route;
 use super::{ConnInfo, Proxy};
+use crate::login::{self, Login};
 use crate::revocation::feed::Refusal;
 use gatehouse_core::auth::{self, AuthError, Bearer, Identity};
 use gatehouse_core::config::AuthMode;
@@ -47,6 +48,9 @@ pub struct Decision<'p> {
     pub trusted_peer: bool,
     /// An HTTP/1.1 `Upgrade` to a protocol the route allows.
     pub upgrade: bool,
+    /// `Set-Cookie` lines for the response: a browser session whose idle
+    /// clock restarts.
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 impl Decision<'_> {
@@ -135,12 +139,60 @@ impl Proxy {
             .ok_or(Reject::NoRoute)?;
         out.route = Some(route.name.clone());
         check_framing(head, route)?;
+        if let Some(login) = &route.login {
+            let step = if path.matched() == login.callback_path {
+                Some(login::Step::Callback)
+            } else if path.matched() == login.logout_path {
+                Some(login::Step::Logout)
+            } else {
+                None
+            };
+            if let Some(step) = step {
+                return Err(login_step(login, step, &host, conn));
+            }
+        }
 
-        let identity = self.authenticate(route, path.matched(), head).await?;
+        let (identity, via) = self.authenticate(route, path.matched(), head).await?;
+        let mut set_cookies = Vec::new();
         if let Some(id) = &identity {
             out.identity = Some(id.clone());
-            self.check_revoked(id)?;
+            if let Err(refused) = self.check_revoked(id) {
+                // A revoked browser session on a page navigation logs in
+                // again (and drops the dead cookie); anything else is
+                // refused as for a token.
+                if let (Via::Session(_), Some(login)) = (&via, &route.login) {
+                    if Login::is_navigation(head) && matches!(refused, Reject::Revoked(_)) {
+                        return Err(login_step(
+                            login,
+                            login::Step::Start {
+                                back: return_path(head),
+                                clear: true,
+                            },
+                            &host,
+                            conn,
+                        ));
+                    }
+                }
+                return Err(refused);
+            }
             authorize(route, id)?;
+            if let Via::Session(refresh) = via {
+                set_cookies = refresh;
+            }
+        } else if let Via::NeedsLogin = via {
+            if let Some(login) = &route.login {
+                return Err(login_step(
+                    login,
+                    login::Step::Start {
+                        back: return_path(head),
+                        clear: false,
+                    },
+                    &host,
+                    conn,
+                ));
+            }
+        } else if let Via::Preflight = via {
+            out.label = "preflight";
         } else if route.auth != AuthMode::Off {
             out.label = "public";
         }
@@ -151,6 +203,7 @@ impl Proxy {
             trusted_peer: self.is_trusted_proxy(conn.peer),
             path,
             host,
+            set_cookies,
         })
     }
 
@@ -164,13 +217,30 @@ impl Proxy {
         route: &Route,
         path: &str,
         head: &http::request::Parts,
-    ) -> Result<Option<Arc<Identity>>, Reject> {
+    ) -> Result<(Option<Arc<Identity>>, Via), Reject> {
         if route.auth == AuthMode::Off || route.is_public(path) {
-            return Ok(None);
+            return Ok((None, Via::Nothing));
         }
-        let token = match auth::bearer(&head.headers) {
+        if route.cors_preflight && is_cors_preflight(head) {
+            return Ok((None, Via::Preflight));
+        }
+        let bearer = auth::bearer(&head.headers);
+        // A browser session counts only where no `Authorization` is sent:
+        // a request with a bearer token is judged by its token alone.
+        if let (Some(login), Bearer::Missing) = (&route.login, &bearer) {
+            if let Some((id, refresh)) = login.session(&head.headers) {
+                if !route.issuers.is_empty() && !route.issuers.contains(&id.issuer) {
+                    return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
+                }
+                return Ok((Some(id), Via::Session(refresh)));
+            }
+            if Login::is_navigation(head) {
+                return Ok((None, Via::NeedsLogin));
+            }
+        }
+        let token = match bearer {
             Bearer::Missing if route.auth == AuthMode::Optional && route.require.is_none() => {
-                return Ok(None)
+                return Ok((None, Via::Nothing))
             }
             Bearer::Missing | Bearer::OtherScheme => return Err(Reject::MissingToken),
             Bearer::Malformed => {
@@ -188,7 +258,7 @@ impl Proxy {
         if !route.issuers.is_empty() && !route.issuers.contains(&identity.issuer) {
             return Err(Reject::InvalidToken(AuthError::UnknownIssuer));
         }
-        Ok(Some(identity))
+        Ok((Some(identity), Via::Bearer))
     }
 
     /// A genuine token is not enough: it must not have been revoked.
@@ -201,6 +271,56 @@ impl Proxy {
             Refusal::Unavailable => Reject::RevocationUnavailable,
         })
     }
+}
+
+/// How a request's identity (or its absence) was established.
+enum Via {
+    /// No credential needed or given (auth off, public path, `optional`).
+    Nothing,
+    Bearer,
+    /// A browser session, with the `Set-Cookie` lines that refresh it.
+    Session(Vec<HeaderValue>),
+    /// A page navigation without credentials on a login route.
+    NeedsLogin,
+    /// A CORS preflight on a route that lets them through.
+    Preflight,
+}
+
+/// A CORS-preflight request (Fetch standard §3.2.2, §4.8): `OPTIONS` with
+/// `Origin` and `Access-Control-Request-Method`. Browsers send it without
+/// credentials, so a route that needs them would refuse every
+/// cross-origin call before it is made.
+fn is_cors_preflight(head: &http::request::Parts) -> bool {
+    head.method == http::Method::OPTIONS
+        && head.headers.contains_key(header::ORIGIN)
+        && head
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The login step, with the origin the browser reached us at (scheme by
+/// the connection, host and port as judged).
+fn login_step(
+    login: &Arc<Login>,
+    step: login::Step,
+    host: &CanonicalHost<'_>,
+    conn: &ConnInfo,
+) -> Reject {
+    let scheme = if conn.tls { "https" } else { "http" };
+    Reject::Login(Box::new(login::StepRequest {
+        login: login.clone(),
+        step,
+        origin: format!("{scheme}://{}", host.value),
+    }))
+}
+
+/// The path and query a login returns to: as the client sent them (the
+/// backend sees the same path); [`login`] refuses anything that is not a
+/// plain path.
+fn return_path(head: &http::request::Parts) -> String {
+    head.uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
 }
 
 /// A body the route will not take (declared over `max_body_bytes`: 413)

@@ -33,6 +33,9 @@ pub enum Reject {
     UntrustedIngress,
     BadGateway,
     GatewayTimeout,
+    /// A browser login step (redirect to the provider, callback, logout):
+    /// answered by [`crate::login::run`], not by [`Reject::into_response`].
+    Login(Box<crate::login::StepRequest>),
 }
 
 impl Reject {
@@ -41,7 +44,7 @@ impl Reject {
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Reject::MissingToken => StatusCode::UNAUTHORIZED,
+            Reject::MissingToken | Reject::Login(_) => StatusCode::UNAUTHORIZED,
             Reject::InvalidToken(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::InvalidToken(_) | Reject::Revoked(_) => StatusCode::UNAUTHORIZED,
             Reject::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +75,7 @@ impl Reject {
             Reject::UntrustedIngress => "untrusted_ingress",
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout => "gateway_timeout",
+            Reject::Login(_) => "login_redirect",
         }
     }
 
@@ -83,7 +87,9 @@ impl Reject {
                 "this connection's certificate does not serve that host",
             ),
             Reject::BadRequest(d) => ("invalid_request", d),
-            Reject::MissingToken => ("invalid_request", "a bearer token is required"),
+            Reject::MissingToken | Reject::Login(_) => {
+                ("invalid_request", "a bearer token is required")
+            }
             Reject::InvalidToken(AuthError::KeysUnavailable) => (
                 "temporarily_unavailable",
                 AuthError::KeysUnavailable.description(),
@@ -117,7 +123,7 @@ impl Reject {
         let challenge = match &self {
             // RFC 6750 §3.1: a request without credentials gets a bare
             // challenge, no error code.
-            Reject::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
+            Reject::MissingToken | Reject::Login(_) => Some(format!("Bearer realm=\"{realm}\"")),
             Reject::InvalidToken(_) | Reject::Revoked(_) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""
             )),

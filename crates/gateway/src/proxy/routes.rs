@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use super::headers::StripRules;
 use super::upstream::Upstream;
-use gatehouse_core::config::{AuthMode, Config, IdentityHeader, Requirement};
+use crate::login::{Login, Sessions};
+use gatehouse_core::config::{AuthMode, Config, IdentityHeader, LoadedConfig, Requirement};
 
 pub struct Route {
     pub name: Arc<str>,
@@ -32,6 +33,10 @@ pub struct Route {
     pub preserve_host: bool,
     pub max_body_bytes: u64,
     pub upstream: Upstream,
+    /// Browser login (`login`): set by [`RouteTable::attach_logins`].
+    pub login: Option<Arc<Login>>,
+    /// `cors_preflight`: CORS preflights pass without credentials.
+    pub cors_preflight: bool,
 }
 
 impl Route {
@@ -120,6 +125,8 @@ impl RouteTable {
                 preserve_host: rc.preserve_host,
                 max_body_bytes: rc.max_body_bytes.unwrap_or(cfg.limits.max_body_bytes),
                 upstream: Upstream::new(rc, rc.display_name()),
+                login: None,
+                cors_preflight: rc.cors_preflight,
             });
         }
         let strip_rules = StripRules::new(
@@ -134,6 +141,22 @@ impl RouteTable {
             routes,
             strip_rules,
         })
+    }
+
+    /// Builds each route's login (its client, its keys) and the sessions
+    /// they share. Routes are in config order.
+    pub fn attach_logins(&mut self, loaded: &LoadedConfig) -> anyhow::Result<()> {
+        let cfg = &loaded.config;
+        let Some(s) = &cfg.sessions else {
+            return Ok(());
+        };
+        let sessions = Arc::new(Sessions::from_config(&s.value, loaded)?);
+        for (route, rc) in self.routes.iter_mut().zip(&cfg.routes) {
+            if let Some(l) = &rc.value.login {
+                route.login = Some(Arc::new(Login::from_config(l, loaded, sessions.clone())?));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a route that may serve `host` (its hosts name it, or it has

@@ -51,6 +51,9 @@ pub struct Revocations {
     max_staleness: Duration,
     on_stale: StalePolicy,
     /// Keeps an embedded authority running as long as the gateway.
+    /// The authority, for the calls a browser login makes (reporting a
+    /// login, ending a session).
+    pub authority: AuthorityLink,
     _embedded: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -65,9 +68,58 @@ pub struct LocalAuthority {
     pub token: Vec<u8>,
     /// A client that trusts the local authority (pinned certificate).
     pub client: HttpClient,
+    /// The same, for the calls with a body a browser login makes.
+    pub post_client: gatehouse_core::httpclient::PostClient,
     /// Dropped with the gateway's revocation state: keeps the authority
     /// running exactly as long.
     pub keep_alive: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Where the authority answers, and a client that trusts it.
+pub struct AuthorityLink {
+    /// Base URLs, without a trailing `/`; tried in order.
+    bases: Vec<String>,
+    /// `None` for a fixed revocation state, which has no authority.
+    client: Option<gatehouse_core::httpclient::PostClient>,
+}
+
+impl AuthorityLink {
+    /// `POST {base}{path_and_query}` with a JSON body, at each replica in
+    /// turn until one answers (any status); within `timeout` per replica.
+    /// Errors only when none answered.
+    pub async fn post_json(
+        &self,
+        path_and_query: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        let mut last = anyhow::anyhow!("no authority url");
+        let Some(client) = &self.client else {
+            return Err(last);
+        };
+        for base in &self.bases {
+            let req = http::Request::post(format!("{base}{path_and_query}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(body.clone()))?;
+            let fut = async {
+                let resp = client.request(req).await?;
+                let status = resp.status();
+                let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+                    .to_bytes();
+                anyhow::Ok((status, body))
+            };
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => last = e.context(base.clone()),
+                Err(_) => last = anyhow::anyhow!("{base}: no answer within {timeout:?}"),
+            }
+        }
+        Err(last)
+    }
 }
 
 /// What `/readyz`-style callers and logs need to know.
@@ -176,6 +228,10 @@ impl Revocations {
             applied: tokio::sync::watch::channel(0).0,
             max_staleness: Duration::from_secs(u64::from(u32::MAX)),
             on_stale: StalePolicy::FailStatic,
+            authority: AuthorityLink {
+                bases: Vec::new(),
+                client: None,
+            },
             _embedded: None,
         })
     }
@@ -188,20 +244,21 @@ impl Revocations {
         loaded: &LoadedConfig,
         local: Option<LocalAuthority>,
     ) -> anyhow::Result<Arc<Revocations>> {
-        let (bases, token, client, embedded) = match (&cfg.authority, &cfg.embedded) {
-            (Some(a), _) => (
-                a.url
-                    .iter()
-                    .chain(a.urls.iter())
-                    .map(|u| u.0.to_string())
-                    .collect::<Vec<_>>(),
-                a.token.as_ref().map(|t| t.read(loaded)).transpose()?,
-                gatehouse_core::httpclient::build(
-                    a.ca_file.as_ref().map(|p| loaded.resolve(p)).as_deref(),
-                    Duration::from_secs(5),
-                )?,
-                None,
-            ),
+        let (bases, token, client, post_client, embedded) = match (&cfg.authority, &cfg.embedded) {
+            (Some(a), _) => {
+                let ca = a.ca_file.as_ref().map(|p| loaded.resolve(p));
+                (
+                    a.url
+                        .iter()
+                        .chain(a.urls.iter())
+                        .map(|u| u.0.to_string())
+                        .collect::<Vec<_>>(),
+                    a.token.as_ref().map(|t| t.read(loaded)).transpose()?,
+                    gatehouse_core::httpclient::build(ca.as_deref(), Duration::from_secs(5))?,
+                    gatehouse_core::httpclient::build_for(ca.as_deref(), Duration::from_secs(5))?,
+                    None,
+                )
+            }
             (None, Some(_)) => {
                 let local = local.context(
                     "revocation.embedded: the authority is started by the gatehouse binary, which hands the gateway its feed",
@@ -210,6 +267,7 @@ impl Revocations {
                     vec![local.url],
                     Some(local.token),
                     local.client,
+                    local.post_client,
                     Some(local.keep_alive),
                 )
             }
@@ -245,6 +303,13 @@ impl Revocations {
             applied: tokio::sync::watch::channel(0).0,
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
+            authority: AuthorityLink {
+                bases: bases
+                    .iter()
+                    .map(|b| b.trim_end_matches('/').to_owned())
+                    .collect(),
+                client: Some(post_client),
+            },
             _embedded: embedded,
         });
         let name = gateway_name(cfg, loaded);
