@@ -16,16 +16,27 @@
 //   2. it reads its configuration from stdin (one line):
 //        {"resource": "https://api.test", "scope": "api:read",
 //         "sid_in_access_tokens": true,
+//         "ca_file": "/path/to/ca.crt.pem",
 //         "clients": [ ...client metadata, e.g. backchannel_logout_uri... ]}
 //      (after step 1, so the test knows the issuer, with its ephemeral port,
 //      before it picks the authority's address for backchannel_logout_uri)
+//      ca_file (optional): a PEM CA certificate the provider's own https
+//      requests trust as well as node's usual ones (back-channel logouts to
+//      an https URI on loopback served with tests/fixtures/server.crt.pem).
+//      Client redirect_uris, post_logout_redirect_uris and
+//      backchannel_logout_uri may be http or https (web clients of the code
+//      flow); ID tokens carry `sid` for clients with backchannel_logout_uri
+//      and backchannel_logout_session_required: true.
 //   3. it prints {"message":"ready"} and serves; requests that arrive before
 //      that wait for it
 //   4. it prints every back-channel logout it sends, and every server error:
 //        {"message":"backchannel.success","client_id":...,"sub":...,"sid":...}
 //        {"message":"backchannel.error","client_id":...,"error":...}
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
+import * as tls from 'node:tls';
 import * as readline from 'node:readline';
 
 import Provider, { errors } from 'oidc-provider';
@@ -54,6 +65,11 @@ const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }
 const jwk = {
   ...privateKey.export({ format: 'jwk' }), kid: 'oidc-test-rs256', use: 'sig', alg: 'RS256',
 };
+
+// With ca_file, https requests trust it besides node's default roots.
+const httpsAgent = config.ca_file
+  ? new https.Agent({ ca: [...tls.rootCertificates, fs.readFileSync(config.ca_file, 'utf8')] })
+  : undefined;
 
 const provider = new Provider(issuer, {
   clients: config.clients,
@@ -92,7 +108,10 @@ const provider = new Provider(issuer, {
     : undefined),
   // The authority answers on loopback at once; a generous timeout all the
   // same, for a loaded test machine (the default is 2.5 s).
-  httpOptions: () => ({ signal: AbortSignal.timeout(10000) }),
+  httpOptions: (url) => ({
+    signal: AbortSignal.timeout(10000),
+    ...(httpsAgent && url.protocol === 'https:' ? { agent: httpsAgent } : undefined),
+  }),
 });
 
 provider.on('backchannel.success', (ctx, client, sub, sid) => {

@@ -6,6 +6,7 @@
 //! Entry points: [`start_gateway`] (in process) and [`Proc`] (a
 //! `gatehouse` process), [`Backend`] (records what it receives), [`send`].
 
+pub mod browser;
 pub mod yaml;
 
 use std::convert::Infallible;
