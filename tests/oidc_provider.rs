@@ -10,13 +10,12 @@
 //! resource indicator its JWT access tokens (RFC 9068) are for,
 //! `logout_audiences` its client ids, `require_at_jwt`.
 
-use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gatehouse_test_support::oidc::{oidc_dir, OidcProvider};
 use gatehouse_test_support::*;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -34,122 +33,6 @@ const WEB_SECRET: &str = "web-app-secret-0123456789abcdef";
 /// Never followed: the client reads the code from the redirect.
 const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
 const FEED: &str = "test-feed-token-9876543210";
-
-fn oidc_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// Fails (never skips) when the pinned provider is not installed.
-fn require_node_modules() {
-    let installed = oidc_dir().join("node_modules/oidc-provider/package.json");
-    assert!(
-        installed.exists(),
-        "{} is missing: the OpenID provider these tests run is not installed. \
-         Run scripts/test (it installs it), or `npm ci --prefix tests/oidc`.",
-        installed.display()
-    );
-}
-
-fn node() -> Command {
-    Command::new("node")
-}
-
-/// `tests/oidc/provider.mjs` as a child process; every line it writes is
-/// kept (its stdout JSON lines are also sent to `events`).
-struct OidcProvider {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    issuer: String,
-    lines: Arc<Mutex<Vec<String>>>,
-    events: mpsc::Receiver<Value>,
-}
-
-impl OidcProvider {
-    /// Starts it and waits until it listens; it serves once configured.
-    fn start() -> OidcProvider {
-        require_node_modules();
-        let mut child = node()
-            .arg(oidc_dir().join("provider.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `node` ({e}): run scripts/test, which installs nodejs and npm")
-            });
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, events) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().expect("lock").push(format!("stderr: {line}"));
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut p = OidcProvider {
-            child,
-            stdin,
-            issuer: String::new(),
-            lines,
-            events,
-        };
-        let listening = p.wait_for("listening");
-        p.issuer = listening["issuer"].as_str().expect("issuer").to_owned();
-        p
-    }
-
-    /// Sends its configuration (clients, resource) and waits until it serves.
-    fn configure(&mut self, config: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{config}").expect("configure the provider");
-        stdin.flush().expect("flush");
-        self.wait_for("ready");
-    }
-
-    /// The next line with this `message` (earlier ones are passed over).
-    fn wait_for(&self, message: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) if v["message"] == message => return v,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "the provider never said {message:?}; it wrote:\n{}",
-                    self.log()
-                ),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lock").join("\n")
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What back-channel logouts end at this issuer (`issuers[].backchannel_logout`).
 #[derive(Clone, Copy)]
@@ -333,7 +216,7 @@ logging: {{ format: json, level: warn }}
         let mut args = args;
         args["issuer"] = json!(self.provider.issuer);
         let out = tokio::task::spawn_blocking(move || {
-            node()
+            Command::new("node")
                 .arg(oidc_dir().join("client.mjs"))
                 .arg(command)
                 .arg(args.to_string())
@@ -392,10 +275,9 @@ logging: {{ format: json, level: warn }}
             json!({"client_id": WEB_ID, "id_token": id_token, "jar": jar}),
         )
         .await;
-        let sent = tokio::task::block_in_place(|| {
-            self.provider.events.recv_timeout(Duration::from_secs(10))
-        });
-        let sent = sent.unwrap_or_else(|_| {
+        let sent =
+            tokio::task::block_in_place(|| self.provider.next_event(Duration::from_secs(10)));
+        let sent = sent.unwrap_or_else(|| {
             panic!(
                 "the provider reported no back-channel logout:\n{}",
                 self.provider.log()

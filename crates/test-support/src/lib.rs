@@ -7,6 +7,7 @@
 //! `gatehouse` process), [`Backend`] (records what it receives), [`send`].
 
 pub mod browser;
+pub mod oidc;
 pub mod yaml;
 
 use std::convert::Infallible;

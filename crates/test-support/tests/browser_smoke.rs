@@ -5,15 +5,13 @@
 //! for the gateway (its callback, a `__Host-` session cookie, a logout).
 
 use std::convert::Infallible;
-use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_test_support::browser::{Browser, Cookie};
+use gatehouse_test_support::oidc::OidcProvider;
 use gatehouse_test_support::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -25,110 +23,6 @@ use serde_json::{json, Value};
 const CLIENT_ID: &str = "smoke-app";
 const CLIENT_SECRET: &str = "smoke-app-secret-0123456789abcdef";
 const SESSION_COOKIE: &str = "__Host-smoke";
-
-fn oidc_dir() -> PathBuf {
-    repo_root().join("tests/oidc")
-}
-
-/// `tests/oidc/provider.mjs` (the part of tests/oidc_provider.rs's
-/// `OidcProvider` this test needs).
-struct OidcProvider {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    issuer: String,
-    lines: Arc<Mutex<Vec<String>>>,
-    events: mpsc::Receiver<Value>,
-}
-
-impl OidcProvider {
-    fn start() -> OidcProvider {
-        let installed = oidc_dir().join("node_modules/oidc-provider/package.json");
-        assert!(
-            installed.exists(),
-            "{} is missing: run scripts/test (it installs it), or `npm ci --prefix tests/oidc`.",
-            installed.display()
-        );
-        let mut child = Command::new("node")
-            .arg(oidc_dir().join("provider.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): run scripts/test"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, events) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().expect("lock").push(format!("stderr: {line}"));
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut p = OidcProvider {
-            child,
-            stdin,
-            issuer: String::new(),
-            lines,
-            events,
-        };
-        let listening = p.wait_for("listening");
-        p.issuer = listening["issuer"].as_str().expect("issuer").to_owned();
-        p
-    }
-
-    fn configure(&mut self, config: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{config}").expect("configure the provider");
-        stdin.flush().expect("flush");
-        self.wait_for("ready");
-    }
-
-    fn wait_for(&self, message: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) if v["message"] == message => return v,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "the provider never said {message:?}; it wrote:\n{}",
-                    self.lines.lock().expect("lock").join("\n")
-                ),
-            }
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.issuer
-            .trim_start_matches("http://")
-            .parse()
-            .expect("issuer address")
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The tiny HTTPS app: every request it got, as `METHOD /path?query`
 /// followed by its Cookie and Origin headers and its body.
