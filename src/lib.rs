@@ -15,7 +15,7 @@ pub mod token;
 
 pub use gatehouse_authority as authority;
 pub use gatehouse_core::{auth, config, httpclient, logging, tls};
-pub use gatehouse_gateway::{admin, proxy, revocation};
+pub use gatehouse_gateway::{admin, login, proxy, revocation};
 
 /// The gateway's server, with the embedded authority composed in: same
 /// names as `gatehouse_gateway::server`, but [`server::start`] and

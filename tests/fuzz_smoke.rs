@@ -239,3 +239,42 @@ fn mutated_wait_modes_and_gateway_names_never_panic_and_stay_in_bounds() {
         }
     }
 }
+
+#[test]
+fn mutated_session_cookies_never_open_never_panic_and_never_reach_the_backend() {
+    use gatehouse::login::cookie::{self, Purpose, Sealer};
+    let sealer = Sealer::new(&[vec![7u8; 32], vec![9u8; 40]]).expect("sealer");
+    let genuine = sealer
+        .seal(Purpose::Session, br#"{"v":1}"#)
+        .expect("seal");
+    let seeds: Vec<Vec<u8>> = vec![
+        format!("{}={genuine}; theme=dark", cookie::SESSION).into_bytes(),
+        format!("2.{genuine}").into_bytes(),
+        format!("a=1; {}-1=x; {}=3.y", cookie::SESSION, cookie::SESSION).into_bytes(),
+        format!("{}abcdefghijkl=v", cookie::LOGIN_PREFIX).into_bytes(),
+    ];
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for i in 0..ROUNDS {
+        let m = rng.mutate(&seeds[i % seeds.len()], &seeds);
+        let text = String::from_utf8_lossy(&m);
+        // A mutated sealed value opens only if it is the genuine one.
+        if let Some(p) = sealer.open(Purpose::Session, &text) {
+            assert_eq!(text, genuine, "a made-up value opened: {p:?}");
+        }
+        assert!(sealer.open(Purpose::Login, &genuine).is_none());
+        let Ok(v) = http::HeaderValue::from_bytes(&m) else {
+            continue;
+        };
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, v);
+        if let Some(s) = cookie::session_value(&h) {
+            assert!(s.len() <= m.len(), "{text:?}");
+        }
+        assert!(cookie::session_chunks(&h) <= cookie::MAX_CHUNKS);
+        cookie::strip_ours(&mut h);
+        for f in h.get_all(http::header::COOKIE) {
+            let f = f.to_str().unwrap_or("");
+            assert!(!f.contains("__Host-gatehouse-"), "{text:?} -> {f:?}");
+        }
+    }
+}

@@ -212,8 +212,8 @@ pub fn clear(name: &str) -> Option<HeaderValue> {
     set(name, "", 0)
 }
 
-/// Removes every gatehouse cookie (`__Host-gatehouse-…`) from the
-/// request's `Cookie` fields: the session is the gateway's, never the
+/// Removes every gatehouse cookie (`__Host-gatehouse-…`), and any pair
+/// that names one, from the request's `Cookie` fields: the session is the gateway's, never the
 /// backend's. Fields left empty are removed.
 pub fn strip_ours(headers: &mut HeaderMap) {
     const OURS: &str = "__Host-gatehouse-";
@@ -233,7 +233,10 @@ pub fn strip_ours(headers: &mut HeaderMap) {
             let pairs: Vec<&str> = text
                 .split(';')
                 .map(str::trim)
-                .filter(|p| !p.is_empty() && !p.starts_with(OURS))
+                // Anywhere in the pair, not only as its name: a lenient
+                // backend parser may split `a=1 __Host-gatehouse-…=x`
+                // (no `;`) into two cookies.
+                .filter(|p| !p.is_empty() && !p.contains(OURS))
                 .collect();
             (!pairs.is_empty())
                 .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())

@@ -563,7 +563,9 @@ fn start(
     )
     .into_iter()
     .collect();
-    if clear {
+    // A dead session's cookie (revoked, expired, tampered) goes now, not
+    // only when the new one replaces it.
+    if clear || cookie::session_value(&head.headers).is_some() {
         cookies.extend(cookie::clear_session(cookie::session_chunks(&head.headers)));
     }
     let location = with_query(
