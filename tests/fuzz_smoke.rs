@@ -244,9 +244,7 @@ fn mutated_wait_modes_and_gateway_names_never_panic_and_stay_in_bounds() {
 fn mutated_session_cookies_never_open_never_panic_and_never_reach_the_backend() {
     use gatehouse::login::cookie::{self, Purpose, Sealer};
     let sealer = Sealer::new(&[vec![7u8; 32], vec![9u8; 40]]).expect("sealer");
-    let genuine = sealer
-        .seal(Purpose::Session, br#"{"v":1}"#)
-        .expect("seal");
+    let genuine = sealer.seal(Purpose::Session, br#"{"v":1}"#).expect("seal");
     let seeds: Vec<Vec<u8>> = vec![
         format!("{}={genuine}; theme=dark", cookie::SESSION).into_bytes(),
         format!("2.{genuine}").into_bytes(),

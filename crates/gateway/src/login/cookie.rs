@@ -111,15 +111,34 @@ impl Sealer {
 /// Every value of the cookie `name` in the request's `Cookie` fields
 /// (RFC 6265bis §5.7.4: `name=value` pairs separated by `;`), in order.
 pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    // Bytes, not `to_str` on the whole field: only the value asked for is
+    // checked as text (a session cookie is a few KiB of base64url).
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| pairs(v.as_bytes()))
         .filter_map(move |pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n == name).then_some(v.trim())
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let (n, v) = (&pair[..eq], &pair[eq + 1..]);
+            if n.trim_ascii() != name.as_bytes() {
+                return None;
+            }
+            std::str::from_utf8(v.trim_ascii()).ok()
         })
+}
+
+/// The `;`-separated pairs of a `Cookie` field value, untrimmed. Split
+/// with `memchr`: a session cookie is kilobytes the search jumps over.
+fn pairs(field: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b';', field).chain(std::iter::once(field.len()));
+    std::iter::from_fn(move || {
+        let end = ends.next()?;
+        let p = &field[start..end];
+        start = end + 1;
+        Some(p)
+    })
 }
 
 /// The one value of cookie `name`: `None` when absent or sent more than
@@ -136,7 +155,8 @@ pub fn single<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
 /// allocation). `None` when absent, sent twice, or a chunk is missing.
 pub fn session_value(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
     let first = single(headers, SESSION)?;
-    let Some((n, part)) = first.split_once('.') else {
+    // base64url has no `.`: only a split session starts `N.` (one digit).
+    let Some((n, part)) = split_count(first) else {
         return Some(std::borrow::Cow::Borrowed(first));
     };
     let n: usize = n.parse().ok().filter(|n| (2..=MAX_CHUNKS).contains(n))?;
@@ -151,10 +171,16 @@ pub fn session_value(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
 /// How many session cookies the request carries (the first's count, or
 /// 1), so a shorter new session clears the chunks it no longer uses.
 pub fn session_chunks(headers: &HeaderMap) -> usize {
-    match single(headers, SESSION).and_then(|v| v.split_once('.')) {
+    match single(headers, SESSION).and_then(split_count) {
         Some((n, _)) => n.parse().ok().filter(|n| *n <= MAX_CHUNKS).unwrap_or(1),
         None => 1,
     }
+}
+
+/// `N.rest` → `(N, rest)` when the value starts with one character and a
+/// `.` (looked for there only, not across kilobytes of value).
+fn split_count(v: &str) -> Option<(&str, &str)> {
+    (v.as_bytes().get(1) == Some(&b'.')).then(|| (&v[..1], &v[2..]))
 }
 
 fn chunk_name(i: usize) -> String {
@@ -217,11 +243,14 @@ pub fn clear(name: &str) -> Option<HeaderValue> {
 /// backend's. Fields left empty are removed.
 pub fn strip_ours(headers: &mut HeaderMap) {
     const OURS: &str = "__Host-gatehouse-";
-    let has_ours = headers.get_all(header::COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .windows(OURS.len())
-            .any(|w| w == OURS.as_bytes())
-    });
+    // Built once: making a searcher costs more than most searches.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(OURS));
+    let finder: &memchr::memmem::Finder<'static> = &FINDER;
+    let has_ours = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| finder.find(v.as_bytes()).is_some());
     if !has_ours {
         return;
     }
@@ -229,17 +258,21 @@ pub fn strip_ours(headers: &mut HeaderMap) {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| {
-            let text = String::from_utf8_lossy(v.as_bytes());
-            let pairs: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                // Anywhere in the pair, not only as its name: a lenient
-                // backend parser may split `a=1 __Host-gatehouse-…=x`
-                // (no `;`) into two cookies.
-                .filter(|p| !p.is_empty() && !p.contains(OURS))
-                .collect();
-            (!pairs.is_empty())
-                .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
+            let mut out = Vec::with_capacity(64);
+            // Anywhere in the pair, not only as its name: a lenient
+            // backend parser may split `a=1 __Host-gatehouse-…=x` (no `;`)
+            // into two cookies.
+            for p in pairs(v.as_bytes())
+                .map(<[u8]>::trim_ascii)
+                .filter(|p| !p.is_empty() && finder.find(p).is_none())
+            {
+                if !out.is_empty() {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(p);
+            }
+            (!out.is_empty())
+                .then(|| HeaderValue::from_bytes(&out).ok())
                 .flatten()
         })
         .collect();
