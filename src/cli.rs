@@ -1,6 +1,6 @@
 //! Command line: `run`, `check`, `token`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,6 +40,21 @@ enum Command {
     Token(Box<TokenArgs>),
     /// Revoke at an authority (a client of its admin API).
     Revoke(Box<RevokeArgs>),
+    /// Print a browser session cookie for a route with `login`, sealed with
+    /// the config's `sessions.keys`, for an ID token obtained elsewhere
+    /// (testing an app behind gatehouse without a browser, benchmarks).
+    /// Anyone holding the keys can do this: keep them secret.
+    Session {
+        #[arg(long, short, default_value = "config/gatehouse.yaml")]
+        config: PathBuf,
+        /// The route, by `name` (or its position, from 0).
+        #[arg(long)]
+        route: String,
+        /// A file holding the ID token the session stands for (its claims
+        /// are the session's; it is the logout credential).
+        #[arg(long)]
+        id_token: PathBuf,
+    },
     /// Start a backend, a TLS gateway and its authority, and show a token
     /// working, being revoked, and being refused.
     Demo {
@@ -141,6 +156,17 @@ pub fn main() -> ExitCode {
         Command::Authority { config } => authority(&config),
         Command::Token(args) => token(*args),
         Command::Revoke(args) => revoke(*args),
+        Command::Session {
+            config,
+            route,
+            id_token,
+        } => match session_cookie(&config, &route, &id_token) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse session: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Demo {
             gateway_port,
             authority_port,
@@ -511,4 +537,46 @@ fn token(a: TokenArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `gatehouse session`: the `Cookie` pair(s) of a session for `id_token`
+/// on `route`, one line (`name=value; name-1=value…`).
+fn session_cookie(config: &Path, route: &str, id_token: &Path) -> anyhow::Result<()> {
+    crate::auth::jwt::install_crypto_and_self_test()?;
+    let loaded = crate::config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = &loaded.config;
+    let (_, rc) = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(i, r)| r.value.name.as_deref() == Some(route) || i.to_string() == route)
+        .ok_or_else(|| anyhow::anyhow!("no route named {route}"))?;
+    let login = rc
+        .value
+        .login
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("route {route} has no login"))?;
+    let sessions = cfg
+        .sessions
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the config has no sessions block"))?;
+    let sessions = std::sync::Arc::new(crate::login::Sessions::from_config(
+        &sessions.value,
+        &loaded,
+    )?);
+    let login = crate::login::Login::from_config(login, &loaded, sessions)?;
+    let idt = std::fs::read_to_string(id_token)?.trim().to_owned();
+    let lines = login.seal_for_id_token(&idt).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a JWT with a sub, or the session does not fit in cookies",
+            id_token.display()
+        )
+    })?;
+    let pairs: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.to_str().ok())
+        .filter_map(|l| l.split(';').next())
+        .collect();
+    println!("{}", pairs.join("; "));
+    Ok(())
 }

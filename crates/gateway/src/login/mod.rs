@@ -335,6 +335,15 @@ impl Login {
         self.seal_session(s, 1)
     }
 
+    /// [`Login::seal_for`] with `sub` and `sid` read from the ID token's
+    /// payload (not verified: whoever calls this holds the cookie keys).
+    pub fn seal_for_id_token(&self, id_token: &str) -> Option<Vec<HeaderValue>> {
+        let claims = id_token_claims(id_token)?;
+        let sub = claims.get("sub")?.as_str()?;
+        let sid = claims.get("sid").and_then(Value::as_str);
+        self.seal_for(sub, sid, Map::new(), id_token)
+    }
+
     /// The session's `Set-Cookie` lines; `None` when it cannot be sealed
     /// or would not fit in [`cookie::MAX_CHUNKS`] cookies.
     fn seal_session(&self, s: Session, had: usize) -> Option<Vec<HeaderValue>> {
