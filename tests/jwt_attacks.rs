@@ -685,3 +685,38 @@ async fn logout_tokens_are_verified_as_logout_tokens_and_access_tokens_are_not()
     assert!(v.verify_any_age(&token).await.is_err());
     assert!(v.verify(&token).await.is_err());
 }
+
+#[tokio::test]
+async fn an_ed25519_token_under_its_rfc_9864_name_is_accepted_where_eddsa_is() {
+    // RFC 9864 §2.2: `Ed25519` is the fully-specified name current
+    // providers sign with; configured as such it allows EdDSA over
+    // Ed25519 and nothing else.
+    crypto();
+    let backend = Backend::start().await;
+    let cfg = yaml::Config::gateway()
+        .issuers(vec![yaml::Issuer::test()
+            .with("algorithms", "[Ed25519]")
+            .with("max_token_lifetime", "1h")])
+        .route(yaml::Route::to(backend.addr))
+        .yaml();
+    let gw = Proc::start("run", &cfg, "listening");
+    let payload = serde_json::to_vec(&Value::Object(claims("ed-user"))).expect("json");
+    for alg_name in ["Ed25519", "EdDSA"] {
+        let header =
+            serde_json::to_vec(&json!({"alg": alg_name, "kid": "test-eddsa"})).expect("json");
+        let token = signed(&header, &payload, Algorithm::EdDSA);
+        assert_eq!(
+            status_of(gw.addr, &token).await.0,
+            StatusCode::OK,
+            "alg {alg_name}"
+        );
+    }
+    // Only that algorithm: an RS256 token of the same issuer is refused.
+    let rs = signed(
+        &serde_json::to_vec(&rs_header()).expect("json"),
+        &payload,
+        Algorithm::RS256,
+    );
+    assert_eq!(status_of(gw.addr, &rs).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(backend.hits(), 2);
+}

@@ -862,6 +862,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_published_with_the_rfc_9864_name_ed25519_verifies_eddsa() {
+        let mut doc = fixture("jwks.json");
+        let keys = doc["keys"].as_array_mut().expect("keys");
+        let ed = keys
+            .iter_mut()
+            .find(|k| k["kid"] == "test-eddsa")
+            .expect("eddsa key");
+        ed["alg"] = serde_json::json!("Ed25519");
+        let set = parsed(&doc);
+        let key = set.find(Some("test-eddsa"), Algorithm::EdDSA).expect("key");
+        assert!(key.parsed(Algorithm::EdDSA).is_some());
+    }
+
+    #[test]
     fn every_fixture_key_has_a_distinct_thumbprint() {
         let set = parsed(&fixture("jwks.json"));
         let mut seen: Vec<&str> = set
