@@ -118,8 +118,21 @@ struct Site {
     _dir: tempfile::TempDir,
 }
 
+/// How gatehouse authenticates to the provider's token endpoint.
+#[derive(Clone, Copy, PartialEq)]
+enum ClientAuth {
+    /// `client_secret_basic`.
+    Secret,
+    /// `private_key_jwt` with the fixtures' ES256 key (`test-es256`).
+    PrivateKeyJwt,
+}
+
 impl Site {
     async fn start() -> Site {
+        Site::start_with(ClientAuth::Secret).await
+    }
+
+    async fn start_with(auth: ClientAuth) -> Site {
         crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let app = App::start().await;
@@ -127,22 +140,42 @@ impl Site {
         let authority_port = free_port();
         let gateway_port = free_port();
         let origin = format!("https://localhost:{gateway_port}");
+        let (method, jwks) = match auth {
+            ClientAuth::Secret => ("client_secret_basic", serde_json::Value::Null),
+            ClientAuth::PrivateKeyJwt => {
+                let set: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(fixture("jwks.json")).expect("jwks fixture"),
+                )
+                .expect("jwks json");
+                let es = set["keys"]
+                    .as_array()
+                    .and_then(|k| k.iter().find(|k| k["kid"] == "test-es256"))
+                    .cloned()
+                    .expect("the ES256 key");
+                ("private_key_jwt", json!({ "keys": [es] }))
+            }
+        };
+        let mut client = json!({
+            "client_id": WEB_ID,
+            "client_secret": WEB_SECRET,
+            "token_endpoint_auth_method": method,
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+            "redirect_uris": [format!("{origin}/.gatehouse/callback")],
+            "post_logout_redirect_uris": [format!("{origin}/public/bye")],
+            "backchannel_logout_uri":
+                format!("http://127.0.0.1:{authority_port}/backchannel-logout"),
+            "backchannel_logout_session_required": true,
+        });
+        if auth == ClientAuth::PrivateKeyJwt {
+            client["jwks"] = jwks;
+            client["token_endpoint_auth_signing_alg"] = json!("ES256");
+        }
         tokio::task::block_in_place(|| {
             provider.configure(&json!({
                 "resource": RESOURCE,
                 "scope": "api:read",
-                "clients": [{
-                    "client_id": WEB_ID,
-                    "client_secret": WEB_SECRET,
-                    "grant_types": ["authorization_code"],
-                    "response_types": ["code"],
-                    "token_endpoint_auth_method": "client_secret_basic",
-                    "redirect_uris": [format!("{origin}/.gatehouse/callback")],
-                    "post_logout_redirect_uris": [format!("{origin}/public/bye")],
-                    "backchannel_logout_uri":
-                        format!("http://127.0.0.1:{authority_port}/backchannel-logout"),
-                    "backchannel_logout_session_required": true,
-                }],
+                "clients": [client],
             }))
         });
         let issuer = format!(
@@ -208,7 +241,7 @@ routes:
     login:
       issuer: idp
       client_id: {WEB_ID}
-      client_secret: {{ file: {secret} }}
+      {client_auth}
       scopes: [openid]
       post_logout_redirect_uri: {origin}/public/bye
     identity_headers:
@@ -229,7 +262,16 @@ logging: {{ format: json, level: warn }}
             crt = f("server.crt.pem"),
             key = f("server.key.pem"),
             key_file = dir.path().join("session.key").display(),
-            secret = dir.path().join("web.secret").display(),
+            client_auth = match auth {
+                ClientAuth::Secret => format!(
+                    "client_secret: {{ file: {} }}",
+                    dir.path().join("web.secret").display()
+                ),
+                ClientAuth::PrivateKeyJwt => format!(
+                    "private_key_jwt: {{ key_file: {}, alg: ES256, kid: test-es256 }}",
+                    f("es256.key.pem")
+                ),
+            },
             app = app.addr,
             feed = dir.path().join("feed.token").display(),
             state = dir.path().join("gateway.state").display(),
@@ -694,5 +736,17 @@ logging: {{ level: error }}
     assert_eq!(
         a.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("text/html; charset=utf-8")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_authenticating_with_private_key_jwt_logs_the_browser_in() {
+    let site = Site::start_with(ClientAuth::PrivateKeyJwt).await;
+    let b = Browser::start().await;
+    site.log_in(&b, "frank").await;
+    assert!(
+        b.text().await.contains("subject: frank"),
+        "{}",
+        b.text().await
     );
 }
