@@ -114,7 +114,7 @@ struct Site {
     origin: String,
     gateway: SocketAddr,
     _gateway: (Arc<gatehouse::server::Gateway>, tempfile::TempDir),
-    _authority: gatehouse::authority::AuthorityHandle,
+    authority: gatehouse::authority::AuthorityHandle,
     _dir: tempfile::TempDir,
 }
 
@@ -284,7 +284,7 @@ logging: {{ format: json, level: warn }}
             origin,
             gateway,
             _gateway: gw,
-            _authority: authority,
+            authority,
             _dir: dir,
         }
     }
@@ -414,10 +414,21 @@ async fn logging_out_ends_the_session_at_the_provider_and_the_next_visit_asks_fo
         !b.cookies().await.iter().any(|c| c.name == SESSION),
         "the session cookie is cleared"
     );
+    // The ID token travelled in that URL (`id_token_hint`): replayed to
+    // the authority as a login report, it must not end a newer session.
+    let hint = url_param(&at, "id_token_hint").expect("id_token_hint");
     b.confirm_provider_logout().await;
     let after = b
         .wait_for_url(|u| u.starts_with(&site.origin), Duration::from_secs(10))
         .await;
+    let replay = post(
+        site.authority.addr(),
+        "/v1/login",
+        None,
+        json!({ "id_token": hint }),
+    )
+    .await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.text());
     assert!(
         after.starts_with(&format!("{}/public/bye", site.origin)),
         "{after}"
@@ -632,6 +643,24 @@ async fn what_a_login_route_answers_to_requests_that_are_not_page_navigations() 
         StatusCode::UNAUTHORIZED,
         "an OPTIONS that is not a preflight needs credentials"
     );
+    // Nor is one with a body, a method override or no method named.
+    for extra in [
+        ("content-length", "7"),
+        ("x-http-method-override", "DELETE"),
+    ] {
+        let mut h = pre.to_vec();
+        h.push(extra);
+        let a = site.request("OPTIONS", "/api/items", &h).await;
+        assert_ne!(a.status, StatusCode::OK, "{extra:?}");
+    }
+    let empty = [
+        ("origin", "https://other.example"),
+        ("access-control-request-method", ""),
+    ];
+    assert_eq!(
+        site.request("OPTIONS", "/api/items", &empty).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // A logout from another site is refused; a GET is not a logout.
     let cross = site
         .request(
@@ -748,5 +777,70 @@ async fn a_gateway_authenticating_with_private_key_jwt_logs_the_browser_in() {
         b.text().await.contains("subject: frank"),
         "{}",
         b.text().await
+    );
+}
+
+/// A query parameter of a URL, decoded.
+fn url_param(url: &str, name: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A JSON POST to the authority.
+async fn post(
+    authority: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> Answer {
+    send(
+        authority,
+        Proto::Plain,
+        "authority",
+        json_req("POST", path, token, Some(&body)),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_asks_for_credentials_again_and_never_goes_round() {
+    let site = Site::start().await;
+    let b = Browser::start().await;
+    site.log_in(&b, "gina").await;
+    let page = b.text().await;
+    let sid = page
+        .lines()
+        .find_map(|l| l.strip_prefix("session: "))
+        .expect("the app shows the sid")
+        .to_owned();
+    let revoked = post(
+        site.authority.addr(),
+        "/v1/revocations?wait=applied&timeout=2s",
+        Some(ADMIN),
+        json!({ "sid": sid }),
+    )
+    .await;
+    assert!(revoked.status.is_success(), "{}", revoked.text());
+    // The provider still has gina's session; without `prompt=login` it
+    // would hand back the same ended session at once, again and again.
+    b.goto(&format!("{}/reports", site.origin)).await;
+    let at = b.url().await;
+    assert!(site.on_provider(&at), "{at}\n{}", b.text().await);
+    assert!(
+        b.html().await.contains("name=\"login\""),
+        "the provider asks for credentials: {at}"
+    );
+    // Logging in again ends on a page, the app or a clear refusal, never
+    // a redirect loop.
+    b.oidc_provider_login("gina", "any password").await;
+    let back = b
+        .wait_for_url(|u| u.starts_with(&site.origin), Duration::from_secs(10))
+        .await;
+    let page = b.text().await;
+    assert!(
+        page.contains("subject: gina") || page.contains("This session has ended"),
+        "{back}\n{page}"
     );
 }

@@ -33,6 +33,11 @@ fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
         .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
 }
 
+/// Seconds an ID token may be old when its login is reported
+/// (`POST /v1/login`): the gateway reports it within seconds of the code
+/// exchange; leeway for a slow provider and clock skew.
+const LOGIN_REPORT_MAX_AGE: i64 = 300;
+
 impl Api {
     pub(super) async fn session(&self, req: Request<Incoming>) -> Resp {
         let wait = match self.wait_mode(&req) {
@@ -138,6 +143,23 @@ impl Api {
         };
         if id.expires_at.is_none_or(|e| e <= now_unix()) {
             return Refusal::InvalidToken("token has expired").into();
+        }
+        // A login is reported right after the code exchange. An older ID
+        // token (from a logout URL's `id_token_hint`, a browser history)
+        // replayed here must not count as the newest login and end the
+        // user's real session.
+        if id
+            .issued_at
+            .is_none_or(|iat| now_unix() - iat > LOGIN_REPORT_MAX_AGE)
+        {
+            return Refusal::InvalidToken("the ID token is too old to report a login").into();
+        }
+        match already_revoked(&self.store, &id).await {
+            Ok(true) => {
+                return Refusal::InvalidToken("the session of this ID token has ended").into()
+            }
+            Ok(false) => {}
+            Err(e) => return Refusal::Unavailable(e).into(),
         }
         let (Some(sub), Some(sid)) = (id.subject.clone(), id.sid.clone()) else {
             return Refusal::BadRequest("the ID token carries no sid: no session to count".into())

@@ -473,6 +473,10 @@ pub struct ProviderMetadata {
     pub code_challenge_methods_supported: Vec<String>,
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// RFC 9207 §3: the provider puts `iss` in every authorization
+    /// response; one without it is then refused.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 /// The largest discovery document read (providers publish a few KiB).

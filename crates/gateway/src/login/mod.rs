@@ -7,7 +7,7 @@
 //! - The callback exchanges the code, checks the ID token (§3.1.3.7) and
 //!   starts a session: a sealed `__Host-` cookie ([`cookie`]).
 //! - Every later request carrying the session goes through the same policy
-//!   as a bearer token ([`crate::proxy::policy`]): revocation by `sid`, by
+//!   as a bearer token (the proxy's policy): revocation by `sid`, by
 //!   subject or client before the login time, `require`, identity headers.
 //! - Logout (`POST`, same-origin only) ends the session at the authority,
 //!   so every gateway refuses it, then sends the browser to the provider's
@@ -618,19 +618,23 @@ fn start(
     if clear || cookie::session_value(&head.headers).is_some() {
         cookies.extend(cookie::clear_session(cookie::session_chunks(&head.headers)));
     }
-    let location = with_query(
-        &authorize,
-        &[
-            ("response_type", "code"),
-            ("client_id", &l.client_id),
-            ("redirect_uri", &redirect_uri),
-            ("scope", &l.scopes),
-            ("state", &state),
-            ("nonce", &nonce),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-        ],
-    );
+    let mut pairs = vec![
+        ("response_type", "code"),
+        ("client_id", l.client_id.as_str()),
+        ("redirect_uri", redirect_uri.as_str()),
+        ("scope", l.scopes.as_str()),
+        ("state", state.as_str()),
+        ("nonce", nonce.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    // A revoked session: the provider must ask for credentials again
+    // (OIDC Core §3.1.2.1), or it would hand back the same ended session
+    // at once, and the browser would go round.
+    if clear {
+        pairs.push(("prompt", "login"));
+    }
+    let location = with_query(&authorize, &pairs);
     redirect(StatusCode::FOUND, &location, cookies)
 }
 
@@ -715,8 +719,13 @@ async fn callback(
         return Err(bad_callback("the login state does not match"));
     }
     let mut clear_login: Vec<HeaderValue> = cookie::clear(&name).into_iter().collect();
-    // RFC 9207 §2.4: an `iss` in the answer must be the provider asked.
-    if q.iss.as_deref().is_some_and(|i| i != &*l.iss) {
+    // RFC 9207 §2.4: an `iss` in the answer must be the provider asked;
+    // a provider that says it sends `iss` must have sent it.
+    let iss_promised = verifier
+        .issuer(&l.issuer)
+        .and_then(|(_, m)| m)
+        .is_some_and(|m| m.authorization_response_iss_parameter_supported);
+    if q.iss.as_deref().is_some_and(|i| i != &*l.iss) || (iss_promised && q.iss.is_none()) {
         let mut p = bad_callback("the answer comes from another identity provider");
         p.set_cookies = clear_login;
         return Err(p);
@@ -769,6 +778,33 @@ async fn callback(
         claims,
         idt: id_token.clone(),
     };
+    // A login whose session is already ended (the provider handed back a
+    // session that was revoked, by `sid` or by subject) gets no cookie
+    // and is not reported: a page, never a redirect that would go round.
+    if let Some(r) = revocations {
+        let probe = Identity {
+            issuer: l.issuer.clone(),
+            iss: l.iss.clone(),
+            subject: Some(session.sub.clone()),
+            jti: None,
+            sid: session.sid.clone(),
+            issued_at: Some(session.auth),
+            not_before: None,
+            client: Some(session.cid.clone()),
+            expires_at: Some(session.exp),
+            claims: Map::new(),
+        };
+        if let Err(crate::revocation::feed::Refusal::Revoked(_)) = r.check(&probe) {
+            let mut p = Page::new(
+                StatusCode::FORBIDDEN,
+                "login_refused",
+                "This session has ended",
+                "The identity provider handed back a session that was ended. Sign out at the identity provider, then log in again.",
+            );
+            p.set_cookies = clear_login;
+            return Err(p);
+        }
+    }
     report_login(revocations, &id_token).await;
     let mut cookies = l
         .seal_session(session, cookie::session_chunks(&head.headers))
@@ -929,6 +965,17 @@ async fn exchange(
             .take(64)
             .collect();
         tracing::warn!(target: "gatehouse::login", status = status.as_u16(), error = %error, "token endpoint refused the code");
+        // RFC 6749 §5.2: `invalid_grant` is the code's fault (replayed,
+        // expired, issued to another client or PKCE verifier): the
+        // browser's request, not the provider, is what failed.
+        if error == "invalid_grant" {
+            return Err(Page::new(
+                StatusCode::BAD_REQUEST,
+                "login_refused",
+                "Login failed",
+                "This login link was already used or has expired. Start again.",
+            ));
+        }
         return Err(login_failed(format!(
             "the identity provider refused the login ({status}{}{error})",
             if error.is_empty() { "" } else { ": " }
@@ -965,12 +1012,15 @@ async fn report_login(revocations: Option<&Revocations>, id_token: &str) {
 /// (Fetch Metadata) when the browser sends it, else an `Origin` equal to
 /// ours (RFC 6454 §7; browsers send it on every POST).
 fn same_origin(head: &http::request::Parts, origin: &str) -> bool {
-    if let Some(site) = head.headers.get("sec-fetch-site") {
-        return site.as_bytes() == b"same-origin";
+    let origin_ok = |o: &HeaderValue| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes());
+    match (
+        head.headers.get("sec-fetch-site"),
+        head.headers.get(header::ORIGIN),
+    ) {
+        (Some(site), o) => site.as_bytes() == b"same-origin" && o.is_none_or(origin_ok),
+        (None, Some(o)) => origin_ok(o),
+        (None, None) => false,
     }
-    head.headers
-        .get(header::ORIGIN)
-        .is_some_and(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
 }
 
 async fn logout(

@@ -291,11 +291,30 @@ enum Via {
 /// credentials, so a route that needs them would refuse every
 /// cross-origin call before it is made.
 fn is_cors_preflight(head: &http::request::Parts) -> bool {
+    let h = &head.headers;
+    // A preflight carries no body (Fetch §4.8 step 1: a request with a
+    // null body) and names one method token (RFC 9110 §9.1); anything
+    // else is not what a browser sends, and a backend might act on it.
+    let method_named = h
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .is_some_and(|m| !m.is_empty() && http::Method::from_bytes(m.as_bytes()).is_ok());
+    let no_body = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes().iter().all(|b| *b == b'0'));
+    // Method-override headers turn a request into another for some
+    // frameworks: never on a request let through without credentials.
+    let overrides = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .any(|n| h.contains_key(*n));
     head.method == http::Method::OPTIONS
-        && head.headers.contains_key(header::ORIGIN)
-        && head
-            .headers
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && h.contains_key(header::ORIGIN)
+        && method_named
+        && no_body
+        && !overrides
 }
 
 /// The login step, with the origin the browser reached us at (scheme by
