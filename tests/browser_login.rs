@@ -844,3 +844,109 @@ async fn a_revoked_session_asks_for_credentials_again_and_never_goes_round() {
         "{back}\n{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_left_unused_past_its_idle_timeout_is_over() {
+    // No provider needed: the session is sealed with the config's keys
+    // (`gatehouse session` does the same), for an ID token whose payload
+    // names the user.
+    crypto();
+    let app = App::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("web.secret"), WEB_SECRET).expect("secret");
+    std::fs::write(dir.path().join("session.key"), [b'k'; 32]).expect("key");
+    let f = |n: &str| fixture(n).display().to_string();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+    tls:
+      certificates:
+        - {{ cert: {crt}, key: {key} }}
+issuers:
+  - name: idp
+    issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+sessions:
+  keys: [{{ file: {key_file} }}]
+  idle_timeout: 2s
+routes:
+  - name: app
+    path_prefix: /
+    backends: [http://{app}]
+    login:
+      issuer: idp
+      client_id: {WEB_ID}
+      client_secret: {{ file: {secret} }}
+      authorization_endpoint: https://idp.invalid/auth
+      token_endpoint: https://idp.invalid/token
+logging: {{ level: error }}
+"#,
+        crt = f("server.crt.pem"),
+        key = f("server.key.pem"),
+        jwks = f("jwks.json"),
+        key_file = dir.path().join("session.key").display(),
+        secret = dir.path().join("web.secret").display(),
+        app = app.addr,
+    );
+    let (gw, d) = start_gateway(&yaml).await;
+    let loaded = gatehouse::config::load(&d.path().join("gatehouse.yaml")).expect("config");
+    let sessions = Arc::new(
+        gatehouse::login::Sessions::from_config(
+            &loaded.config.sessions.as_ref().expect("sessions").value,
+            &loaded,
+        )
+        .expect("sessions"),
+    );
+    let login = gatehouse::login::Login::from_config(
+        loaded.config.routes[0].value.login.as_ref().expect("login"),
+        &loaded,
+        sessions,
+    )
+    .expect("login");
+    let id_token = mint(jsonwebtoken::Algorithm::RS256, "ida");
+    let set = login.seal_for_id_token(&id_token).expect("sealed");
+    let cookie = set[0]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let ask = |nav: bool| {
+        let mut r = Request::get("/page")
+            .header("host", "localhost")
+            .header("cookie", cookie.as_str());
+        if nav {
+            r = r.header("sec-fetch-mode", "navigate");
+        }
+        send(
+            gw.addrs()[0],
+            Proto::TlsH1,
+            "localhost",
+            r.body(empty()).expect("request"),
+        )
+    };
+    // Used within its first second: served.
+    assert_eq!(ask(false).await.status, StatusCode::OK);
+    assert_eq!(
+        app.last()
+            .get("x-auth-subject")
+            .and_then(|v| v.to_str().ok()),
+        Some("ida")
+    );
+    // Left alone for longer than `idle_timeout` (times are whole seconds:
+    // 3 s is past 2 s whatever the fraction): over, on every path.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ask(false).await.status, StatusCode::UNAUTHORIZED);
+    let nav = ask(true).await;
+    assert_eq!(nav.status, StatusCode::FOUND, "a navigation logs in again");
+    assert!(
+        nav.headers.get_all("set-cookie").iter().any(|c| c
+            .to_str()
+            .is_ok_and(|c| c.starts_with(SESSION) && c.contains("Max-Age=0"))),
+        "the dead cookie is cleared"
+    );
+}
