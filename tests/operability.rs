@@ -443,3 +443,78 @@ fn within_blocking(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The kernel spreads SO_REUSEPORT connections by a hash of their
+/// addresses, so 100 connections would land unevenly on two workers (for
+/// example 44 and 56; an even split by chance is rare) and the busier
+/// worker would set the latency tail. The gateway hands a connection to
+/// the least loaded worker instead, and shows the split in
+/// `gatehouse_worker_connections`.
+#[tokio::test]
+async fn connections_are_spread_evenly_over_the_workers_and_shown_per_worker() {
+    let backend = Backend::start().await;
+    let admin_port = free_port();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:{admin_port}
+workers: 2
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let token = mint(Algorithm::RS256, "spread");
+    // Opened one after another, each answered before the next: every
+    // connection is counted on its worker before the next is accepted.
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        let stream = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        let task = tokio::spawn(conn);
+        let res = sender
+            .send_request(get(Proto::Plain, "localhost", "/", Some(&token), &[]))
+            .await
+            .expect("answer");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.expect("body");
+        open.push((sender, task));
+    }
+    let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();
+    let per_worker = [
+        metric(&text, "gatehouse_worker_connections{worker=\"0\"}"),
+        metric(&text, "gatehouse_worker_connections{worker=\"1\"}"),
+    ];
+    assert_eq!(per_worker, [50.0, 50.0], "100 connections over 2 workers");
+    assert!(
+        metric(&text, "gatehouse_connections_handed_off_total") >= 1.0,
+        "the kernel's split was uneven, so some connections were handed over"
+    );
+    drop(open);
+    let drained = within(Duration::from_secs(5), || async {
+        let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();
+        metric(&text, "gatehouse_worker_connections{worker=\"0\"}") == 0.0
+            && metric(&text, "gatehouse_worker_connections{worker=\"1\"}") == 0.0
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "closed connections are no longer counted"
+    );
+}

@@ -14,7 +14,8 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+/// Re-exported for crates that hold a gauge of [`Metrics`].
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -57,6 +58,12 @@ pub struct IdentityHeaderLabels {
 pub struct IssuerResult {
     pub issuer: String,
     pub result: &'static str,
+}
+
+/// A request worker of the gateway, by index (0 .. `workers`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -271,6 +278,11 @@ pub struct Metrics {
     /// acknowledgement of it (its next feed poll's `since`).
     pub authority_propagation: prometheus_client::metrics::histogram::Histogram,
     pub open_connections: Gauge,
+    /// Client connections open per request worker: how evenly the
+    /// gateway spreads its connections over its cores.
+    pub worker_connections: Family<WorkerLabel, Gauge>,
+    /// Connections accepted by one worker and served by a less loaded one.
+    pub connections_handed_off: Counter,
     pub tasks_alive: Gauge,
     registry: Registry,
 }
@@ -394,6 +406,18 @@ impl Metrics {
             "Client connections currently open",
             open_connections.clone(),
         );
+        let worker_connections = Family::<WorkerLabel, Gauge>::default();
+        r.register(
+            "worker_connections",
+            "Client connections currently open, by request worker",
+            worker_connections.clone(),
+        );
+        let connections_handed_off = Counter::default();
+        r.register(
+            "connections_handed_off",
+            "Connections accepted by one request worker and served by a less loaded one",
+            connections_handed_off.clone(),
+        );
         let tunnels_closed = Family::<ReasonLabel, Counter>::default();
         r.register(
             "tunnels_closed",
@@ -444,6 +468,8 @@ impl Metrics {
             authority_gateways,
             authority_propagation,
             open_connections,
+            worker_connections,
+            connections_handed_off,
             registry: r,
         }
     }

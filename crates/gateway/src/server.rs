@@ -3,6 +3,7 @@
 //! every request goes to [`crate::proxy::Proxy::handle`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use crate::proxy::ConnInfo;
 use crate::revocation::{LocalAuthority, Revocations};
 use gatehouse_core::config::LoadedConfig;
 use gatehouse_core::listener::{accept_limited, serve_limited, Activity, Tracked};
-use gatehouse_core::metrics::{metrics, ResultLabel};
+use gatehouse_core::metrics::{metrics, ResultLabel, WorkerLabel};
 
 /// A running gateway: its bound addresses, its current generation, and the
 /// handles to reload and stop it.
@@ -167,8 +168,9 @@ pub async fn start(
 }
 
 /// One single-threaded runtime per core, each with its own listening
-/// socket (SO_REUSEPORT, the kernel spreads connections) and its own
-/// backend connection pools: a request is accepted, checked, forwarded and
+/// socket (SO_REUSEPORT) and its own backend connection pools; a worker
+/// that accepts more than its share of connections hands them to the least
+/// loaded one (see [`Balance`]): a request is accepted, checked, forwarded and
 /// answered on one thread, with no cross-thread wake-ups on the way. The
 /// control plane (feed, key refresh, admin, reload) stays on the caller's
 /// runtime.
@@ -192,6 +194,17 @@ pub async fn start_on(
     let (tx, rx) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
     let mut addrs = Vec::new();
+    let (balance, inboxes) = Balance::new(workers.len().max(1));
+    for ((worker, handle), inbox) in workers.iter().enumerate().zip(inboxes) {
+        let (balance, current, rx) = (balance.clone(), current.clone(), rx.clone());
+        accept_loops.spawn_on(
+            async move {
+                crate::proxy::upstream::set_worker(worker);
+                inbox_loop(inbox, worker, balance, current, rx).await
+            },
+            handle,
+        );
+    }
     for (index, l) in cfg.listeners.iter().enumerate() {
         let lc = &l.value;
         let sockets = bind_reuseport(lc.address, workers.len().max(1))
@@ -201,13 +214,18 @@ pub async fn start_on(
         addrs.push(addr);
         for (socket, (worker, handle)) in sockets.into_iter().zip(workers.iter().enumerate()) {
             let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
+            let balance = balance.clone();
             accept_loops.spawn_on(
                 async move {
                     // Registered with this worker's reactor, on its thread.
                     match TcpListener::from_std(socket) {
                         Ok(listener) => {
                             crate::proxy::upstream::set_worker(worker);
-                            accept_loop(listener, index, current, slots, rx).await
+                            let me = Worker {
+                                index: worker,
+                                balance,
+                            };
+                            accept_loop(listener, index, me, current, slots, rx).await
                         }
                         Err(e) => tracing::error!(error = %e, "cannot use the listening socket"),
                     }
@@ -260,24 +278,191 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::T
     Ok(out)
 }
 
+/// Spreads client connections evenly over the request workers.
+///
+/// Each worker accepts on its own SO_REUSEPORT socket, and the kernel picks
+/// the socket by a hash of the connection's addresses: 64 connections land
+/// for example 28 and 36 on two workers, and the busier worker sets the
+/// latency tail. So a worker that accepts a connection while it serves
+/// more connections than the least loaded worker hands the connection to
+/// that one: one cross-thread wake-up per handed-off connection, none per
+/// request. HAProxy spreads its threads' connections the same way
+/// (`tune.listener.multi-queue`: the thread with the fewest connections).
+struct Balance {
+    /// Connections open per worker, each on its own cache line: written
+    /// once when a connection opens and once when it closes.
+    open: Box<[OpenCount]>,
+    inbox: Box<[mpsc::UnboundedSender<Handoff>]>,
+    gauges: Box<[gatehouse_core::metrics::Gauge]>,
+}
+
+#[repr(align(64))]
+struct OpenCount(AtomicUsize);
+
+/// A connection accepted by one worker, to be served by another.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    listener: usize,
+}
+
+impl Balance {
+    fn new(workers: usize) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Handoff>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Balance {
+            open: (0..workers)
+                .map(|_| OpenCount(AtomicUsize::new(0)))
+                .collect(),
+            inbox: senders.into_boxed_slice(),
+            gauges: (0..workers as u64)
+                .map(|worker| {
+                    metrics()
+                        .worker_connections
+                        .get_or_create(&WorkerLabel { worker })
+                        .clone()
+                })
+                .collect(),
+        };
+        (Arc::new(balance), receivers)
+    }
+
+    /// The worker that serves a connection `me` accepted: `me`, unless
+    /// another worker serves fewer connections (the first with the fewest).
+    fn pick(&self, me: usize) -> usize {
+        let mut best = (self.open[me].0.load(Ordering::Relaxed), me);
+        for (i, o) in self.open.iter().enumerate() {
+            let n = o.0.load(Ordering::Relaxed);
+            if n < best.0 {
+                best = (n, i);
+            }
+        }
+        best.1
+    }
+
+    /// Counts a connection on `worker` until the returned guard drops.
+    fn open(self: &Arc<Self>, worker: usize) -> Served {
+        self.open[worker].0.fetch_add(1, Ordering::Relaxed);
+        self.gauges[worker].inc();
+        Served {
+            balance: self.clone(),
+            worker,
+        }
+    }
+}
+
+/// One open connection counted on its worker.
+struct Served {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.balance.open[self.worker]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
+        self.balance.gauges[self.worker].dec();
+    }
+}
+
+/// The request worker an accept loop runs on.
+struct Worker {
+    index: usize,
+    balance: Arc<Balance>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     index: usize,
+    me: Worker,
     current: Arc<ArcSwap<Generation>>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some((stream, peer, permit)) = accept_limited(&listener, &slots, &mut shutdown).await
     {
-        let (current, shutdown) = (current.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let open = metrics().open_connections.clone();
-            open.inc();
-            handle_connection(stream, peer, index, current, shutdown).await;
-            open.dec();
-        });
+        let to = me.balance.pick(me.index);
+        let served = me.balance.open(to);
+        if to != me.index {
+            // `into_std` leaves the socket non-blocking, as `from_std`
+            // on the other worker needs it.
+            match stream.into_std() {
+                Ok(stream) => {
+                    metrics().connections_handed_off.inc();
+                    let handoff = Handoff {
+                        stream,
+                        peer,
+                        permit,
+                        listener: index,
+                    };
+                    // Fails only when that worker has stopped (shutdown):
+                    // the connection is closed with the gateway.
+                    let _ = me.balance.inbox[to].send(handoff);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot hand a connection to another worker"),
+            }
+            drop(served);
+            continue;
+        }
+        spawn_connection(stream, peer, permit, served, index, &current, &shutdown);
     }
+}
+
+/// Serves the connections other workers handed to this one, and at
+/// shutdown the ones already on their way.
+async fn inbox_loop(
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    worker: usize,
+    balance: Arc<Balance>,
+    current: Arc<ArcSwap<Generation>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let take = |h: Handoff, shutdown: &watch::Receiver<bool>| match TcpStream::from_std(h.stream) {
+        Ok(stream) => {
+            let served = balance.open(worker);
+            spawn_connection(
+                stream, h.peer, h.permit, served, h.listener, &current, shutdown,
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot take a connection from another worker"),
+    };
+    loop {
+        tokio::select! {
+            h = inbox.recv() => match h {
+                Some(h) => take(h, &shutdown),
+                None => return,
+            },
+            _ = shutdown.changed() => {
+                inbox.close();
+                while let Ok(h) = inbox.try_recv() {
+                    take(h, &shutdown);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    served: Served,
+    index: usize,
+    current: &Arc<ArcSwap<Generation>>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let (current, shutdown) = (current.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _served = served;
+        let open = metrics().open_connections.clone();
+        open.inc();
+        handle_connection(stream, peer, index, current, shutdown).await;
+        open.dec();
+    });
 }
 
 async fn handle_connection(

@@ -507,16 +507,18 @@ impl ProviderMetadata {
             let uri: http::Uri = url
                 .parse()
                 .map_err(|e| format!("{name} `{url}` is not a URL: {e}"))?;
-            match uri.scheme_str() {
-                Some("https") => {}
-                Some("http")
-                    if allow_plaintext_http
-                        || uri.host().is_some_and(crate::config::is_loopback_host) => {}
-                _ => {
-                    return Err(format!(
-                        "{name} `{url}` is not https (http only to loopback or with allow_plaintext_http)"
-                    ))
-                }
+            if !matches!(uri.scheme_str(), Some("https" | "http")) {
+                return Err(format!("{name} `{url}` is not an https URL"));
+            }
+            if let Some(problem) = crate::config::plaintext_problem(
+                name,
+                url,
+                "http",
+                uri.host(),
+                allow_plaintext_http,
+                "allow_plaintext_http",
+            ) {
+                return Err(problem);
             }
         }
         Ok(m)

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::revocation::Revocations;
 use cookie::{Purpose, Sealer};
+use gatehouse_core::auth::jwks::ProviderMetadata;
 use gatehouse_core::auth::jwt::{recent, Cached};
 use gatehouse_core::auth::{Identity, Verifier};
 use gatehouse_core::body::ProxyBody;
@@ -372,6 +373,20 @@ impl Login {
         }
     }
 
+    /// Whether the provider's discovery document allows this login: PKCE
+    /// with `S256` (RFC 7636 §4.2; a provider listing only `plain` would
+    /// take the code without the proof) and this client's authentication
+    /// at the token endpoint (OpenID Connect Discovery 1.0 §3,
+    /// `token_endpoint_auth_methods_supported`). An absent list is not
+    /// held against the provider: many support both without listing them.
+    fn provider_fits(&self, meta: &ProviderMetadata) -> Result<(), String> {
+        let method = match self.client_auth {
+            ClientAuth::Secret(_) => "client_secret_basic",
+            ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+        };
+        provider_fits(meta, method)
+    }
+
     /// The provider's endpoint `which`: configured, or else from its
     /// discovery document.
     fn endpoint(&self, verifier: &Verifier, which: Endpoint) -> Option<String> {
@@ -391,6 +406,24 @@ impl Login {
             Endpoint::EndSession => meta.end_session_endpoint.clone(),
         }
     }
+}
+
+/// See [`Login::provider_fits`]; `method` is the client's authentication
+/// at the token endpoint.
+fn provider_fits(meta: &ProviderMetadata, method: &str) -> Result<(), String> {
+    let pkce = &meta.code_challenge_methods_supported;
+    if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
+        return Err(format!(
+            "code_challenge_methods_supported is {pkce:?}, without S256"
+        ));
+    }
+    let auth = &meta.token_endpoint_auth_methods_supported;
+    if !auth.is_empty() && !auth.iter().any(|m| m == method) {
+        return Err(format!(
+            "token_endpoint_auth_methods_supported is {auth:?}, without {method}, which this login uses"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -572,6 +605,17 @@ fn start(
     let Some(authorize) = l.endpoint(verifier, Endpoint::Authorization) else {
         return Err(provider_down("no authorization endpoint known yet"));
     };
+    if let Some(meta) = verifier.issuer(&l.issuer).and_then(|(_, m)| m) {
+        if let Err(why) = l.provider_fits(&meta) {
+            tracing::error!(issuer = %l.issuer, problem = %why, "login cannot work with this identity provider");
+            return Err(Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login_unavailable",
+                "Login is unavailable",
+                "The identity provider does not offer what this login needs; the operator has been told.",
+            ));
+        }
+    }
     let rnd = |n| {
         cookie::random_token(n).map_err(|_| {
             Page::new(
@@ -1117,6 +1161,45 @@ mod tests {
         assert_eq!(safe_back("/\\evil.example"), "/");
         assert_eq!(safe_back("https://evil.example/"), "/");
         assert_eq!(safe_back(""), "/");
+    }
+
+    #[test]
+    fn a_provider_without_pkce_s256_or_this_clients_authentication_is_not_used() {
+        let meta = |extra: &str| {
+            let doc = format!(
+                r#"{{"issuer":"https://idp.test","jwks_uri":"https://idp.test/jwks"{extra}}}"#
+            );
+            ProviderMetadata::parse(doc.as_bytes(), "https://idp.test", false).expect("document")
+        };
+        assert!(
+            provider_fits(&meta(""), "private_key_jwt").is_ok(),
+            "lists left out"
+        );
+        let both = r#","code_challenge_methods_supported":["plain","S256"],"token_endpoint_auth_methods_supported":["client_secret_basic","private_key_jwt"]"#;
+        assert!(provider_fits(&meta(both), "client_secret_basic").is_ok());
+        assert!(provider_fits(&meta(both), "private_key_jwt").is_ok());
+        let plain_only = provider_fits(
+            &meta(r#","code_challenge_methods_supported":["plain"]"#),
+            "client_secret_basic",
+        );
+        assert!(plain_only.is_err_and(|e| e.contains("S256")));
+        let post_only = provider_fits(
+            &meta(r#","token_endpoint_auth_methods_supported":["client_secret_post"]"#),
+            "client_secret_basic",
+        );
+        assert!(post_only.is_err_and(|e| e.contains("client_secret_basic")));
+    }
+
+    #[test]
+    fn a_discovery_document_with_plain_http_endpoints_off_loopback_is_refused() {
+        let doc = |jwks: &str| format!(r#"{{"issuer":"https://idp.test","jwks_uri":"{jwks}"}}"#);
+        let parse = |jwks: &str, opt_in: bool| {
+            ProviderMetadata::parse(doc(jwks).as_bytes(), "https://idp.test", opt_in)
+        };
+        assert!(parse("http://idp.test/jwks", false).is_err_and(|e| e.contains("jwks_uri")));
+        assert!(parse("http://127.0.0.1:8080/jwks", false).is_ok());
+        assert!(parse("http://idp.test/jwks", true).is_ok());
+        assert!(parse("ftp://idp.test/jwks", true).is_err());
     }
 
     #[test]

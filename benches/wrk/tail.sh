@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The tail against HAProxy, interleaved: HAProxy 2 threads as a plain TLS
+# proxy (peer-bench's config), then each gatehouse binary with one token
+# and with 10,000 distinct tokens in rotation (TLS, RS256, N revocations),
+# PAIRS times in one run, every row printed. With MISS=1 it adds HAProxy's
+# jwt_verify frontend (which verifies every request) and gatehouse with its
+# verified-token cache off (every request fully verified) to each pair.
+# Each row: req/s, p50, p99, and the process's CPU per request from
+# /proc/<pid>/stat (user + system, all threads).
+#
+#   BINS="/tmp/gatehouse-before target/release/gatehouse" benches/wrk/tail.sh [N=1000000] [PAIRS=3]
+#   MISS=1 benches/wrk/tail.sh 1000000 3
+. "$(dirname "$0")/common.sh"
+N=${1:-1000000}; PAIRS=${2:-3}
+BINS=${BINS:-$BIN}
+DUR=${DURATION:-8s}
+TOK10K=$WORKDIR/tokens-10k.txt
+if [ ! -s "$TOK10K" ]; then
+  "$BIN" token --key "$KEYS/rs256.key.pem" --alg rs256 --kid rs256-1 --iss "$ISS" --aud "$AUD" \
+    --sub bench-user --ttl 24h --count 10000 > "$TOK10K"
+fi
+export TOKENS_FILE=$TOK10K
+TOKEN=$(cat "$TOKENS/rs256.valid.jwt")
+HA=$WORKDIR/haproxy-tail
+mkdir -p "$HA"
+sed -e "s#@STATE@#$HA#g" -e "s#@NAME@#haproxy-t2#g" -e "s#@NBTHREAD@#2#g" -e "s#@BACKEND_PORT@#18080#g" \
+  -e "s#@PORT_PLAIN@#18220#g" -e "s#@PORT_RS@#18221#g" -e "s#@PORT_ES@#18222#g" \
+  -e "s#@PORT_PLAIN_TLS@#18225#g" -e "s#@PORT_RS_TLS@#18226#g" -e "s#@PORT_ES_TLS@#18227#g" \
+  -e "s#@TLS_BUNDLE@#$KEYS/tls-ec.bundle.pem#g" -e "s#@KEYS@#$KEYS#g" -e "s#@TOKENS@#$TOKENS#g" \
+  -e "s#@ISS@#$ISS#g" -e "s#@AUD@#$AUD#g" "$PEER/conf/haproxy.cfg.in" > "$HA/haproxy.cfg"
+nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
+NG=$!
+haproxy -db -f "$HA/haproxy.cfg" > "$HA/haproxy.log" 2>&1 &
+HP=$!
+trap 'kill $NG $HP 2>/dev/null; wait $NG $HP 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18225/ && break; sleep 0.1; done
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# measure PID URL [wrk args...] -> "req/s | p50 | p99 | CPU/request"
+measure() {
+  local pid=$1 url=$2 c0 c1 out reqs; shift 2
+  wrk -t2 -c64 -d2s "$@" "$url" > /dev/null
+  c0=$(ticks "$pid")
+  out=$(wrk -t2 -c64 -d"$DUR" --latency "$@" "$url")
+  c1=$(ticks "$pid")
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  if echo "$out" | grep -q 'Non-2xx'; then echo "non-2xx answers: $(echo "$out" | grep Non-2xx)" >&2; fi
+  printf '%s | %s | %s | %s' "$(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')" \
+    "$(echo "$out" | awk '$1=="50%"{print $2}')" "$(echo "$out" | awk '$1=="99%"{print $2}')" \
+    "$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f us", c / hz * 1e6 / r}')"
+}
+# gatehouse BIN CACHE_SIZE ROW-NAME [wrk args...]
+gatehouse() {
+  local bin=$1 size=$2 name=$3 cfg gw; shift 3
+  cfg=$(gw_config "$N" 8443 "auth: { token_cache_size: $size }")
+  "$bin" run --config "$cfg" > "$WORKDIR/tail.log" 2>&1 &
+  gw=$!
+  for _ in $(seq 300); do curl -sk -o /dev/null https://127.0.0.1:8443/ && break; sleep 0.1; done
+  echo "| $p | $name ($(basename "$(dirname "$(dirname "$bin")")")/$(basename "$bin")) | $(measure "$gw" https://127.0.0.1:8443/ "$@") |"
+  kill $gw; wait $gw 2>/dev/null
+}
+echo "N=$N, wrk -t2 -c64 -d$DUR, $(nproc) cores, $(date -u +%FT%TZ), $(haproxy -v | head -1 | awk '{print $1, $3}')"
+echo "| pair | row | req/s | p50 | p99 | CPU/request |"
+echo "|---|---|---|---|---|---|"
+for p in $(seq "$PAIRS"); do
+  echo "| $p | HAProxy plain TLS | $(measure "$HP" https://127.0.0.1:18225/) |"
+  for b in $BINS; do
+    gatehouse "$b" 100000 "gatehouse, one token" -H "Authorization: Bearer $TOKEN"
+    gatehouse "$b" 100000 "gatehouse, 10k tokens" -s "$ROOT/benches/wrk/rotate.lua"
+  done
+  if [ "${MISS:-0}" = 1 ]; then
+    echo "| $p | HAProxy jwt_verify RS256 TLS | $(measure "$HP" https://127.0.0.1:18226/ -H "Authorization: Bearer $TOKEN") |"
+    for b in $BINS; do
+      gatehouse "$b" 0 "gatehouse, cache off" -H "Authorization: Bearer $TOKEN"
+    done
+  fi
+done
