@@ -9,7 +9,8 @@
 //!   path, route, bearer token from the per-thread memo, revocation set,
 //!   identity headers), every thread sending the same token, after the
 //!   per-request preamble the server runs (the current generation loaded
-//!   from its `ArcSwap` and its `Arc` cloned);
+//!   from its `ArcSwap`, compared with the connection's, and the
+//!   connection's `Arc` cloned);
 //! - `decide/own-token`: the same, each thread with its own token;
 //! - `token-cache/get`: a lookup in the shared verified-token cache (moka),
 //!   which a request does when the per-thread memo misses;
@@ -81,6 +82,12 @@ where
         end.wait();
         t0.elapsed()
     })
+}
+
+thread_local! {
+    /// The connection's bound policy (`server::Bound`): one `Arc` per
+    /// connection, re-bound when the generation changes.
+    static HELD: std::cell::RefCell<Option<Arc<Arc<Proxy>>>> = const { std::cell::RefCell::new(None) };
 }
 
 fn bench(c: &mut Criterion) {
@@ -162,7 +169,16 @@ routes:
     // The server's per-request preamble, then the policy. `decide` finds
     // a cached token without waiting, so one poll completes it.
     let decide = |parts: &http::request::Parts| {
-        let proxy = current.load().clone();
+        let held = HELD.with(|h| {
+            let now = current.load();
+            let mut h = h.borrow_mut();
+            match &*h {
+                Some(b) if Arc::ptr_eq(b.as_ref(), &*now) => {}
+                _ => *h = Some(Arc::new(Arc::clone(&now))),
+            }
+            h.clone()
+        });
+        let Some(proxy) = held else { return false };
         let mut out = Outcome::default();
         let mut f = std::pin::pin!(proxy.decide(parts, &conn, &mut out));
         let waker = std::task::Waker::noop();

@@ -237,12 +237,16 @@ impl EncodeMetric for ShardedCounter {
     }
 }
 
-type RequestKey = (Arc<str>, u16, &'static str);
+/// A route's request counters by status and outcome (a handful each).
+type RouteCounters = Vec<(u16, &'static str, ShardedCounter)>;
 
 thread_local! {
     /// Each thread's handles into the request families, so a request
     /// takes no lock: route names are few, statuses and outcomes fewer.
-    static REQUESTS: RefCell<HashMap<RequestKey, ShardedCounter>> = RefCell::new(HashMap::new());
+    /// Looked up by the route's name borrowed, not its `Arc` cloned: the
+    /// `Arc` is shared by every worker, and writing its count on each
+    /// request would bounce its cache line between cores.
+    static REQUESTS: RefCell<HashMap<Arc<str>, RouteCounters>> = RefCell::new(HashMap::new());
     static DURATIONS: RefCell<HashMap<Arc<str>, ShardedHistogram>> = RefCell::new(HashMap::new());
 }
 
@@ -500,8 +504,16 @@ impl Metrics {
         });
         REQUESTS.with(|r| {
             let mut r = r.borrow_mut();
-            let key = (route.clone(), status, outcome);
-            if let Some(c) = r.get(&key) {
+            if !r.contains_key(&**route) {
+                r.insert(route.clone(), Vec::new());
+            }
+            let Some(counters) = r.get_mut(&**route) else {
+                return;
+            };
+            if let Some((_, _, c)) = counters
+                .iter()
+                .find(|(s, o, _)| *s == status && *o == outcome)
+            {
                 c.inc();
                 return;
             }
@@ -514,7 +526,7 @@ impl Metrics {
                 })
                 .clone();
             c.inc();
-            r.insert(key, c);
+            counters.push((status, outcome, c));
         });
     }
 

@@ -533,6 +533,13 @@ async fn handle_connection(
     }
 }
 
+/// A connection's view of the current policy: what each of its requests
+/// is handed.
+struct Bound {
+    proxy: Arc<crate::proxy::Proxy>,
+    info: ConnInfo,
+}
+
 async fn serve<I>(
     io: TokioIo<I>,
     info: ConnInfo,
@@ -544,12 +551,29 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let info = Arc::new(info);
+    let bound = std::sync::Mutex::new(Arc::new(Bound {
+        proxy: generation.proxy.clone(),
+        info,
+    }));
     let handler = move |req| {
-        // Each request takes the generation current when it arrives.
-        let proxy = current.load().proxy.clone();
-        let info = info.clone();
-        async move { proxy.handle(req, &info).await }
+        // Each request takes the generation current when it arrives, but
+        // clones only this connection's `Arc` (a cache line one thread
+        // writes), not the generation's (one every worker would write on
+        // every request); the connection re-binds after a reload.
+        let b = {
+            let now = current.load();
+            let mut held = bound
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !Arc::ptr_eq(&held.proxy, &now.proxy) {
+                *held = Arc::new(Bound {
+                    proxy: now.proxy.clone(),
+                    info: held.info.clone(),
+                });
+            }
+            held.clone()
+        };
+        async move { b.proxy.handle(req, &b.info).await }
     };
     serve_limited(
         io,
