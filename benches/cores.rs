@@ -15,6 +15,10 @@
 //! - `token-cache/get`: a lookup in the shared verified-token cache (moka),
 //!   which a request does when the per-thread memo misses;
 //! - `metrics/record`: counting a request and its latency;
+//! - `control/sha256-own`: each thread hashes its own token, sharing
+//!   nothing: what a second busy core costs by itself on this machine
+//!   (shared caches, memory bandwidth, clock), so that a rise in the other
+//!   cases can be told apart from contention;
 //! - `arc/shared-clone` and `arc/own-clone`: one `Arc` cloned and dropped,
 //!   shared by all threads or one per thread: the unit of the model (one
 //!   write to a cache line every core writes).
@@ -259,6 +263,20 @@ routes:
                 on_threads(threads, iters, &nothing, &|_| {
                     gatehouse_core::metrics::metrics()
                         .record_request(&route, 200, "allowed", 0.000_2);
+                })
+            })
+        });
+        g.bench_function(name("control/sha256-own"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, &nothing, &|t| {
+                    let token = own[t]
+                        .headers
+                        .get("authorization")
+                        .map_or(&[][..], |v| v.as_bytes());
+                    black_box(aws_lc_rs::digest::digest(
+                        &aws_lc_rs::digest::SHA256,
+                        black_box(token),
+                    ));
                 })
             })
         });

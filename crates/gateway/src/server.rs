@@ -196,11 +196,11 @@ pub async fn start_on(
     let mut addrs = Vec::new();
     let (balance, inboxes) = Balance::new(workers.len().max(1));
     for ((worker, handle), inbox) in workers.iter().enumerate().zip(inboxes) {
-        let (balance, current, rx) = (balance.clone(), current.clone(), rx.clone());
+        let (current, rx) = (current.clone(), rx.clone());
         accept_loops.spawn_on(
             async move {
                 crate::proxy::upstream::set_worker(worker);
-                inbox_loop(inbox, worker, balance, current, rx).await
+                inbox_loop(inbox, current, rx).await
             },
             handle,
         );
@@ -304,6 +304,9 @@ struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    /// Counted on the receiving worker from the moment it was picked, so
+    /// the next pick already sees it.
+    served: Served,
     listener: usize,
 }
 
@@ -395,6 +398,7 @@ async fn accept_loop(
                         stream,
                         peer,
                         permit,
+                        served,
                         listener: index,
                     };
                     // Fails only when that worker has stopped (shutdown):
@@ -403,42 +407,34 @@ async fn accept_loop(
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot hand a connection to another worker"),
             }
-            drop(served);
             continue;
         }
         spawn_connection(stream, peer, permit, served, index, &current, &shutdown);
     }
 }
 
-/// Serves the connections other workers handed to this one, and at
-/// shutdown the ones already on their way.
+/// Serves the connections other workers handed to this one. At shutdown
+/// the ones still on their way are closed before any request was read
+/// from them, as a connection accepted at that moment would be (a client
+/// retries a request it had not yet sent, RFC 9112 §9.3.1).
 async fn inbox_loop(
     mut inbox: mpsc::UnboundedReceiver<Handoff>,
-    worker: usize,
-    balance: Arc<Balance>,
     current: Arc<ArcSwap<Generation>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let take = |h: Handoff, shutdown: &watch::Receiver<bool>| match TcpStream::from_std(h.stream) {
-        Ok(stream) => {
-            let served = balance.open(worker);
-            spawn_connection(
-                stream, h.peer, h.permit, served, h.listener, &current, shutdown,
-            );
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot take a connection from another worker"),
-    };
     loop {
         tokio::select! {
             h = inbox.recv() => match h {
-                Some(h) => take(h, &shutdown),
+                Some(h) => match TcpStream::from_std(h.stream) {
+                    Ok(stream) => spawn_connection(
+                        stream, h.peer, h.permit, h.served, h.listener, &current, &shutdown,
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot take a connection from another worker"),
+                },
                 None => return,
             },
             _ = shutdown.changed() => {
                 inbox.close();
-                while let Ok(h) = inbox.try_recv() {
-                    take(h, &shutdown);
-                }
                 return;
             }
         }
