@@ -91,7 +91,12 @@ where
 thread_local! {
     /// The connection's bound policy (`server::Bound`): one `Arc` per
     /// connection, re-bound when the generation changes.
-    static HELD: std::cell::RefCell<Option<Arc<Arc<Proxy>>>> = const { std::cell::RefCell::new(None) };
+    static HELD: std::cell::RefCell<Option<Arc<Bound>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// As `server::Bound`: what a connection hands each of its requests.
+struct Bound {
+    proxy: Arc<Proxy>,
 }
 
 fn bench(c: &mut Criterion) {
@@ -177,12 +182,17 @@ routes:
             let now = current.load();
             let mut h = h.borrow_mut();
             match &*h {
-                Some(b) if Arc::ptr_eq(b.as_ref(), &*now) => {}
-                _ => *h = Some(Arc::new(Arc::clone(&now))),
+                Some(b) if Arc::ptr_eq(&b.proxy, &*now) => {}
+                _ => {
+                    *h = Some(Arc::new(Bound {
+                        proxy: Arc::clone(&now),
+                    }))
+                }
             }
             h.clone()
         });
-        let Some(proxy) = held else { return false };
+        let Some(bound) = held else { return false };
+        let proxy = &bound.proxy;
         let mut out = Outcome::default();
         let mut f = std::pin::pin!(proxy.decide(parts, &conn, &mut out));
         let waker = std::task::Waker::noop();
