@@ -154,6 +154,7 @@ routes:
         tls: true,
         cert_names: None,
         listener: 0,
+        hold: None,
     };
     let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256.key.pem")).expect("key"))
         .expect("key");

@@ -92,6 +92,7 @@ routes:
         tls: true,
         cert_names: None,
         listener: 0,
+        hold: None,
     };
 
     // A bearer token and session cookies carrying the same identity.

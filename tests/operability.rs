@@ -518,3 +518,62 @@ logging: {{ format: json, level: info }}
         "closed connections are no longer counted"
     );
 }
+
+/// Every slot under `limits.max_connections` can serve any listener: an
+/// accept loop waiting on a quiet listener holds no slot. (Each worker's
+/// loop on each listener used to hold one while it waited, so with two
+/// listeners and two workers a limit of 2 served almost nothing and a
+/// listener could stop answering for good.)
+#[tokio::test]
+async fn a_quiet_listener_keeps_no_connection_slot_from_a_busy_one() {
+    let backend = Backend::start().await;
+    let (a, b) = (free_port(), free_port());
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:{a}
+  - address: 127.0.0.1:{b}
+workers: 2
+limits:
+  max_connections: 2
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let _gw = Proc::start("run", &yaml, "listening");
+    let token = mint(Algorithm::RS256, "busy");
+    for round in 0..4 {
+        let port = if round % 2 == 0 { a } else { b };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut held = Vec::new();
+        for n in 0..2 {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            let task = tokio::spawn(conn);
+            let res = tokio::time::timeout(
+                Duration::from_secs(5),
+                sender.send_request(get(Proto::Plain, "localhost", "/", Some(&token), &[])),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: connection {n} of 2 on :{port} not served"))
+            .expect("answer");
+            assert_eq!(res.status(), StatusCode::OK);
+            res.into_body().collect().await.expect("body");
+            held.push((sender, task));
+        }
+        drop(held);
+        // The slots come back once the gateway sees the connections close.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

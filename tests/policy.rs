@@ -77,6 +77,7 @@ fn conn() -> ConnInfo {
         tls: true,
         cert_names: Some(Arc::from(vec!["app.test".to_owned()])),
         listener: 0,
+        hold: None,
     }
 }
 

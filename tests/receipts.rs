@@ -668,3 +668,81 @@ async fn a_store_restored_from_a_backup_reuses_no_position_and_gives_no_false_re
         );
     }
 }
+
+/// A WebSocket is a client connection for as long as it is open: it counts
+/// against `limits.max_connections` and in `open_connections` (an
+/// upgraded connection used to release its slot at the upgrade, so a
+/// token holder could open tunnels without limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_connection_slot_until_it_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = websocket_echo().await;
+    let admin_port = free_port();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:{admin_port}
+limits:
+  max_connections: 2
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{echo}]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let token = mint(jsonwebtoken::Algorithm::RS256, "tunneller");
+    let mut first = open_websocket(gw.addr, &token).await;
+    let mut second = open_websocket(gw.addr, &token).await;
+    assert!(echoes(&mut first, "one").await && echoes(&mut second, "two").await);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let open = send(
+        admin,
+        Proto::Plain,
+        "admin",
+        get(Proto::Plain, "admin", "/metrics", None, &[]),
+    )
+    .await
+    .text();
+    assert!(
+        open.lines().any(|l| l == "gatehouse_open_connections 2"),
+        "two tunnels are two open connections:\n{open}"
+    );
+
+    // A third client waits for a slot: no answer while both tunnels are open.
+    let mut third = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    third
+        .write_all(
+            format!(
+                "GET /plain HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut buf = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "a third connection was served past max_connections: 2"
+    );
+    // One tunnel closes: its slot goes to the waiting client.
+    first.close(None).await.expect("close");
+    drop(first);
+    let answered = tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut buf)).await;
+    assert!(
+        matches!(answered, Ok(Ok(_))) && buf.starts_with(b"HTTP/1.1 "),
+        "the waiting client is served once a tunnel closes"
+    );
+    assert!(echoes(&mut second, "still open").await);
+}

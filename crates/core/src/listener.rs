@@ -46,28 +46,44 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// listener stops accepting and the kernel backlog holds new clients.
 /// `None` when shutting down. Shared by the gateway's and the authority's
 /// listeners.
+///
+/// A loop waiting for a connection holds no slot: with several listeners
+/// and workers, each idle accept loop holding one would keep that many
+/// slots from the busy listener (and at a small limit starve it). So a
+/// loop waits until a slot is free, accepts, and only then takes the slot;
+/// if another loop took it meanwhile, the accepted connection waits for the
+/// next free one (at most one such connection per accept loop).
 pub async fn accept_limited(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.ok()?,
-            _ = shutdown.changed() => return None,
-        };
+        if slots.available_permits() == 0 {
+            tokio::select! {
+                p = slots.acquire() => drop(p.ok()?),
+                _ = shutdown.changed() => return None,
+            }
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    drop(permit);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return None,
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok()?,
+                _ = shutdown.changed() => return None,
+            },
         };
         let _ = stream.set_nodelay(true);
         return Some((stream, peer, permit));

@@ -504,16 +504,12 @@ impl Metrics {
         });
         REQUESTS.with(|r| {
             let mut r = r.borrow_mut();
-            if !r.contains_key(&**route) {
-                r.insert(route.clone(), Vec::new());
-            }
-            let Some(counters) = r.get_mut(&**route) else {
-                return;
-            };
-            if let Some((_, _, c)) = counters
-                .iter()
-                .find(|(s, o, _)| *s == status && *o == outcome)
-            {
+            let known = r.get(&**route).and_then(|counters| {
+                counters
+                    .iter()
+                    .find(|(s, o, _)| *s == status && *o == outcome)
+            });
+            if let Some((_, _, c)) = known {
                 c.inc();
                 return;
             }
@@ -526,7 +522,9 @@ impl Metrics {
                 })
                 .clone();
             c.inc();
-            counters.push((status, outcome, c));
+            r.entry(route.clone())
+                .or_default()
+                .push((status, outcome, c));
         });
     }
 

@@ -93,10 +93,11 @@ impl Gateway {
                 c.revocation.as_ref().map(|r| format!("{:?}", r.value)),
                 c.admin.as_ref().map(|a| a.value.listen),
                 c.limits.max_connections,
+                c.workers,
             )
         };
         if fingerprint(o) != fingerprint(n) {
-            return Err("the revocation or admin section, or limits.max_connections, changed; restart to apply".into());
+            return Err("the revocation or admin section, limits.max_connections or workers changed; restart to apply".into());
         }
         // An embedded authority verifies logout tokens with the issuers it
         // started with: a changed issuer would silently not reach it.
@@ -451,14 +452,29 @@ fn spawn_connection(
     shutdown: &watch::Receiver<bool>,
 ) {
     let (current, shutdown) = (current.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        let _permit = permit;
-        let _served = served;
-        let open = metrics().open_connections.clone();
-        open.inc();
-        handle_connection(stream, peer, index, current, shutdown).await;
-        open.dec();
+    metrics().open_connections.inc();
+    let hold: Arc<dyn std::any::Any + Send + Sync> = Arc::new(Hold {
+        _permit: permit,
+        _served: served,
     });
+    tokio::spawn(async move {
+        handle_connection(stream, peer, index, current, shutdown, hold).await;
+    });
+}
+
+/// A client connection's slot under `limits.max_connections` and its place
+/// in `open_connections` and its worker's count, kept by the connection and
+/// by any tunnel it becomes (see `ConnInfo::hold`): a WebSocket counts
+/// against the limit for as long as it is open.
+struct Hold {
+    _permit: OwnedSemaphorePermit,
+    _served: Served,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        metrics().open_connections.dec();
+    }
 }
 
 async fn handle_connection(
@@ -467,6 +483,7 @@ async fn handle_connection(
     index: usize,
     current: Arc<ArcSwap<Generation>>,
     shutdown: watch::Receiver<bool>,
+    hold: Arc<dyn std::any::Any + Send + Sync>,
 ) {
     let activity = Arc::new(Activity::new());
     let tracked = Tracked {
@@ -485,6 +502,7 @@ async fn handle_connection(
                 tls: false,
                 cert_names: None,
                 listener: index,
+                hold: Some(hold),
             };
             serve(
                 TokioIo::new(tracked),
@@ -511,6 +529,7 @@ async fn handle_connection(
                         tls: true,
                         cert_names,
                         listener: index,
+                        hold: Some(hold),
                     };
                     serve(
                         TokioIo::new(s),

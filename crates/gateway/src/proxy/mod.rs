@@ -41,6 +41,12 @@ pub struct ConnInfo {
     pub cert_names: Option<Arc<[String]>>,
     /// Index of the listener in the config (`listeners[]`).
     pub listener: usize,
+    /// The connection's hold on its limits (its `limits.max_connections`
+    /// slot and its place in the connection counts), released when the
+    /// last holder drops it. A tunnel the connection turns into holds it
+    /// too, so an upgraded connection counts until the tunnel closes.
+    /// `None` where no listener accepted it (tests, benches).
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 pub struct Proxy {
@@ -257,7 +263,9 @@ impl Proxy {
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let credential = d.identity.clone().map(|id| (id, self.revocations.clone()));
+            let hold = conn.hold.clone();
             tokio::spawn(async move {
+                let _hold = hold;
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((c, b)) => {
                         let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
