@@ -90,6 +90,7 @@ routes:
         peer: "203.0.113.7:50000".parse().expect("addr"),
         client: ClientAddr::new("203.0.113.7".parse().expect("ip")),
         tls: true,
+        unix_socket: false,
         cert_names: None,
         listener: 0,
         hold: None,

@@ -40,9 +40,9 @@ fn snippet(file: &str, name: &str) -> String {
         .to_owned()
 }
 
-fn fill(s: &str, listen: u16, gatehouse: SocketAddr, app: SocketAddr) -> String {
+fn fill(s: &str, listen: u16, gatehouse: &str, app: SocketAddr) -> String {
     s.replace("LISTEN", &listen.to_string())
-        .replace("GATEHOUSE", &gatehouse.to_string())
+        .replace("GATEHOUSE", gatehouse)
         .replace("APP", &app.to_string())
 }
 
@@ -72,7 +72,9 @@ async fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     panic!("{what} did not listen on {port}");
 }
 
-async fn start_nginx(gatehouse: SocketAddr, app: SocketAddr) -> Ingress {
+/// `gatehouse`: `host:port`, or `unix:/path:` (nginx's way to name a Unix
+/// socket in `proxy_pass`).
+async fn start_nginx(gatehouse: &str, app: SocketAddr) -> Ingress {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let p = dir.path().display().to_string();
@@ -104,7 +106,9 @@ async fn start_nginx(gatehouse: SocketAddr, app: SocketAddr) -> Ingress {
     }
 }
 
-async fn start_caddy(gatehouse: SocketAddr, app: SocketAddr) -> Ingress {
+/// `gatehouse`: `host:port`, or `unix//path` (Caddy's network address of a
+/// Unix socket).
+async fn start_caddy(gatehouse: &str, app: SocketAddr) -> Ingress {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let file = dir.path().join("Caddyfile");
@@ -141,13 +145,16 @@ async fn gatehouse_for(
     gatehouse::authority::AuthorityHandle,
     tempfile::TempDir,
 ) {
-    gatehouse_trusting(ingress, dir, "127.0.0.1/32").await
+    gatehouse_trusting(ingress, dir, "127.0.0.1/32", "127.0.0.1:0").await
 }
 
+/// As [`gatehouse_for`], with the auth listener on `address` (a TCP
+/// address or `unix:/path`) and `trusted` as `trusted_proxies`.
 async fn gatehouse_trusting(
     ingress: &str,
     dir: &Path,
     trusted: &str,
+    address: &str,
 ) -> (
     std::sync::Arc<gatehouse::server::Gateway>,
     gatehouse::authority::AuthorityHandle,
@@ -180,9 +187,7 @@ async fn gatehouse_trusting(
     );
     yaml = yaml.replace(
         "listeners:\n  - address: 127.0.0.1:0\n",
-        &format!(
-            "listeners:\n  - address: 127.0.0.1:0\n    auth_server: {{ ingress: {ingress} }}\n"
-        ),
+        &format!("listeners:\n  - address: {address}\n    auth_server: {{ ingress: {ingress} }}\n"),
     );
     yaml = yaml.replace(
         "routes:\n  - path_prefix: /\n",
@@ -211,16 +216,27 @@ fn auth(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
-/// The scenarios every packaged ingress must pass, with `start` bringing
-/// up that ingress in front of `app` and gatehouse.
-async fn ingress_scenarios(ingress: &str) {
+/// The scenarios every packaged ingress must pass, asking gatehouse over
+/// TCP on loopback or, with `unix`, over a Unix domain socket (trusted by
+/// the socket file, so `trusted_proxies` then names no local address).
+async fn ingress_scenarios(ingress: &str, unix: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = Backend::start().await;
-    let (gw, authority, _gdir) = gatehouse_for(ingress, dir.path()).await;
-    let auth_addr = gw.addrs()[0];
+    let socket = dir.path().join("auth.sock");
+    let (gw, authority, _gdir) = if unix {
+        let address = format!("unix:{}", socket.display());
+        gatehouse_trusting(ingress, dir.path(), "192.0.2.1/32", &address).await
+    } else {
+        gatehouse_for(ingress, dir.path()).await
+    };
+    let gatehouse = match (unix, ingress) {
+        (true, "nginx") => format!("unix:{}:", socket.display()),
+        (true, _) => format!("unix/{}", socket.display()),
+        (false, _) => gw.addrs()[0].to_string(),
+    };
     let front = match ingress {
-        "nginx" => start_nginx(auth_addr, app.addr).await,
-        _ => start_caddy(auth_addr, app.addr).await,
+        "nginx" => start_nginx(&gatehouse, app.addr).await,
+        _ => start_caddy(&gatehouse, app.addr).await,
     };
     let port = front.port;
 
@@ -320,12 +336,22 @@ async fn ingress_scenarios(ingress: &str) {
 
 #[tokio::test]
 async fn nginx_auth_request_to_gatehouse_enforces_tokens_revocations_and_identity() {
-    ingress_scenarios("nginx").await;
+    ingress_scenarios("nginx", false).await;
+}
+
+#[tokio::test]
+async fn nginx_asking_over_a_unix_socket_gets_the_same_decisions() {
+    ingress_scenarios("nginx", true).await;
 }
 
 #[tokio::test]
 async fn caddy_forward_auth_to_gatehouse_enforces_tokens_revocations_and_identity() {
-    ingress_scenarios("caddy").await;
+    ingress_scenarios("caddy", false).await;
+}
+
+#[tokio::test]
+async fn caddy_asking_over_a_unix_socket_gets_the_same_decisions() {
+    ingress_scenarios("caddy", true).await;
 }
 
 #[tokio::test]
@@ -404,7 +430,7 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
 #[tokio::test]
 async fn an_auth_server_refuses_descriptions_from_an_address_that_is_not_an_ingress() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (gw, _a, _g) = gatehouse_trusting("nginx", dir.path(), "10.9.9.9/32").await;
+    let (gw, _a, _g) = gatehouse_trusting("nginx", dir.path(), "10.9.9.9/32", "127.0.0.1:0").await;
     let (status, text) = raw_request(
         gw.addrs()[0],
         "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
@@ -412,4 +438,92 @@ async fn an_auth_server_refuses_descriptions_from_an_address_that_is_not_an_ingr
     .await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("only a configured ingress"), "{text}");
+}
+
+/// The socket file's life: made with the configured mode before anyone can
+/// connect, a stale one (its process gone) replaced, a live one or a file
+/// that is not a socket refused, and removed at shutdown.
+#[tokio::test]
+async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_and_is_removed_at_shutdown(
+) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("auth.sock");
+    // A socket file nobody accepts on, as a killed process leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    assert!(socket.exists());
+    let yaml = |mode: &str| {
+        format!(
+            "listeners:\n  - address: unix:{}\n    socket_mode: \"{mode}\"\n    auth_server: {{ ingress: nginx }}\n\
+             issuers:\n  - issuer: https://issuer.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: {{ file: {} }}\n\
+             routes:\n  - backends: [http://127.0.0.1:9]\n    public_paths: [/health]\n",
+            socket.display(),
+            fixture("jwks.json").display()
+        )
+    };
+    let (gw, _g) = start_gateway(&yaml("0600")).await;
+    let meta = std::fs::symlink_metadata(&socket).expect("socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Trusted as the ingress by the socket alone: no trusted_proxies.
+    let mut s = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let text = unix_exchange(
+        &mut s,
+        "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{text}"
+    );
+    let mut s = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let text = unix_exchange(
+        &mut s,
+        "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /orders\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+
+    // A second gateway on the same live socket is refused, naming it.
+    let path = dir.path().join("second.yaml");
+    std::fs::write(&path, yaml("0660")).expect("write");
+    let loaded = gatehouse::config::load(&path).expect("config");
+    let err = match gatehouse::server::start(&loaded).await {
+        Ok(_) => panic!("a second gateway took a live socket"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("auth.sock") && err.contains("another process"),
+        "{err}"
+    );
+
+    gw.shutdown(Duration::from_secs(1)).await;
+    assert!(!socket.exists(), "the socket file outlived the gateway");
+
+    // A file that is not a socket is never removed to make room.
+    std::fs::write(&socket, "data").expect("write");
+    let err = match gatehouse::server::start(&loaded).await {
+        Ok(_) => panic!("a regular file was replaced by a socket"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&socket).expect("read"), "data");
+}
+
+/// Writes `request` and reads the whole answer (the request closes).
+async fn unix_exchange(s: &mut tokio::net::UnixStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -75,6 +75,7 @@ fn conn() -> ConnInfo {
         peer,
         client: ClientAddr::new(peer.ip()),
         tls: true,
+        unix_socket: false,
         cert_names: Some(Arc::from(vec!["app.test".to_owned()])),
         listener: 0,
         hold: None,

@@ -300,6 +300,47 @@ fn check(yaml: &str) -> (bool, String, String) {
 }
 
 #[test]
+fn check_names_the_line_of_each_unix_socket_listener_mistake() {
+    let config = |listeners: &str| {
+        format!(
+            "listeners:\n{listeners}issuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"https://idp.example.com/jwks\" }}\nroutes:\n  - backends: [http://127.0.0.1:9]\n"
+        )
+    };
+    // A proxy on a socket, TLS on a socket, a socket mode on TCP.
+    let (ok, err, file) = check(&config(
+        "  - address: unix:/run/gatehouse/proxy.sock\n  - address: unix:/run/gatehouse/tls.sock\n    auth_server: { ingress: nginx }\n    tls: { certificates: [] }\n  - address: 127.0.0.1:8080\n    socket_mode: \"0660\"\n",
+    ));
+    assert!(!ok);
+    let at = |line: u32, what: &str| {
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:{line}: ")) && l.contains(what))
+    };
+    assert!(at(2, "must be an auth_server"), "{err}");
+    assert!(at(3, "has no tls"), "{err}");
+    assert!(at(6, "socket_mode is for unix"), "{err}");
+    // A relative path and a mode that is not octal are refused at parse.
+    let (ok, err, file) = check(&config(
+        "  - address: unix:auth.sock\n    auth_server: { ingress: nginx }\n",
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{file}:2")) && err.contains("must be absolute"),
+        "{err}"
+    );
+    let (ok, err, _) = check(&config(
+        "  - address: unix:/run/gatehouse/auth.sock\n    socket_mode: \"rw-rw----\"\n    auth_server: { ingress: nginx }\n",
+    ));
+    assert!(!ok);
+    assert!(err.contains("octal"), "{err}");
+    // A socket auth server needs no trusted_proxies: the file's mode is
+    // who may ask.
+    let (ok, err, _) = check(&config(
+        "  - address: unix:/run/gatehouse/auth.sock\n    socket_mode: \"0660\"\n    auth_server: { ingress: nginx }\n",
+    ));
+    assert!(ok, "{err}");
+}
+
+#[test]
 fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
     let gateway = |jwks_extra: &str, authority_extra: &str| {
         format!(

@@ -53,11 +53,11 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// loop waits until a slot is free, accepts, and only then takes the slot;
 /// if another loop took it meanwhile, the accepted connection waits for the
 /// next free one (at most one such connection per accept loop).
-pub async fn accept_limited(
-    listener: &TcpListener,
+pub async fn accept_limited<L: Listen>(
+    listener: &L,
     slots: &Arc<Semaphore>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+) -> Option<(L::Stream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
     loop {
         if slots.available_permits() == 0 {
             tokio::select! {
@@ -66,7 +66,7 @@ pub async fn accept_limited(
             }
         }
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = listener.accept_one() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -85,8 +85,38 @@ pub async fn accept_limited(
                 _ = shutdown.changed() => return None,
             },
         };
-        let _ = stream.set_nodelay(true);
         return Some((stream, peer, permit));
+    }
+}
+
+/// A listening socket [`accept_limited`] accepts on: TCP, or a Unix domain
+/// socket (an auth server beside an ingress on the same host).
+pub trait Listen {
+    /// The accepted connection.
+    type Stream: Send;
+    /// The next connection and its peer's address; a Unix socket's peer,
+    /// which has no IP address, is this host (`127.0.0.1:0`).
+    fn accept_one(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Listen for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_one(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.accept().await?;
+        // Answers are written whole; Nagle would only hold the last segment.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
+#[cfg(unix)]
+impl Listen for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> io::Result<(tokio::net::UnixStream, SocketAddr)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))))
     }
 }
 

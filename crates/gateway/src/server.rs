@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 pub use crate::generation::Generation;
 use crate::proxy::ConnInfo;
 use crate::revocation::{LocalAuthority, Revocations};
-use gatehouse_core::config::LoadedConfig;
+use gatehouse_core::config::{ListenAddress, LoadedConfig};
 use gatehouse_core::listener::{accept_limited, serve_limited, Activity, Tracked};
 use gatehouse_core::metrics::{metrics, ResultLabel, WorkerLabel};
 
@@ -29,6 +29,8 @@ use gatehouse_core::metrics::{metrics, ResultLabel, WorkerLabel};
 /// handles to reload and stop it.
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
+    /// The socket files of `unix:` listeners, removed at shutdown.
+    socket_files: std::sync::Mutex<Vec<SocketFile>>,
     current: Arc<ArcSwap<Generation>>,
     revocations: Option<Arc<Revocations>>,
     admin_addr: Option<SocketAddr>,
@@ -40,8 +42,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Bound addresses, in the order of `listeners` in the config (useful
-    /// with port 0).
+    /// Bound addresses of the TCP listeners, in the order of `listeners`
+    /// in the config (useful with port 0); `unix:` listeners are left out.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -79,14 +81,22 @@ impl Gateway {
         let old = self.current.load_full();
         let loaded = gatehouse_core::config::load(&old.loaded.path).map_err(|e| e.to_string())?;
         let (o, n) = (&old.loaded.config, &loaded.config);
-        let listeners = |c: &gatehouse_core::config::Config| -> Vec<(SocketAddr, bool)> {
+        let listeners = |c: &gatehouse_core::config::Config| {
             c.listeners
                 .iter()
-                .map(|l| (l.value.address, l.value.tls.is_some()))
-                .collect()
+                .map(|l| {
+                    (
+                        l.value.address.clone(),
+                        l.value.socket_mode,
+                        l.value.tls.is_some(),
+                    )
+                })
+                .collect::<Vec<_>>()
         };
         if listeners(o) != listeners(n) {
-            return Err("listener addresses or TLS on/off changed; restart to apply".into());
+            return Err(
+                "listener addresses, socket modes or TLS on/off changed; restart to apply".into(),
+            );
         }
         let fingerprint = |c: &gatehouse_core::config::Config| {
             (
@@ -128,6 +138,12 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let mut loops = self.accept_loops.lock().await;
         while loops.join_next().await.is_some() {}
+        // Nothing accepts on them any more: an ingress that connects now is
+        // told at once (no such file) instead of waiting in a backlog.
+        self.socket_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let all = self.conn_slots.acquire_many(self.max_connections);
         match tokio::time::timeout(grace, all).await {
             Ok(_) => tracing::info!("all connections closed"),
@@ -195,6 +211,7 @@ pub async fn start_on(
     let (tx, rx) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
     let mut addrs = Vec::new();
+    let mut socket_files = Vec::new();
     let (balance, inboxes) = Balance::new(workers.len().max(1));
     for ((worker, handle), inbox) in workers.iter().enumerate().zip(inboxes) {
         let (current, rx) = (current.clone(), rx.clone());
@@ -208,31 +225,75 @@ pub async fn start_on(
     }
     for (index, l) in cfg.listeners.iter().enumerate() {
         let lc = &l.value;
-        let sockets = bind_reuseport(lc.address, workers.len().max(1))
-            .with_context(|| format!("cannot listen on {}", lc.address))?;
-        let addr = sockets[0].local_addr()?;
-        tracing::info!(listener = lc.name.as_deref().unwrap_or("-"), address = %addr, tls = lc.tls.is_some(), workers = sockets.len(), "listening");
-        addrs.push(addr);
-        for (socket, (worker, handle)) in sockets.into_iter().zip(workers.iter().enumerate()) {
-            let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
-            let balance = balance.clone();
-            accept_loops.spawn_on(
-                async move {
-                    // Registered with this worker's reactor, on its thread.
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            crate::proxy::upstream::set_worker(worker);
-                            let me = Worker {
-                                index: worker,
-                                balance,
-                            };
-                            accept_loop(listener, index, me, current, slots, rx).await
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot use the listening socket"),
-                    }
-                },
-                handle,
-            );
+        let name = lc.name.as_deref().unwrap_or("-");
+        let n = workers.len().max(1);
+        match &lc.address {
+            ListenAddress::Tcp(address) => {
+                let sockets = bind_reuseport(*address, n)
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                let addr = sockets[0].local_addr()?;
+                tracing::info!(listener = name, address = %addr, tls = lc.tls.is_some(), workers = sockets.len(), "listening");
+                addrs.push(addr);
+                for (socket, (worker, handle)) in
+                    sockets.into_iter().zip(workers.iter().enumerate())
+                {
+                    let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
+                    let balance = balance.clone();
+                    accept_loops.spawn_on(
+                        async move {
+                            // Registered with this worker's reactor, on its thread.
+                            match TcpListener::from_std(socket) {
+                                Ok(listener) => {
+                                    crate::proxy::upstream::set_worker(worker);
+                                    let me = Worker {
+                                        index: worker,
+                                        balance,
+                                    };
+                                    accept_loop(listener, index, me, current, slots, rx).await
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot use the listening socket")
+                                }
+                            }
+                        },
+                        handle,
+                    );
+                }
+            }
+            ListenAddress::Unix(path) => {
+                let mode = lc.socket_mode.unwrap_or_default();
+                let (socket, file) = bind_unix(path, mode.0)
+                    .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+                tracing::info!(listener = name, address = %lc.address, mode = format!("{:o}", mode.0), workers = n, "listening");
+                socket_files.push(file);
+                // One socket (SO_REUSEPORT does not spread Unix sockets),
+                // watched by every worker; the hand-over evens them out.
+                for (worker, handle) in workers.iter().enumerate() {
+                    let socket = socket
+                        .try_clone()
+                        .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+                    let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
+                    let balance = balance.clone();
+                    accept_loops.spawn_on(
+                        async move {
+                            match tokio::net::UnixListener::from_std(socket) {
+                                Ok(listener) => {
+                                    crate::proxy::upstream::set_worker(worker);
+                                    let me = Worker {
+                                        index: worker,
+                                        balance,
+                                    };
+                                    accept_loop(listener, index, me, current, slots, rx).await
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot use the listening socket")
+                                }
+                            }
+                        },
+                        handle,
+                    );
+                }
+            }
         }
     }
     let admin_addr = match &cfg.admin {
@@ -241,6 +302,7 @@ pub async fn start_on(
     };
     Ok(Arc::new(Gateway {
         addrs,
+        socket_files: std::sync::Mutex::new(socket_files),
         current,
         revocations,
         admin_addr,
@@ -279,6 +341,65 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::T
     Ok(out)
 }
 
+/// A `unix:` listener's socket file, removed when dropped if it is still
+/// the one this process made (a newer gatehouse may have replaced it).
+struct SocketFile {
+    path: PathBuf,
+    inode: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A listening Unix domain socket at `path` with permission bits `mode`,
+/// set before it listens, so no connection is accepted under the umask's
+/// mode. A socket file left by a process that is gone (nothing accepts on
+/// it) is replaced; a live one, or a file that is not a socket, is an
+/// error.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+) -> std::io::Result<(std::os::unix::net::UnixListener, SocketFile)> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AddrInUse,
+                    "another process accepts on this socket",
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => return Err(e),
+        }
+    }
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.bind(&SockAddr::unix(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let m = std::fs::symlink_metadata(path)?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        inode: (m.dev(), m.ino()),
+    };
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok((s.into(), file))
+}
+
 /// Spreads client connections evenly over the request workers.
 ///
 /// Each worker accepts on its own SO_REUSEPORT socket, and the kernel picks
@@ -300,9 +421,65 @@ struct Balance {
 #[repr(align(64))]
 struct OpenCount(AtomicUsize);
 
+/// An accepted connection on its way to another worker, out of the
+/// accepting worker's reactor.
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// An accepted connection as [`accept_loop`] has it.
+trait Accepted: Sized + Send + 'static {
+    /// Out of this worker's reactor, for another worker.
+    fn into_std(self) -> std::io::Result<StdStream>;
+    fn spawn(
+        self,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        served: Served,
+        index: usize,
+        current: &Arc<ArcSwap<Generation>>,
+        shutdown: &watch::Receiver<bool>,
+    );
+}
+
+impl Accepted for TcpStream {
+    fn into_std(self) -> std::io::Result<StdStream> {
+        TcpStream::into_std(self).map(StdStream::Tcp)
+    }
+    fn spawn(
+        self,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        served: Served,
+        index: usize,
+        current: &Arc<ArcSwap<Generation>>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        spawn_connection(self, false, peer, permit, served, index, current, shutdown)
+    }
+}
+
+impl Accepted for tokio::net::UnixStream {
+    fn into_std(self) -> std::io::Result<StdStream> {
+        tokio::net::UnixStream::into_std(self).map(StdStream::Unix)
+    }
+    fn spawn(
+        self,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        served: Served,
+        index: usize,
+        current: &Arc<ArcSwap<Generation>>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        spawn_connection(self, true, peer, permit, served, index, current, shutdown)
+    }
+}
+
 /// A connection accepted by one worker, to be served by another.
 struct Handoff {
-    stream: std::net::TcpStream,
+    stream: StdStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     /// Counted on the receiving worker from the moment it was picked, so
@@ -377,14 +554,17 @@ struct Worker {
     balance: Arc<Balance>,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+async fn accept_loop<L>(
+    listener: L,
     index: usize,
     me: Worker,
     current: Arc<ArcSwap<Generation>>,
     slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    L: gatehouse_core::listener::Listen,
+    L::Stream: Accepted,
+{
     while let Some((stream, peer, permit)) = accept_limited(&listener, &slots, &mut shutdown).await
     {
         let to = me.balance.pick(me.index);
@@ -392,7 +572,7 @@ async fn accept_loop(
         if to != me.index {
             // `into_std` leaves the socket non-blocking, as `from_std`
             // on the other worker needs it.
-            match stream.into_std() {
+            match Accepted::into_std(stream) {
                 Ok(stream) => {
                     metrics().connections_handed_off.inc();
                     let handoff = Handoff {
@@ -410,7 +590,7 @@ async fn accept_loop(
             }
             continue;
         }
-        spawn_connection(stream, peer, permit, served, index, &current, &shutdown);
+        stream.spawn(peer, permit, served, index, &current, &shutdown);
     }
 }
 
@@ -426,12 +606,19 @@ async fn inbox_loop(
     loop {
         tokio::select! {
             h = inbox.recv() => match h {
-                Some(h) => match TcpStream::from_std(h.stream) {
-                    Ok(stream) => spawn_connection(
-                        stream, h.peer, h.permit, h.served, h.listener, &current, &shutdown,
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "cannot take a connection from another worker"),
-                },
+                Some(h) => {
+                    let taken = match h.stream {
+                        StdStream::Tcp(s) => TcpStream::from_std(s).map(|s| {
+                            s.spawn(h.peer, h.permit, h.served, h.listener, &current, &shutdown)
+                        }),
+                        StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(|s| {
+                            s.spawn(h.peer, h.permit, h.served, h.listener, &current, &shutdown)
+                        }),
+                    };
+                    if let Err(e) = taken {
+                        tracing::warn!(error = %e, "cannot take a connection from another worker");
+                    }
+                }
                 None => return,
             },
             _ = shutdown.changed() => {
@@ -442,15 +629,19 @@ async fn inbox_loop(
     }
 }
 
-fn spawn_connection(
-    stream: TcpStream,
+#[allow(clippy::too_many_arguments)]
+fn spawn_connection<S>(
+    stream: S,
+    unix_socket: bool,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     served: Served,
     index: usize,
     current: &Arc<ArcSwap<Generation>>,
     shutdown: &watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (current, shutdown) = (current.clone(), shutdown.clone());
     metrics().open_connections.inc();
     let hold: Arc<dyn std::any::Any + Send + Sync> = Arc::new(Hold {
@@ -458,7 +649,7 @@ fn spawn_connection(
         _served: served,
     });
     tokio::spawn(async move {
-        handle_connection(stream, peer, index, current, shutdown, hold).await;
+        handle_connection(stream, unix_socket, peer, index, current, shutdown, hold).await;
     });
 }
 
@@ -477,14 +668,17 @@ impl Drop for Hold {
     }
 }
 
-async fn handle_connection(
-    stream: TcpStream,
+async fn handle_connection<S>(
+    stream: S,
+    unix_socket: bool,
     peer: SocketAddr,
     index: usize,
     current: Arc<ArcSwap<Generation>>,
     shutdown: watch::Receiver<bool>,
     hold: Arc<dyn std::any::Any + Send + Sync>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let tracked = Tracked {
         inner: stream,
@@ -500,6 +694,7 @@ async fn handle_connection(
                 peer,
                 client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                 tls: false,
+                unix_socket,
                 cert_names: None,
                 listener: index,
                 hold: Some(hold),
@@ -527,6 +722,7 @@ async fn handle_connection(
                         peer,
                         client: crate::proxy::headers::ClientAddr::new(peer.ip()),
                         tls: true,
+                        unix_socket: false,
                         cert_names,
                         listener: index,
                         hold: Some(hold),

@@ -34,7 +34,7 @@ impl Proxy {
         cfg: &AuthServerConfig,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Reject> {
-        if !self.is_trusted_proxy(conn.peer) {
+        if !self.is_trusted_proxy(conn) {
             return Err(Reject::UntrustedIngress);
         }
         let (parts, _body) = req.into_parts();

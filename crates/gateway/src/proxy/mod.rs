@@ -36,6 +36,10 @@ pub struct ConnInfo {
     /// The peer's address as the forwarding headers write it.
     pub client: headers::ClientAddr,
     pub tls: bool,
+    /// Accepted on a `unix:` listener: the peer is whoever could open the
+    /// socket file (its mode is the access control), trusted as the
+    /// ingress; `peer` is then this host.
+    pub unix_socket: bool,
     /// The names the certificate chosen by this connection's SNI serves;
     /// `None` without SNI or when no certificate names it.
     pub cert_names: Option<Arc<[String]>>,
@@ -47,6 +51,20 @@ pub struct ConnInfo {
     /// too, so an upgraded connection counts until the tunnel closes.
     /// `None` where no listener accepted it (tests, benches).
     pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The access log's `peer`: the client's IP address, or `unix` for a
+/// connection on a `unix:` listener.
+struct Peer<'a>(&'a ConnInfo);
+
+impl std::fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.unix_socket {
+            f.write_str("unix")
+        } else {
+            self.0.peer.ip().fmt(f)
+        }
+    }
 }
 
 pub struct Proxy {
@@ -136,7 +154,7 @@ impl Proxy {
                 .unwrap_or("-"),
             outcome = out.label,
             reason = out.reason.unwrap_or("-"),
-            peer = %conn.peer.ip(),
+            peer = %Peer(conn),
         );
         resp
     }
@@ -307,8 +325,13 @@ impl Proxy {
         self.revocations.as_ref()
     }
 
-    fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
-        let ip = peer.ip().to_canonical();
+    /// The peer is an ingress or proxy whose description of the request
+    /// is believed: in `trusted_proxies`, or on a `unix:` listener.
+    fn is_trusted_proxy(&self, conn: &ConnInfo) -> bool {
+        if conn.unix_socket {
+            return true;
+        }
+        let ip = conn.peer.ip().to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }

@@ -200,7 +200,7 @@ impl Proxy {
             route,
             identity,
             upgrade: is_upgrade_request(head, route),
-            trusted_peer: self.is_trusted_proxy(conn.peer),
+            trusted_peer: self.is_trusted_proxy(conn),
             path,
             host,
             set_cookies,

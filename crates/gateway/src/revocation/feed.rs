@@ -379,8 +379,9 @@ pub fn gateway_name(cfg: &RevocationConfig, loaded: &LoadedConfig) -> String {
     match loaded
         .config
         .listeners
-        .first()
-        .map(|l| l.value.address.port())
+        .iter()
+        .find_map(|l| l.value.address.tcp())
+        .map(|a| a.port())
     {
         // An ephemeral port names nothing stable: a random suffix keeps
         // two such gateways on one host apart.
