@@ -8,6 +8,10 @@
 #                    (RS256 token, N revocations loaded)
 #   gatehouse proxy  gatehouse proxying to the app itself (for its CPU per
 #                    proxied request, against its CPU per decision above)
+#   nginx+200 unix, nginx+gatehouse unix
+#                    the same two hops over a Unix domain socket (an
+#                    ingress on the same host: README "Beside an existing
+#                    ingress")
 # The app is an nginx answering 200 "ok"; each nginx (front, app, the
 # always-200 upstream) has one worker, gatehouse its default workers. Needs: release build, nginx, wrk,
 # peer-bench's tokens (SETUP_ONLY=1 ../shared/peer-bench/run.sh is run for you).
@@ -32,7 +36,7 @@ cat > "$W/ok.conf" <<EOF
 pid $W/ok.pid; error_log $W/ok.err warn; worker_processes 1;
 events { worker_connections 4096; }
 http { access_log off;
-  server { listen 127.0.0.1:18090; location / { return 200; } }
+  server { listen 127.0.0.1:18090; listen unix:$W/ok.sock; location / { return 200; } }
 }
 EOF
 cat > "$W/front.conf" <<EOF
@@ -42,6 +46,8 @@ http { access_log off;
   upstream app { server 127.0.0.1:18080; keepalive 64; }
   upstream ok { server 127.0.0.1:18090; keepalive 64; }
   upstream gatehouse { server 127.0.0.1:19180; keepalive 64; }
+  upstream ok_unix { server unix:$W/ok.sock; keepalive 64; }
+  upstream gatehouse_unix { server unix:$W/auth.sock; keepalive 64; }
   server { listen 127.0.0.1:18001;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 127.0.0.1:18002;
@@ -57,6 +63,19 @@ http { access_log off;
       proxy_set_header Content-Length ""; proxy_set_header X-Original-URI \$request_uri;
       proxy_set_header X-Original-Method \$request_method; proxy_set_header Host \$host;
       proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:18004;
+    location / { auth_request /_ok; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /_ok { internal; proxy_pass http://ok_unix/ok; proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:18005;
+    location / { auth_request /_gatehouse;
+      auth_request_set \$gh_subject \$upstream_http_x_auth_subject;
+      proxy_set_header X-Auth-Subject \$gh_subject;
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /_gatehouse { internal; proxy_pass http://gatehouse_unix; proxy_pass_request_body off;
+      proxy_set_header Content-Length ""; proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Original-Method \$request_method; proxy_set_header Host \$host;
+      proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 EOF
 cat > "$W/gatehouse.yaml" <<YAML
@@ -66,6 +85,12 @@ listeners:
     auth_server: { ingress: nginx }
   - name: proxy
     address: 127.0.0.1:19181
+  # nginx's workers run as nobody here (started as root): a real setup
+  # gives nginx's user the socket's group and keeps the default 0660.
+  - name: auth-unix
+    address: unix:$W/auth.sock
+    socket_mode: "0666"
+    auth_server: { ingress: nginx }
 trusted_proxies: [127.0.0.1/32]
 limits: { max_connections: 20000 }
 issuers:
@@ -99,6 +124,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" 
 [ "$code" = 200 ] || { echo "nginx+gatehouse answered $code for a valid token"; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18003/)
 [ "$code" = 401 ] || { echo "nginx+gatehouse answered $code without a token"; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:18005/)
+[ "$code" = 200 ] || { echo "nginx+gatehouse over the unix socket answered $code for a valid token"; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18005/)
+[ "$code" = 401 ] || { echo "nginx+gatehouse over the unix socket answered $code without a token"; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
 row() { # name url
   local c0 c1 out reqs
@@ -119,4 +148,6 @@ for i in $(seq "$RUNS"); do
   row nginx+200 http://127.0.0.1:18002/
   row nginx+gatehouse http://127.0.0.1:18003/
   row "gatehouse proxy" http://127.0.0.1:19181/
+  row "nginx+200 unix" http://127.0.0.1:18004/
+  row "nginx+gh unix" http://127.0.0.1:18005/
 done
