@@ -16,7 +16,8 @@
 # always-200 upstream) has one worker, gatehouse its default workers. Needs: release build, nginx, wrk,
 # peer-bench's tokens (SETUP_ONLY=1 ../shared/peer-bench/run.sh is run for you).
 #
-#   benches/wrk/ingress.sh [N=1000000]      DURATION=10s RUNS=3
+#   benches/wrk/ingress.sh [N=1000000]      DURATION=10s RUNS=3 [WORKERS=n]
+# WORKERS sets gatehouse's `workers` (default: one per core).
 . "$(dirname "$0")/common.sh"
 N=${1:-1000000}
 RUNS=${RUNS:-3}
@@ -93,6 +94,7 @@ listeners:
     auth_server: { ingress: nginx }
 trusted_proxies: [127.0.0.1/32]
 limits: { max_connections: 20000 }
+${WORKERS:+workers: $WORKERS}
 issuers:
   - issuer: $ISS
     audiences: [$AUD]
@@ -141,7 +143,7 @@ row() { # name url
     "$(echo "$out" | awk '/Non-2xx/{print $5}' | grep . || echo 0)" \
     "$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f us", c / hz * 1e6 / r}')"
 }
-echo "N=$N revocations, wrk -t2 -c64 -d${DURATION:-10s}, RUNS=$RUNS, $(nproc) cores, $(date -u +%FT%TZ)"
+echo "N=$N revocations, wrk -t2 -c64 -d${DURATION:-10s}, RUNS=$RUNS, gatehouse workers ${WORKERS:-default}, $(nproc) cores, $(date -u +%FT%TZ)"
 for i in $(seq "$RUNS"); do
   echo "-- run $i"
   row nginx http://127.0.0.1:18001/
