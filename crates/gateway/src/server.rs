@@ -784,7 +784,11 @@ async fn serve<I>(
             }
             held.clone()
         };
-        async move { b.proxy.handle(req, &b.info).await }
+        // Boxed once here: the request's future (about 4 KB, the whole
+        // proxy path's state) would otherwise be copied at each of the
+        // three or four moves on its way into hyper's dispatcher (profiled:
+        // 4% of a decision's CPU in memmove).
+        Box::pin(async move { b.proxy.handle(req, &b.info).await })
     };
     serve_limited(
         io,
