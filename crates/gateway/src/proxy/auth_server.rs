@@ -73,11 +73,16 @@ impl Proxy {
     }
 }
 
-fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Reject> {
+/// The one copy of `name` the ingress sent, as text.
+fn header_value<'a>(
+    h: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<(&'a HeaderValue, &'a str), Reject> {
     let mut all = h.get_all(name).iter();
     match (all.next(), all.next()) {
         (Some(v), None) => v
             .to_str()
+            .map(|t| (v, t))
             .map_err(|_| Reject::BadRequest("ingress header is not text")),
         (None, _) => Err(Reject::BadRequest(
             "the ingress did not describe the original request",
@@ -86,24 +91,31 @@ fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Rejec
     }
 }
 
+fn header_text<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Reject> {
+    header_value(h, name).map(|(_, t)| t)
+}
+
 /// The original request's head as the ingress describes it: method,
 /// target, `Host`, and the client's credentials (`Authorization`). The
-/// rest of the client's headers play no part in the decision.
+/// rest of the client's headers play no part in the decision. Built field
+/// by field: the header values are the ingress's own, shared, not copied
+/// or validated a second time (this runs on every request an ingress
+/// sees).
 fn original_request(
     parts: &http::request::Parts,
     cfg: &AuthServerConfig,
 ) -> Result<http::request::Parts, Reject> {
     let h = &parts.headers;
-    let (method, target, host): (Method, String, &str) = match cfg.ingress {
+    let (method, target, host) = match cfg.ingress {
         Ingress::Nginx => (
             parse_method(header_text(h, &X_ORIGINAL_METHOD)?)?,
-            header_text(h, &X_ORIGINAL_URI)?.to_owned(),
-            header_text(h, &header::HOST)?,
+            header_text(h, &X_ORIGINAL_URI)?,
+            header_value(h, &header::HOST)?.0,
         ),
         Ingress::Caddy | Ingress::Traefik => (
             parse_method(header_text(h, &X_FORWARDED_METHOD)?)?,
-            header_text(h, &X_FORWARDED_URI)?.to_owned(),
-            header_text(h, &X_FORWARDED_HOST)?,
+            header_text(h, &X_FORWARDED_URI)?,
+            header_value(h, &X_FORWARDED_HOST)?.0,
         ),
         Ingress::Envoy => {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -113,8 +125,8 @@ fn original_request(
                 .ok_or(Reject::BadRequest("path outside the ext_authz prefix"))?;
             (
                 parts.method.clone(),
-                rest.to_owned(),
-                header_text(h, &header::HOST)?,
+                rest,
+                header_value(h, &header::HOST)?.0,
             )
         }
     };
@@ -123,17 +135,16 @@ fn original_request(
             "original target must be an absolute path",
         ));
     }
-    let mut b = Request::builder()
-        .method(method)
-        .uri(target)
-        .version(Version::HTTP_11)
-        .header(header::HOST, host);
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = method;
+    head.uri = http::Uri::try_from(target)
+        .map_err(|_| Reject::BadRequest("original request cannot be read"))?;
+    head.version = Version::HTTP_11;
+    head.headers.insert(header::HOST, host.clone());
     for v in h.get_all(header::AUTHORIZATION) {
-        b = b.header(header::AUTHORIZATION, v.clone());
+        head.headers.append(header::AUTHORIZATION, v.clone());
     }
-    b.body(())
-        .map(|r| r.into_parts().0)
-        .map_err(|_| Reject::BadRequest("original request cannot be read"))
+    Ok(head)
 }
 
 fn parse_method(m: &str) -> Result<Method, Reject> {
