@@ -296,7 +296,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = match start_workers(loaded.config.workers) {
+    let workers = match start_workers(loaded.config.workers()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("cannot start the worker runtimes: {e}");

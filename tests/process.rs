@@ -300,6 +300,19 @@ fn check(yaml: &str) -> (bool, String, String) {
 }
 
 #[test]
+fn check_names_the_line_of_a_workers_count_over_16() {
+    let (ok, err, file) = check(
+        "listeners:\n  - address: 127.0.0.1:8080\nworkers: 17\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: { url: \"https://idp.example.com/jwks\" }\nroutes:\n  - backends: [http://127.0.0.1:9]\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:3: ")) && l.contains("at most 16")),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_names_the_line_of_each_unix_socket_listener_mistake() {
     let config = |listeners: &str| {
         format!(

@@ -103,7 +103,7 @@ impl Gateway {
                 c.revocation.as_ref().map(|r| format!("{:?}", r.value)),
                 c.admin.as_ref().map(|a| a.value.listen),
                 c.limits.max_connections,
-                c.workers,
+                c.workers(),
             )
         };
         if fingerprint(o) != fingerprint(n) {

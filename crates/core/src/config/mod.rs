@@ -78,9 +78,16 @@ pub struct Config {
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// Request-serving threads, each with its own runtime and listening
-    /// socket; 0 means one per CPU.
+    /// socket; 0 or absent means one per CPU. Read with [`Config::workers`].
     #[serde(default)]
-    pub workers: usize,
+    pub workers: Option<Spanned<usize>>,
+}
+
+impl Config {
+    /// `workers` as configured: 0 (absent) means one per CPU.
+    pub fn workers(&self) -> usize {
+        self.workers.as_ref().map_or(0, |w| w.value)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -560,8 +567,8 @@ fn validate(loaded: &LoadedConfig, mode: Mode) -> Vec<ConfigIssue> {
 fn check_top_level(c: &mut Check<'_>) {
     let cfg = &c.loaded.config;
     let mut problems = Vec::new();
-    if cfg.workers > 16 {
-        problems.push("workers must be at most 16".to_owned());
+    if let Some(w) = cfg.workers.as_ref().filter(|w| w.value > 16) {
+        c.push(w.referenced.line(), "workers must be at most 16".to_owned());
     }
     for h in &cfg.strip_untrusted_headers {
         let name = h.strip_suffix('*').unwrap_or(h);
