@@ -226,3 +226,42 @@ async fn slow_bodies_are_cut_off_by_the_route_timeout() {
     );
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    // The idle timeout is 60 s; the header read timeout here is 1 s.
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was still open after 20 s: {read:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {:?}, not near the 1 s header timeout",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_request_sent_before_the_client_half_closes_is_still_answered() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    s.write_all(b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered, then closed")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(backend.hits(), 1);
+}

@@ -30,6 +30,10 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        // A client may shut down its sending side once its request is out
+        // and still read the answer (RFC 9112 §9.6 leaves the half-close to
+        // the client); without this the request was dropped unanswered.
+        .half_close(true)
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
@@ -147,6 +151,7 @@ pub async fn serve_plain_or_tls<H, Fut>(
                 TokioIo::new(tracked),
                 peer,
                 &builder,
+                limits.header_read_timeout,
                 limits.idle_timeout,
                 activity,
                 shutdown,
@@ -161,6 +166,7 @@ pub async fn serve_plain_or_tls<H, Fut>(
                         TokioIo::new(s),
                         peer,
                         &builder,
+                        limits.header_read_timeout,
                         limits.idle_timeout,
                         activity,
                         shutdown,
@@ -182,6 +188,7 @@ pub async fn serve_limited<I, H, Fut>(
     io: TokioIo<I>,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
+    first_byte: Duration,
     idle: Duration,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
@@ -205,6 +212,12 @@ pub async fn serve_limited<I, H, Fut>(
     tokio::pin!(conn);
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
     let mut closing = false;
+    // A client that opens a connection and sends nothing holds a slot
+    // under `limits.max_connections`: it gets the header read timeout, as
+    // a slow header does, not the idle timeout of a connection in use.
+    let silent = tokio::time::sleep(first_byte);
+    tokio::pin!(silent);
+    let mut watching_silence = true;
     loop {
         tokio::select! {
             // The connection first, and no random branch order to draw on
@@ -220,6 +233,13 @@ pub async fn serve_limited<I, H, Fut>(
                 let _ = changed;
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut silent, if watching_silence => {
+                watching_silence = false;
+                if activity.never_moved() {
+                    tracing::debug!(peer = %peer, "closed: no request within the header read timeout");
+                    return;
+                }
             }
             _ = tick.tick(), if !closing => {
                 if activity.idle_for() >= idle {
@@ -248,6 +268,9 @@ pub struct Activity {
     /// When the idle check last saw `moved` set or work in flight.
     last_seen_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Set by the idle check when it clears `moved`: bytes have moved at
+    /// some point (the I/O path only ever writes `moved`).
+    moved_ever: AtomicBool,
 }
 
 impl Default for Activity {
@@ -263,7 +286,15 @@ impl Activity {
             moved: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now_ms()),
             in_flight: AtomicUsize::new(0),
+            moved_ever: AtomicBool::new(false),
         }
+    }
+
+    /// No byte has moved either way since the connection opened.
+    fn never_moved(&self) -> bool {
+        !self.moved.load(Ordering::Relaxed)
+            && !self.moved_ever.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     fn touch(&self) {
@@ -275,7 +306,11 @@ impl Activity {
     /// Called from the connection's idle tick.
     fn idle_for(&self) -> Duration {
         let now = now_ms();
-        if self.moved.swap(false, Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) > 0 {
+        let moved = self.moved.swap(false, Ordering::Relaxed);
+        if moved {
+            self.moved_ever.store(true, Ordering::Relaxed);
+        }
+        if moved || self.in_flight.load(Ordering::Relaxed) > 0 {
             self.last_seen_ms.store(now, Ordering::Relaxed);
             return Duration::ZERO;
         }

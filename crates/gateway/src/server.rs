@@ -794,6 +794,7 @@ async fn serve<I>(
         io,
         peer,
         &generation.builder,
+        generation.limits.header_read_timeout,
         generation.limits.idle_timeout,
         activity,
         shutdown,
