@@ -151,8 +151,7 @@ pub async fn serve_plain_or_tls<H, Fut>(
                 TokioIo::new(tracked),
                 peer,
                 &builder,
-                limits.header_read_timeout,
-                limits.idle_timeout,
+                &limits,
                 activity,
                 shutdown,
                 handler,
@@ -166,8 +165,7 @@ pub async fn serve_plain_or_tls<H, Fut>(
                         TokioIo::new(s),
                         peer,
                         &builder,
-                        limits.header_read_timeout,
-                        limits.idle_timeout,
+                        &limits,
                         activity,
                         shutdown,
                         handler,
@@ -183,13 +181,13 @@ pub async fn serve_plain_or_tls<H, Fut>(
 
 /// Drives one HTTP connection: requests go to `handler`; the connection is
 /// closed gracefully once idle (no request in flight, no bytes moving) for
-/// `idle`, or on shutdown. Shared by every listener.
+/// `limits.idle_timeout`, or on shutdown, and dropped if it sends nothing
+/// within `limits.header_read_timeout`. Shared by every listener.
 pub async fn serve_limited<I, H, Fut>(
     io: TokioIo<I>,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
-    first_byte: Duration,
-    idle: Duration,
+    limits: &Limits,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
@@ -198,6 +196,7 @@ pub async fn serve_limited<I, H, Fut>(
     H: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::ProxyBody>> + Send + 'static,
 {
+    let (first_byte, idle) = (limits.header_read_timeout, limits.idle_timeout);
     let act = activity.clone();
     let svc = service_fn(move |req| {
         let guard = InFlight::enter(act.clone());
