@@ -223,6 +223,12 @@ pub async fn start_on(
             handle,
         );
     }
+    let shared = Shared {
+        current: current.clone(),
+        slots: conn_slots.clone(),
+        shutdown: rx.clone(),
+        balance: balance.clone(),
+    };
     for (index, l) in cfg.listeners.iter().enumerate() {
         let lc = &l.value;
         let name = lc.name.as_deref().unwrap_or("-");
@@ -237,27 +243,12 @@ pub async fn start_on(
                 for (socket, (worker, handle)) in
                     sockets.into_iter().zip(workers.iter().enumerate())
                 {
-                    let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
-                    let balance = balance.clone();
-                    accept_loops.spawn_on(
-                        async move {
-                            // Registered with this worker's reactor, on its thread.
-                            match TcpListener::from_std(socket) {
-                                Ok(listener) => {
-                                    crate::proxy::upstream::set_worker(worker);
-                                    let me = Worker {
-                                        index: worker,
-                                        balance,
-                                    };
-                                    accept_loop(listener, index, me, current, slots, rx).await
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot use the listening socket")
-                                }
-                            }
-                        },
-                        handle,
-                    );
+                    let start = AcceptLoop {
+                        listener: index,
+                        worker,
+                        shared: shared.clone(),
+                    };
+                    accept_loops.spawn_on(start.run(socket, TcpListener::from_std), handle);
                 }
             }
             ListenAddress::Unix(path) => {
@@ -272,24 +263,13 @@ pub async fn start_on(
                     let socket = socket
                         .try_clone()
                         .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
-                    let (current, slots, rx) = (current.clone(), conn_slots.clone(), rx.clone());
-                    let balance = balance.clone();
+                    let start = AcceptLoop {
+                        listener: index,
+                        worker,
+                        shared: shared.clone(),
+                    };
                     accept_loops.spawn_on(
-                        async move {
-                            match tokio::net::UnixListener::from_std(socket) {
-                                Ok(listener) => {
-                                    crate::proxy::upstream::set_worker(worker);
-                                    let me = Worker {
-                                        index: worker,
-                                        balance,
-                                    };
-                                    accept_loop(listener, index, me, current, slots, rx).await
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot use the listening socket")
-                                }
-                            }
-                        },
+                        start.run(socket, tokio::net::UnixListener::from_std),
                         handle,
                     );
                 }
@@ -545,6 +525,50 @@ impl Drop for Served {
             .0
             .fetch_sub(1, Ordering::Relaxed);
         self.balance.gauges[self.worker].dec();
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Shared {
+    current: Arc<ArcSwap<Generation>>,
+    slots: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    balance: Arc<Balance>,
+}
+
+/// One listener's accept loop on one worker.
+struct AcceptLoop {
+    listener: usize,
+    worker: usize,
+    shared: Shared,
+}
+
+impl AcceptLoop {
+    /// The loop, to be spawned on the worker's runtime: `register` puts the
+    /// listening socket into that runtime's reactor, on its thread.
+    async fn run<S, L>(self, socket: S, register: fn(S) -> std::io::Result<L>)
+    where
+        L: gatehouse_core::listener::Listen,
+        L::Stream: Accepted,
+    {
+        match register(socket) {
+            Ok(listener) => {
+                crate::proxy::upstream::set_worker(self.worker);
+                let Shared {
+                    current,
+                    slots,
+                    shutdown,
+                    balance,
+                } = self.shared;
+                let me = Worker {
+                    index: self.worker,
+                    balance,
+                };
+                accept_loop(listener, self.listener, me, current, slots, shutdown).await
+            }
+            Err(e) => tracing::error!(error = %e, "cannot use the listening socket"),
+        }
     }
 }
 
