@@ -274,6 +274,11 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
             .contains("www-authenticate: bearer realm=\"gatehouse\""),
         "{ingress}: {text}"
     );
+    assert_eq!(
+        text.to_ascii_lowercase().matches("www-authenticate:").count(),
+        1,
+        "{ingress}: one challenge: {text}"
+    );
     assert_eq!(app.hits(), hits);
 
     // A public path passes without a token, and a spoofed identity header
@@ -310,6 +315,22 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
         200,
         "{ingress}"
     );
+    // The admin route sets fewer identity headers than the one the
+    // ingress config copies for: the app sees none of the others, never an
+    // ingress's placeholder text.
+    for (name, value) in app.last().headers.iter() {
+        assert!(
+            !value.to_str().unwrap_or("").contains('{'),
+            "{ingress}: {name}: {value:?} reached the app"
+        );
+    }
+
+    // A fragment in the target is not cut off and judged as what precedes
+    // it: the request never reaches the app.
+    let hits = app.hits();
+    let (status, text) = through(port, "/health#/../admin", &[]).await;
+    assert_ne!(status, 200, "{ingress}: {text}");
+    assert_eq!(app.hits(), hits, "{ingress}");
 
     // Revoked at the authority: refused through the ingress within a second.
     let a = admin(
@@ -391,6 +412,12 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
     );
     assert_eq!(raw_request(addr, &traefik("/health", None)).await.0, 200);
     assert_eq!(raw_request(addr, &traefik("/a%2fb", None)).await.0, 400);
+    assert_eq!(
+        raw_request(addr, &traefik("/health#/../admin", None))
+            .await
+            .0,
+        400
+    );
     // Without the description, nothing is decided.
     let (status, _) = raw_request(
         addr,
@@ -465,6 +492,14 @@ async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_an
     let meta = std::fs::symlink_metadata(&socket).expect("socket file");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Made in a private directory and renamed into place: nothing is left
+    // beside it.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["auth.sock".to_owned()]);
     // Trusted as the ingress by the socket alone: no trusted_proxies.
     let mut s = tokio::net::UnixStream::connect(&socket)
         .await
@@ -514,6 +549,48 @@ async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_an
     };
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&socket).expect("read"), "data");
+
+    // A live socket whose backlog is full is live: the start says so at
+    // once instead of waiting in connect() for ever.
+    std::fs::remove_file(&socket).expect("remove");
+    let busy =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).expect("socket");
+    busy.bind(&socket2::SockAddr::unix(&socket).expect("addr"))
+        .expect("bind");
+    busy.listen(0).expect("listen");
+    let mut queued = Vec::new();
+    loop {
+        let c = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .expect("socket");
+        c.set_nonblocking(true).expect("nonblocking");
+        match c.connect(&socket2::SockAddr::unix(&socket).expect("addr")) {
+            Ok(()) => queued.push(c),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    // On a thread of its own: a start stuck in a blocking call fails the
+    // test after 10 s instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = loaded.clone();
+    std::thread::spawn(move || {
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(gatehouse::server::start(&second))
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
+        let _ = tx.send(started);
+    });
+    let err = match rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the start answered instead of hanging")
+    {
+        Ok(()) => panic!("a live socket was taken over"),
+        Err(e) => e,
+    };
+    assert!(err.contains("backlog is full"), "{err}");
 }
 
 /// Writes `request` and reads the whole answer (the request closes).

@@ -345,6 +345,25 @@ fn check_names_the_line_of_each_unix_socket_listener_mistake() {
     ));
     assert!(!ok);
     assert!(err.contains("octal"), "{err}");
+    for lenient in ["0o660", "+660", "1777"] {
+        let (ok, err, _) = check(&config(&format!(
+            "  - address: unix:/run/gatehouse/auth.sock\n    socket_mode: \"{lenient}\"\n    auth_server: {{ ingress: nginx }}\n"
+        )));
+        assert!(!ok, "{lenient} was taken");
+        assert!(err.contains("three octal digits"), "{err}");
+    }
+    // Every local user as the ingress, or no one but root: refused.
+    for (mode, why) in [("0777", "every local user"), ("0000", "no one but root")] {
+        let (ok, err, file) = check(&config(&format!(
+            "  - address: unix:/run/gatehouse/auth.sock\n    socket_mode: \"{mode}\"\n    auth_server: {{ ingress: nginx }}\n"
+        )));
+        assert!(!ok, "{mode} was taken");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{file}:2: ")) && l.contains(why)),
+            "{err}"
+        );
+    }
     // A socket auth server needs no trusted_proxies: the file's mode is
     // who may ask.
     let (ok, err, _) = check(&config(

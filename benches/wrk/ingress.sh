@@ -41,6 +41,7 @@ http { access_log off;
 }
 EOF
 cat > "$W/front.conf" <<EOF
+user root;
 pid $W/front.pid; error_log $W/front.err warn; worker_processes 1;
 events { worker_connections 4096; }
 http { access_log off;
@@ -86,11 +87,11 @@ listeners:
     auth_server: { ingress: nginx }
   - name: proxy
     address: 127.0.0.1:19181
-  # nginx's workers run as nobody here (started as root): a real setup
-  # gives nginx's user the socket's group and keeps the default 0660.
+  # The front nginx's workers run as root here (user root, below); a real
+  # setup gives nginx's user the socket's group.
   - name: auth-unix
     address: unix:$W/auth.sock
-    socket_mode: "0666"
+    socket_mode: "0660"
     auth_server: { ingress: nginx }
 trusted_proxies: [127.0.0.1/32]
 limits: { max_connections: 20000 }

@@ -337,47 +337,107 @@ impl Drop for SocketFile {
     }
 }
 
-/// A listening Unix domain socket at `path` with permission bits `mode`,
-/// set before it listens, so no connection is accepted under the umask's
-/// mode. A socket file left by a process that is gone (nothing accepts on
-/// it) is replaced; a live one, or a file that is not a socket, is an
+/// A listening Unix domain socket at `path` with permission bits `mode`.
+///
+/// Nothing at `path` is ever followed: whoever can write to the socket's
+/// directory could otherwise swap the new socket for a symlink between
+/// `bind` and `chmod`, and have the mode set on any file the gateway's user
+/// owns. So the socket is made in a private directory (0700, checked to be
+/// this user's), its mode is set there through that directory's handle,
+/// and it is renamed into place, ready, before it listens. A socket file
+/// left by a process that is gone (a connection to it is refused) is
+/// replaced; a live one, a full one, or anything that is not a socket is an
 /// error.
 fn bind_unix(
     path: &std::path::Path,
     mode: u32,
 ) -> std::io::Result<(std::os::unix::net::UnixListener, SocketFile)> {
+    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::io::{Error, ErrorKind};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
+    clear_stale_socket(path)?;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::new(ErrorKind::InvalidInput, "no file name"));
+    };
+    let private = parent.join(format!(
+        ".{}.{}",
+        name.to_string_lossy(),
+        &gatehouse_core::ids::random_id()[..12]
+    ));
+    rustix::fs::mkdirat(CWD, &private, Mode::RWXU)?;
+    let made = (|| -> std::io::Result<(Socket, SocketFile)> {
+        let dir = rustix::fs::openat(
+            CWD,
+            &private,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&dir)?;
+        if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o7777 != 0o700 {
+            return Err(Error::other(
+                "the private directory was replaced while binding",
             ));
         }
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::AddrInUse,
-                    "another process accepts on this socket",
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
-            Err(e) => return Err(e),
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        // Bound by path, then used only through `dir`: were the directory
+        // swapped in between, the chmod below finds no socket and fails.
+        s.bind(&SockAddr::unix(private.join("s"))?)?;
+        rustix::fs::chmodat(&dir, "s", Mode::from_raw_mode(mode), AtFlags::empty())?;
+        let st = rustix::fs::statat(&dir, "s", AtFlags::SYMLINK_NOFOLLOW)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(Error::other("the socket was replaced while binding"));
         }
-    }
-    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    s.bind(&SockAddr::unix(path)?)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    let m = std::fs::symlink_metadata(path)?;
-    let file = SocketFile {
-        path: path.to_owned(),
-        inode: (m.dev(), m.ino()),
-    };
+        rustix::fs::renameat(&dir, "s", CWD, path)?;
+        let file = SocketFile {
+            path: path.to_owned(),
+            inode: (st.st_dev, st.st_ino),
+        };
+        Ok((s, file))
+    })();
+    // Empty now, or holding the socket of a failed attempt.
+    let _ = std::fs::remove_file(private.join("s"));
+    let _ = std::fs::remove_dir(&private);
+    let (s, file) = made?;
     s.listen(4096)?;
     s.set_nonblocking(true)?;
     Ok((s.into(), file))
+}
+
+/// Removes a socket file at `path` that nothing accepts on (its process is
+/// gone). A socket that accepts, or whose backlog is full, is live; a
+/// symlink, directory or file is not ours to remove. The probe never
+/// blocks.
+fn clear_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !m.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        ));
+    }
+    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Err(Error::new(
+            ErrorKind::AddrInUse,
+            "another process accepts on this socket",
+        )),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(Error::new(
+            ErrorKind::AddrInUse,
+            "another process listens on this socket (its backlog is full)",
+        )),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "a socket is there and this user may not connect to it to see whether it is live",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Spreads client connections evenly over the request workers.

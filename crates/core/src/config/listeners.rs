@@ -102,10 +102,15 @@ impl Default for SocketMode {
 impl<'de> Deserialize<'de> for SocketMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
-            Ok(m) if m <= 0o777 => Ok(SocketMode(m)),
+        // Three octal digits, with an optional leading 0: no sign, no 0o,
+        // no setuid/sticky digit.
+        let digits = s.strip_prefix('0').filter(|d| d.len() == 3).unwrap_or(&s);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if digits.len() == 3 && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) => {
+                Ok(SocketMode(m))
+            }
             _ => Err(serde::de::Error::custom(format!(
-                "socket_mode {s}: expected permission bits in octal, such as \"0660\""
+                "socket_mode {s}: expected permission bits as three octal digits, such as \"0660\""
             ))),
         }
     }
@@ -218,6 +223,16 @@ pub(super) fn check(c: &mut Check<'_>) {
                 line,
                 format!("listener address {} is used twice", l.value.address),
             );
+        }
+        if let (ListenAddress::Unix(_), Some(SocketMode(m))) =
+            (&l.value.address, l.value.socket_mode)
+        {
+            // Connecting takes write permission on the file.
+            if m & 0o002 != 0 {
+                c.push(line, format!("socket_mode {m:o} lets every local user connect and be believed as the ingress: give the ingress's user the socket's group (0660)"));
+            } else if m & 0o222 == 0 {
+                c.push(line, format!("socket_mode {m:o} lets no one but root connect: the ingress needs write permission (0660)"));
+            }
         }
         match &l.value.address {
             ListenAddress::Unix(_) => {

@@ -60,12 +60,13 @@ impl Proxy {
         if cfg.ingress == Ingress::Caddy {
             // Caddy 2.6's `copy_headers` copies a header the answer lacks
             // as its literal placeholder text (`{http.reverse_proxy.header.
-            // X-Auth-Subject}`), which an app could take for a name: every
-            // identity header of the route is sent, empty when no claim
-            // gives it.
-            for ih in &d.route.identity_headers {
-                if !h.contains_key(&ih.header.0) {
-                    h.insert(ih.header.0.clone(), HeaderValue::from_static(""));
+            // X-Auth-Subject}`), which an app could take for a name. One
+            // Caddyfile copies the headers of every route (docs/caddy.md),
+            // so every identity header of every route is sent, empty where
+            // this route or its claims give none.
+            for name in &self.routes.all_identity_headers {
+                if !h.contains_key(name) {
+                    h.insert(name.clone(), HeaderValue::from_static(""));
                 }
             }
         }
@@ -134,6 +135,14 @@ fn original_request(
         return Err(Reject::BadRequest(
             "original target must be an absolute path",
         ));
+    }
+    // A request target has no fragment (RFC 9112 §3.2, RFC 3986 §3.5). In
+    // proxy mode the parser drops one and the backend gets what was judged;
+    // here the ingress forwards the raw target, so "/health#/../admin"
+    // would be judged as /health and could reach a backend that reads past
+    // the `#` as /admin: refused.
+    if target.contains('#') {
+        return Err(Reject::BadRequest("original target has a fragment"));
     }
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = method;

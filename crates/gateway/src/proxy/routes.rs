@@ -93,6 +93,8 @@ pub struct RouteTable {
     /// route (a backend may trust one a route never sets), and from
     /// untrusted clients the forwarding family and the operator's list.
     pub strip_rules: StripRules,
+    /// Every route's identity header names, each once, in config order.
+    pub all_identity_headers: Vec<http::HeaderName>,
     /// Some route has `case_insensitive` (a shortcut for
     /// [`RouteTable::case_insensitive_for`]).
     any_case_insensitive: bool,
@@ -136,7 +138,18 @@ impl RouteTable {
                 .map(|ih| ih.header.0.as_str()),
             cfg.strip_untrusted_headers.iter().map(String::as_str),
         );
+        let mut all_identity_headers: Vec<http::HeaderName> = Vec::new();
+        for ih in cfg
+            .routes
+            .iter()
+            .flat_map(|r| r.value.identity_headers.iter())
+        {
+            if !all_identity_headers.contains(&ih.header.0) {
+                all_identity_headers.push(ih.header.0.clone());
+            }
+        }
         Ok(RouteTable {
+            all_identity_headers,
             any_case_insensitive: routes.iter().any(|r| r.case_insensitive),
             routes,
             strip_rules,
