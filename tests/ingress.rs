@@ -275,7 +275,9 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
         "{ingress}: {text}"
     );
     assert_eq!(
-        text.to_ascii_lowercase().matches("www-authenticate:").count(),
+        text.to_ascii_lowercase()
+            .matches("www-authenticate:")
+            .count(),
         1,
         "{ingress}: one challenge: {text}"
     );
@@ -603,4 +605,61 @@ async fn unix_exchange(s: &mut tokio::net::UnixStream, request: &str) -> String 
         .expect("answered in time")
         .expect("read");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The access log of an auth server names the request the ingress
+/// described, not the ingress's own exchange, and a socket's peer as
+/// `unix`.
+#[tokio::test]
+async fn the_access_log_shows_the_described_request_and_the_socket_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("auth.sock");
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    auth_server: {{ ingress: nginx }}\n  - address: unix:{}\n    auth_server: {{ ingress: nginx }}\n\
+         trusted_proxies: [127.0.0.1/32]\n\
+         issuers:\n  - issuer: https://issuer.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: {{ file: {} }}\n\
+         routes:\n  - name: orders\n    backends: [http://127.0.0.1:9]\n\
+         logging: {{ level: info, format: json }}\n",
+        socket.display(),
+        fixture("jwks.json").display()
+    );
+    let p = Proc::start("run", &yaml, "listening");
+    let described = "GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: DELETE\r\nX-Original-URI: /orders/42?token=secret\r\nConnection: close\r\n\r\n";
+    let (status, text) = raw_request(p.addr, described).await;
+    assert_eq!(status, 401, "{text}");
+    // The TCP listener is logged first; the socket follows.
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let text = unix_exchange(&mut s, described).await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = p
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "gatehouse::access")
+            .collect();
+        if seen.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for v in &seen {
+        assert_eq!(v["method"], "DELETE", "{v}");
+        assert_eq!(v["path"], "/orders/42", "{v}");
+        assert_eq!(v["route"], "orders", "{v}");
+    }
+    assert_eq!(seen[0]["peer"], "127.0.0.1", "{:?}", seen[0]);
+    assert_eq!(seen[1]["peer"], "unix", "{:?}", seen[1]);
 }

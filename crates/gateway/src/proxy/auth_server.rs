@@ -39,6 +39,9 @@ impl Proxy {
         }
         let (parts, _body) = req.into_parts();
         let original = original_request(&parts, cfg)?;
+        if tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO) {
+            out.described = Some((original.method.clone(), original.uri.path().to_owned()));
+        }
         // The ingress terminated the client's TLS; this connection's SNI
         // says nothing about the original host.
         let ingress_conn = ConnInfo {

@@ -140,10 +140,14 @@ impl Proxy {
             elapsed.as_secs_f64(),
         );
         let route = out.route.as_deref().unwrap_or("-");
+        let (method, path) = match &out.described {
+            Some((m, p)) => (m, Some(p.as_str())),
+            None => (&method, path.as_deref()),
+        };
         tracing::info!(
             target: "gatehouse::access",
             method = %method,
-            path = path.as_deref().unwrap_or(""),
+            path = path.unwrap_or(""),
             route,
             status = resp.status().as_u16(),
             latency_us = elapsed.as_micros() as u64,

@@ -91,6 +91,10 @@ pub struct Outcome {
     pub reason: Option<&'static str>,
     /// `allowed`, `public`, or the refusal's label.
     pub label: &'static str,
+    /// On an auth-server listener, the request the ingress described
+    /// (method, path): what the access log shows instead of the ingress's
+    /// own exchange. Set only while the access log is on.
+    pub described: Option<(http::Method, String)>,
 }
 
 impl Default for Outcome {
@@ -100,6 +104,7 @@ impl Default for Outcome {
             identity: None,
             reason: None,
             label: "allowed",
+            described: None,
         }
     }
 }
