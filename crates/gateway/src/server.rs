@@ -469,51 +469,24 @@ enum StdStream {
 }
 
 /// An accepted connection as [`accept_loop`] has it.
-trait Accepted: Sized + Send + 'static {
+trait Accepted: AsyncRead + AsyncWrite + Unpin + Sized + Send + 'static {
+    /// Accepted on a `unix:` listener (see `ConnInfo::unix_socket`).
+    const UNIX: bool;
     /// Out of this worker's reactor, for another worker.
     fn into_std(self) -> std::io::Result<StdStream>;
-    fn spawn(
-        self,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-        served: Served,
-        index: usize,
-        current: &Arc<ArcSwap<Generation>>,
-        shutdown: &watch::Receiver<bool>,
-    );
 }
 
 impl Accepted for TcpStream {
+    const UNIX: bool = false;
     fn into_std(self) -> std::io::Result<StdStream> {
         TcpStream::into_std(self).map(StdStream::Tcp)
-    }
-    fn spawn(
-        self,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-        served: Served,
-        index: usize,
-        current: &Arc<ArcSwap<Generation>>,
-        shutdown: &watch::Receiver<bool>,
-    ) {
-        spawn_connection(self, false, peer, permit, served, index, current, shutdown)
     }
 }
 
 impl Accepted for tokio::net::UnixStream {
+    const UNIX: bool = true;
     fn into_std(self) -> std::io::Result<StdStream> {
         tokio::net::UnixStream::into_std(self).map(StdStream::Unix)
-    }
-    fn spawn(
-        self,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-        served: Served,
-        index: usize,
-        current: &Arc<ArcSwap<Generation>>,
-        shutdown: &watch::Receiver<bool>,
-    ) {
-        spawn_connection(self, true, peer, permit, served, index, current, shutdown)
     }
 }
 
@@ -674,7 +647,7 @@ async fn accept_loop<L>(
             }
             continue;
         }
-        stream.spawn(peer, permit, served, index, &current, &shutdown);
+        spawn_connection(stream, peer, permit, served, index, &current, &shutdown);
     }
 }
 
@@ -693,10 +666,10 @@ async fn inbox_loop(
                 Some(h) => {
                     let taken = match h.stream {
                         StdStream::Tcp(s) => TcpStream::from_std(s).map(|s| {
-                            s.spawn(h.peer, h.permit, h.served, h.listener, &current, &shutdown)
+                            spawn_connection(s, h.peer, h.permit, h.served, h.listener, &current, &shutdown)
                         }),
                         StdStream::Unix(s) => tokio::net::UnixStream::from_std(s).map(|s| {
-                            s.spawn(h.peer, h.permit, h.served, h.listener, &current, &shutdown)
+                            spawn_connection(s, h.peer, h.permit, h.served, h.listener, &current, &shutdown)
                         }),
                     };
                     if let Err(e) = taken {
@@ -713,19 +686,15 @@ async fn inbox_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_connection<S>(
+fn spawn_connection<S: Accepted>(
     stream: S,
-    unix_socket: bool,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     served: Served,
     index: usize,
     current: &Arc<ArcSwap<Generation>>,
     shutdown: &watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let (current, shutdown) = (current.clone(), shutdown.clone());
     metrics().open_connections.inc();
     let hold: Arc<dyn std::any::Any + Send + Sync> = Arc::new(Hold {
@@ -733,7 +702,7 @@ fn spawn_connection<S>(
         _served: served,
     });
     tokio::spawn(async move {
-        handle_connection(stream, unix_socket, peer, index, current, shutdown, hold).await;
+        handle_connection(stream, S::UNIX, peer, index, current, shutdown, hold).await;
     });
 }
 
