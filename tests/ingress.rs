@@ -663,3 +663,30 @@ async fn the_access_log_shows_the_described_request_and_the_socket_peer() {
     assert_eq!(seen[0]["peer"], "127.0.0.1", "{:?}", seen[0]);
     assert_eq!(seen[1]["peer"], "unix", "{:?}", seen[1]);
 }
+
+/// The longest path `sockaddr_un` holds (107 bytes) is served: the socket
+/// is made under a short name first and renamed, so nothing longer is
+/// ever bound.
+#[tokio::test]
+async fn a_socket_path_of_the_longest_length_allowed_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().display().to_string();
+    let socket = format!("{base}/{}", "s".repeat(107 - base.len() - 1));
+    assert_eq!(socket.len(), 107);
+    let yaml = format!(
+        "listeners:\n  - address: unix:{socket}\n    auth_server: {{ ingress: nginx }}\n\
+         issuers:\n  - issuer: https://issuer.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: {{ file: {} }}\n\
+         routes:\n  - backends: [http://127.0.0.1:9]\n    public_paths: [/health]\n",
+        fixture("jwks.json").display()
+    );
+    let (_gw, _g) = start_gateway(&yaml).await;
+    let mut s = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let text = unix_exchange(
+        &mut s,
+        "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -356,12 +356,11 @@ fn bind_unix(
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::io::{Error, ErrorKind};
     clear_stale_socket(path)?;
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+    let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else {
         return Err(Error::new(ErrorKind::InvalidInput, "no file name"));
     };
     let private = parent.join(format!(
-        ".{}.{}",
-        name.to_string_lossy(),
+        ".gatehouse-{}",
         &gatehouse_core::ids::random_id()[..12]
     ));
     rustix::fs::mkdirat(CWD, &private, Mode::RWXU)?;
@@ -379,9 +378,20 @@ fn bind_unix(
             ));
         }
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        // Bound by path, then used only through `dir`: were the directory
+        // Bound through the directory's handle where /proc has one (the
+        // name is short, so any path that fits sockaddr_un works here too);
+        // else by path, then used only through `dir`: were the directory
         // swapped in between, the chmod below finds no socket and fails.
-        s.bind(&SockAddr::unix(private.join("s"))?)?;
+        let via_handle = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}/s",
+            std::os::fd::AsRawFd::as_raw_fd(&dir)
+        ));
+        let at = if via_handle.parent().is_some_and(|d| d.is_dir()) {
+            via_handle
+        } else {
+            private.join("s")
+        };
+        s.bind(&SockAddr::unix(at)?)?;
         rustix::fs::chmodat(&dir, "s", Mode::from_raw_mode(mode), AtFlags::empty())?;
         let st = rustix::fs::statat(&dir, "s", AtFlags::SYMLINK_NOFOLLOW)?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
