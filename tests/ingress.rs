@@ -306,6 +306,26 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
         );
     }
 
+    // Spellings a CGI backend reads as X-Auth-Subject that the snippets do
+    // not name: nginx drops them, gatehouse refuses them; either way no
+    // app sees one.
+    for spelling in ["X.Auth.Subject", "X~Auth~Subject", "X-AUTH_subject"] {
+        let hits = app.hits();
+        let (status, text) = through(port, "/health", &[format!("{spelling}: admin")]).await;
+        if status == 200 {
+            let seen = app.last();
+            for (name, value) in seen.headers.iter() {
+                assert!(
+                    !gatehouse::proxy::headers::same_field(name.as_str(), "x-auth-subject")
+                        || value.is_empty(),
+                    "{ingress}: {spelling} reached the app as {name}: {value:?}"
+                );
+            }
+        } else {
+            assert_eq!(app.hits(), hits, "{ingress}: {spelling}: {status} {text}");
+        }
+    }
+
     // Path-encoding variants are judged like their canonical form.
     let (status, text) = through(port, "/%61dmin/x", &[auth(&alice)]).await;
     assert_eq!(status, 403, "{ingress}: {text}");
@@ -420,6 +440,20 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
             .0,
         400
     );
+    // Traefik forwards the client's headers as they came: another spelling
+    // of an identity header is refused, the header's own name is not.
+    let spelled = traefik("/health", None).replace(
+        "Connection: close",
+        "X.Auth.Subject: admin\r\nConnection: close",
+    );
+    let (status, text) = raw_request(addr, &spelled).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("spells an identity header"), "{text}");
+    let own = traefik("/health", None).replace(
+        "Connection: close",
+        "X-Auth-Subject: admin\r\nConnection: close",
+    );
+    assert_eq!(raw_request(addr, &own).await.0, 200);
     // Without the description, nothing is decided.
     let (status, _) = raw_request(
         addr,

@@ -38,6 +38,23 @@ impl Proxy {
             return Err(Reject::UntrustedIngress);
         }
         let (parts, _body) = req.into_parts();
+        // The proxy removes every spelling of an identity header that some
+        // backend would read as that header (`X_Auth_Subject`,
+        // `X.Auth.Subject` for CGI); here the ingress forwards the client's
+        // headers itself, and the documented snippets replace only the
+        // header's own name. So another spelling is refused: the request
+        // never reaches the app with it.
+        let rules = &self.routes.strip_rules;
+        let ids = &self.routes.all_identity_headers;
+        if parts
+            .headers
+            .keys()
+            .any(|n| rules.strips(n.as_str(), false) && !ids.contains(n))
+        {
+            return Err(Reject::BadRequest(
+                "a client header spells an identity header another way",
+            ));
+        }
         let original = original_request(&parts, cfg)?;
         if tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO) {
             out.described = Some((original.method.clone(), original.uri.path().to_owned()));
