@@ -724,3 +724,51 @@ async fn a_socket_path_of_the_longest_length_allowed_is_served() {
     .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// Two gateways started at once on one socket path: one serves it, the
+/// other refuses to start (neither takes the other's socket for stale).
+#[test]
+fn of_two_gateways_started_at_once_on_one_socket_exactly_one_serves_it() {
+    crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("auth.sock");
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - address: unix:{}\n    auth_server: {{ ingress: nginx }}\n\
+             issuers:\n  - issuer: https://issuer.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: {{ file: {} }}\n\
+             routes:\n  - backends: [http://127.0.0.1:9]\n",
+            socket.display(),
+            fixture("jwks.json").display()
+        ),
+    )
+    .expect("write");
+    let loaded = gatehouse::config::load(&path).expect("config");
+    for round in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let starts: Vec<_> = (0..2)
+            .map(|_| {
+                let (loaded, barrier) = (loaded.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    barrier.wait();
+                    let gw = rt.block_on(gatehouse::server::start(&loaded)).ok();
+                    // Keep a started one (and its runtime) until both are in.
+                    (gw.is_some(), gw, rt)
+                })
+            })
+            .collect();
+        let results: Vec<_> = starts
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let served = results.iter().filter(|r| r.0).count();
+        assert_eq!(served, 1, "round {round}: {served} gateways started");
+        drop(results);
+        let _ = std::fs::remove_file(&socket);
+    }
+}

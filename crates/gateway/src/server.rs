@@ -344,7 +344,8 @@ impl Drop for SocketFile {
 /// `bind` and `chmod`, and have the mode set on any file the gateway's user
 /// owns. So the socket is made in a private directory (0700, checked to be
 /// this user's), its mode is set there through that directory's handle,
-/// and it is renamed into place, ready, before it listens. A socket file
+/// and it is renamed into place already listening; the start holds an
+/// `flock` on the socket's directory meanwhile. A socket file
 /// left by a process that is gone (a connection to it is refused) is
 /// replaced; a live one, a full one, or anything that is not a socket is an
 /// error.
@@ -352,63 +353,88 @@ fn bind_unix(
     path: &std::path::Path,
     mode: u32,
 ) -> std::io::Result<(std::os::unix::net::UnixListener, SocketFile)> {
-    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+    use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, CWD};
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::io::{Error, ErrorKind};
-    clear_stale_socket(path)?;
-    let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(Error::new(ErrorKind::InvalidInput, "no file name"));
     };
-    let private = parent.join(format!(
-        ".gatehouse-{}",
-        &gatehouse_core::ids::random_id()[..12]
-    ));
-    rustix::fs::mkdirat(CWD, &private, Mode::RWXU)?;
-    let made = (|| -> std::io::Result<(Socket, SocketFile)> {
-        let dir = rustix::fs::openat(
-            CWD,
-            &private,
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let st = rustix::fs::fstat(&dir)?;
-        if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o7777 != 0o700 {
-            return Err(Error::other(
-                "the private directory was replaced while binding",
+    // Everything below goes through handles: the parent directory's and
+    // the private directory's. A name is never resolved twice, and a
+    // symlink swapped in anywhere is never followed (cleanup included).
+    let parent_dir = rustix::fs::openat(
+        CWD,
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // Two gatehouses starting on one path take turns, so the second finds
+    // the first's socket live instead of taking it for a stale one.
+    let mut waited = 0;
+    while let Err(e) = rustix::fs::flock(&parent_dir, FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK || waited >= 500 {
+            return Err(Error::other(format!(
+                "cannot lock the socket's directory for the start: {e}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    clear_stale_socket(path)?;
+    let private = format!(".gatehouse-{}", &gatehouse_core::ids::random_id()[..12]);
+    rustix::fs::mkdirat(&parent_dir, private.as_str(), Mode::RWXU)?;
+    let made = rustix::fs::openat(
+        &parent_dir,
+        private.as_str(),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(Error::from)
+    .and_then(|dir| {
+        let made = (|| -> std::io::Result<(Socket, SocketFile)> {
+            let st = rustix::fs::fstat(&dir)?;
+            if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o7777 != 0o700 {
+                return Err(Error::other(
+                    "the private directory was replaced while binding",
+                ));
+            }
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            // Bound through the directory's handle where /proc has one
+            // (the name is short, so any path that fits sockaddr_un works
+            // here too); else by path, then used only through `dir`: were
+            // the directory swapped in between, the chmod finds no socket.
+            let via_handle = std::path::PathBuf::from(format!(
+                "/proc/self/fd/{}/s",
+                std::os::fd::AsRawFd::as_raw_fd(&dir)
             ));
-        }
-        let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        // Bound through the directory's handle where /proc has one (the
-        // name is short, so any path that fits sockaddr_un works here too);
-        // else by path, then used only through `dir`: were the directory
-        // swapped in between, the chmod below finds no socket and fails.
-        let via_handle = std::path::PathBuf::from(format!(
-            "/proc/self/fd/{}/s",
-            std::os::fd::AsRawFd::as_raw_fd(&dir)
-        ));
-        let at = if via_handle.parent().is_some_and(|d| d.is_dir()) {
-            via_handle
-        } else {
-            private.join("s")
-        };
-        s.bind(&SockAddr::unix(at)?)?;
-        rustix::fs::chmodat(&dir, "s", Mode::from_raw_mode(mode), AtFlags::empty())?;
-        let st = rustix::fs::statat(&dir, "s", AtFlags::SYMLINK_NOFOLLOW)?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
-            return Err(Error::other("the socket was replaced while binding"));
-        }
-        rustix::fs::renameat(&dir, "s", CWD, path)?;
-        let file = SocketFile {
-            path: path.to_owned(),
-            inode: (st.st_dev, st.st_ino),
-        };
-        Ok((s, file))
-    })();
-    // Empty now, or holding the socket of a failed attempt.
-    let _ = std::fs::remove_file(private.join("s"));
-    let _ = std::fs::remove_dir(&private);
+            let at = if via_handle.parent().is_some_and(|d| d.is_dir()) {
+                via_handle
+            } else {
+                parent.join(&private).join("s")
+            };
+            s.bind(&SockAddr::unix(at)?)?;
+            rustix::fs::chmodat(&dir, "s", Mode::from_raw_mode(mode), AtFlags::empty())?;
+            let st = rustix::fs::statat(&dir, "s", AtFlags::SYMLINK_NOFOLLOW)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+                return Err(Error::other("the socket was replaced while binding"));
+            }
+            // Listening before it appears at the path: whoever finds it
+            // there finds it live.
+            s.listen(4096)?;
+            rustix::fs::renameat(&dir, "s", &parent_dir, name)?;
+            let file = SocketFile {
+                path: path.to_owned(),
+                inode: (st.st_dev, st.st_ino),
+            };
+            Ok((s, file))
+        })();
+        // Gone after the rename; the socket of a failed attempt otherwise.
+        let _ = rustix::fs::unlinkat(&dir, "s", AtFlags::empty());
+        made
+    });
+    // Never follows a symlink put in its place: rmdir does not.
+    let _ = rustix::fs::unlinkat(&parent_dir, private.as_str(), AtFlags::REMOVEDIR);
     let (s, file) = made?;
-    s.listen(4096)?;
     s.set_nonblocking(true)?;
     Ok((s.into(), file))
 }
