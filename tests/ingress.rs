@@ -537,11 +537,8 @@ async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_an
         .collect();
     assert_eq!(left, vec!["auth.sock".to_owned()]);
     // Trusted as the ingress by the socket alone: no trusted_proxies.
-    let mut s = tokio::net::UnixStream::connect(&socket)
-        .await
-        .expect("connect");
     let text = unix_exchange(
-        &mut s,
+        &socket,
         "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -551,11 +548,8 @@ async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_an
             .contains("cache-control: no-store"),
         "{text}"
     );
-    let mut s = tokio::net::UnixStream::connect(&socket)
-        .await
-        .expect("connect");
     let text = unix_exchange(
-        &mut s,
+        &socket,
         "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /orders\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -629,9 +623,13 @@ async fn a_unix_socket_listener_is_made_with_its_mode_replaces_a_stale_socket_an
     assert!(err.contains("backlog is full"), "{err}");
 }
 
-/// Writes `request` and reads the whole answer (the request closes).
-async fn unix_exchange(s: &mut tokio::net::UnixStream, request: &str) -> String {
+/// Connects to the socket at `path`, writes `request` and reads the whole
+/// answer (the request closes).
+async fn unix_exchange(path: &Path, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -668,10 +666,7 @@ async fn the_access_log_shows_the_described_request_and_the_socket_peer() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut s = tokio::net::UnixStream::connect(&socket)
-        .await
-        .expect("connect");
-    let text = unix_exchange(&mut s, described).await;
+    let text = unix_exchange(&socket, described).await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     let mut seen = Vec::new();
     for _ in 0..100 {
@@ -714,11 +709,8 @@ async fn a_socket_path_of_the_longest_length_allowed_is_served() {
         fixture("jwks.json").display()
     );
     let (_gw, _g) = start_gateway(&yaml).await;
-    let mut s = tokio::net::UnixStream::connect(&socket)
-        .await
-        .expect("connect");
     let text = unix_exchange(
-        &mut s,
+        Path::new(&socket),
         "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: /health\r\nConnection: close\r\n\r\n",
     )
     .await;
