@@ -265,3 +265,139 @@ async fn a_request_sent_before_the_client_half_closes_is_still_answered() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(backend.hits(), 1);
 }
+
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from a
+/// kept-alive connection; `None` if the gateway closed it first.
+async fn one_response(s: &mut TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if out.len() >= end + 4 + len {
+                return Some(String::from_utf8_lossy(&out).into_owned());
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Waits up to `limit` for the gateway to close `s`; how long it took.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(limit, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(start.elapsed()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_quiet_longer_than_the_header_timeout_is_served_until_the_idle_timeout(
+) {
+    // An ingress keeps a pool of connections to the gateway: a lull longer
+    // than the 1 s header timeout must not tear them down; the 4 s idle
+    // timeout does.
+    let backend = Backend::start().await;
+    let cfg = config(backend.addr).replace(
+        "header_read_timeout: 1s\n",
+        "header_read_timeout: 1s\n  idle_timeout: 4s\n",
+    );
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let req = b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    s.write_all(req).await.expect("write");
+    let first = one_response(&mut s).await.expect("first answer");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(req).await.expect("second request");
+    let second = one_response(&mut s)
+        .await
+        .expect("the connection was closed while waiting between requests");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(backend.hits(), 2);
+    let took = closed_within(&mut s, Duration::from_secs(15))
+        .await
+        .expect("still open 15 s after the last request (idle timeout 4 s)");
+    assert!(
+        took >= Duration::from_millis(3500),
+        "closed after {took:?} of quiet, before the 4 s idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off_by_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    s.write_all(b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let first = one_response(&mut s).await.expect("first answer");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Then a head one byte every 200 ms, for up to 8 s.
+    let start = Instant::now();
+    let mut closed = false;
+    for b in b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+        .iter()
+        .chain(std::iter::repeat(&b'a'))
+    {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut s, Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            closed = true;
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(closed, "a second head sent one byte at a time is cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "cut off after {:?}, not near the 1 s header timeout",
+        start.elapsed()
+    );
+    assert_eq!(backend.hits(), 1);
+}
+
+#[tokio::test]
+async fn an_http2_connection_quiet_between_requests_is_not_cut_off_by_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let tcp = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    // HTTP/2 with prior knowledge (RFC 9113 §3.3) on the plain listener.
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        let req = hyper::Request::get("http://localhost/public/hello")
+            .body(empty())
+            .expect("request");
+        let resp = h2
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {round} on the same connection: {e}"));
+        assert_eq!(resp.status(), 200, "request {round}");
+    }
+    assert_eq!(backend.hits(), 2);
+}

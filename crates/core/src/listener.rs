@@ -23,9 +23,9 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::Limits;
 
 /// The HTTP/1 and HTTP/2 connection settings every listener shares (the
-/// gateway's and the authority's): header read timeout (slowloris, RFC 9112
-/// §2.2 leaves it to the server), header size and count limits, HTTP/2
-/// stream and reset limits (RFC 9113 §10.5).
+/// gateway's and the authority's): header size and count limits, HTTP/2
+/// stream and reset limits (RFC 9113 §10.5). The header read timeout is
+/// [`serve_limited`]'s, not hyper's: see there.
 pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -34,7 +34,13 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // and still read the answer (RFC 9112 §9.6 leaves the half-close to
         // the client); without this the request was dropped unanswered.
         .half_close(true)
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's header timer also runs while a kept-alive connection
+        // waits for its next request, so every connection quiet for
+        // `header_read_timeout` (10 s) was closed long before
+        // `idle_timeout` (60 s), and an ingress's keep-alive pool to the
+        // auth server was torn down at every lull. `serve_limited` keeps
+        // the two apart.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     b.http2()
@@ -148,29 +154,14 @@ pub async fn serve_plain_or_tls<H, Fut>(
     match tls {
         None => {
             serve_limited(
-                TokioIo::new(tracked),
-                peer,
-                &builder,
-                &limits,
-                activity,
-                shutdown,
-                handler,
+                tracked, peer, &builder, &limits, activity, shutdown, handler,
             )
             .await
         }
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await {
                 Ok(Ok(s)) => {
-                    serve_limited(
-                        TokioIo::new(s),
-                        peer,
-                        &builder,
-                        &limits,
-                        activity,
-                        shutdown,
-                        handler,
-                    )
-                    .await
+                    serve_limited(s, peer, &builder, &limits, activity, shutdown, handler).await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -181,10 +172,16 @@ pub async fn serve_plain_or_tls<H, Fut>(
 
 /// Drives one HTTP connection: requests go to `handler`; the connection is
 /// closed gracefully once idle (no request in flight, no bytes moving) for
-/// `limits.idle_timeout`, or on shutdown, and dropped if it sends nothing
-/// within `limits.header_read_timeout`. Shared by every listener.
+/// `limits.idle_timeout`, or on shutdown. Shared by every listener.
+///
+/// `limits.header_read_timeout` bounds each HTTP/1 request head (RFC 9112
+/// §2.2 leaves the slowloris guard to the server, as nginx's
+/// `client_header_timeout` and Go's `ReadHeaderTimeout` do): the first one
+/// from the moment the connection is served, each later one from its first
+/// byte. A connection over it is dropped. Waiting between requests is the
+/// idle timeout's business, not this one's.
 pub async fn serve_limited<I, H, Fut>(
-    io: TokioIo<I>,
+    io: I,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     limits: &Limits,
@@ -207,16 +204,25 @@ pub async fn serve_limited<I, H, Fut>(
             Ok::<_, Infallible>(resp)
         }
     });
+    // The first request's head is due within `header_read_timeout` of now.
+    // A client that opens a connection and sends nothing holds a slot under
+    // `limits.max_connections`: it gets the header read timeout, as a slow
+    // head does, not the idle timeout of a connection in use.
+    activity.head_begins(now_ms());
+    let io = TokioIo::new(HeadWatch {
+        inner: io,
+        activity: activity.clone(),
+        preface_seen: 0,
+    });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
     let mut closing = false;
-    // A client that opens a connection and sends nothing holds a slot
-    // under `limits.max_connections`: it gets the header read timeout, as
-    // a slow header does, not the idle timeout of a connection in use.
-    let silent = tokio::time::sleep(first_byte);
-    tokio::pin!(silent);
-    let mut watching_silence = true;
+    // Checked lazily: the deadline moves only when this timer fires (once
+    // per `header_read_timeout` at most), never on the request path.
+    let head_timer = tokio::time::sleep(first_byte);
+    tokio::pin!(head_timer);
+    let mut watching_heads = true;
     loop {
         tokio::select! {
             // The connection first, and no random branch order to draw on
@@ -233,12 +239,27 @@ pub async fn serve_limited<I, H, Fut>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut silent, if watching_silence => {
-                watching_silence = false;
-                if activity.never_moved() {
-                    tracing::debug!(peer = %peer, "closed: no request within the header read timeout");
-                    return;
+            _ = &mut head_timer, if watching_heads => {
+                if activity.http2.load(Ordering::Relaxed) {
+                    // HTTP/2 multiplexes: a connection between streams is
+                    // idle, not a slow head (RFC 9113 §9.1); `idle_timeout`
+                    // and hyper's HTTP/2 limits apply instead.
+                    watching_heads = false;
+                    continue;
                 }
+                let now = now_ms();
+                let due = match activity.head_since() {
+                    Some(since) => {
+                        let waited = Duration::from_millis(now.saturating_sub(since));
+                        if waited >= first_byte {
+                            tracing::debug!(peer = %peer, "closed: a request head not complete within the header read timeout");
+                            return;
+                        }
+                        first_byte - waited
+                    }
+                    None => first_byte,
+                };
+                head_timer.as_mut().reset(tokio::time::Instant::now() + due);
             }
             _ = tick.tick(), if !closing => {
                 if activity.idle_for() >= idle {
@@ -267,9 +288,12 @@ pub struct Activity {
     /// When the idle check last saw `moved` set or work in flight.
     last_seen_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// Set by the idle check when it clears `moved`: bytes have moved at
-    /// some point (the I/O path only ever writes `moved`).
-    moved_ever: AtomicBool,
+    /// When the request head now being read began, as [`now_ms`] + 1; 0
+    /// when none is (a request is being served, or the connection waits
+    /// between requests).
+    head_since_ms: AtomicU64,
+    /// The client spoke HTTP/2 (its connection preface, RFC 9113 §3.4).
+    http2: AtomicBool,
 }
 
 impl Default for Activity {
@@ -285,15 +309,30 @@ impl Activity {
             moved: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now_ms()),
             in_flight: AtomicUsize::new(0),
-            moved_ever: AtomicBool::new(false),
+            head_since_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 
-    /// No byte has moved either way since the connection opened.
-    fn never_moved(&self) -> bool {
-        !self.moved.load(Ordering::Relaxed)
-            && !self.moved_ever.load(Ordering::Relaxed)
-            && self.in_flight.load(Ordering::Relaxed) == 0
+    fn head_begins(&self, now: u64) {
+        self.head_since_ms.store(now + 1, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: with no request being served they are the start of
+    /// the next request's head (the clock is read once per request).
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_begins(now_ms());
+        }
+    }
+
+    fn head_since(&self) -> Option<u64> {
+        match self.head_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t - 1),
+        }
     }
 
     fn touch(&self) {
@@ -306,9 +345,6 @@ impl Activity {
     fn idle_for(&self) -> Duration {
         let now = now_ms();
         let moved = self.moved.swap(false, Ordering::Relaxed);
-        if moved {
-            self.moved_ever.store(true, Ordering::Relaxed);
-        }
         if moved || self.in_flight.load(Ordering::Relaxed) > 0 {
             self.last_seen_ms.store(now, Ordering::Relaxed);
             return Duration::ZERO;
@@ -322,6 +358,8 @@ pub struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(a: Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: hyper hands over a request only then.
+        a.head_since_ms.store(0, Ordering::Relaxed);
         InFlight(a)
     }
 }
@@ -377,6 +415,78 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
             self.activity.touch();
         }
         r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's bytes as hyper reads them (after TLS): marks where each
+/// request head begins, and whether the client speaks HTTP/2.
+struct HeadWatch<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    /// How many bytes of the HTTP/2 preface the first bytes matched; a
+    /// mismatch ends the check (`u8::MAX`).
+    preface_seen: u8,
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4); enough to
+/// tell it from any HTTP/1 request line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if matches!(r, Poll::Ready(Ok(()))) && !new.is_empty() {
+            let seen = usize::from(self.preface_seen);
+            if seen < H2_PREFACE.len() {
+                let n = new.len().min(H2_PREFACE.len() - seen);
+                self.preface_seen = if new[..n] == H2_PREFACE[seen..seen + n] {
+                    (seen + n) as u8
+                } else {
+                    u8::MAX
+                };
+                if usize::from(self.preface_seen) == H2_PREFACE.len() {
+                    self.activity.http2.store(true, Ordering::Relaxed);
+                }
+            }
+            self.activity.bytes_arrived();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

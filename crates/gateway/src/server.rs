@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -788,15 +787,7 @@ async fn handle_connection<S>(
                 listener: index,
                 hold: Some(hold),
             };
-            serve(
-                TokioIo::new(tracked),
-                info,
-                generation,
-                current,
-                activity,
-                shutdown,
-            )
-            .await
+            serve(tracked, info, generation, current, activity, shutdown).await
         }
         Some((acceptor, names)) => {
             let handshake = tokio::time::timeout(
@@ -816,15 +807,7 @@ async fn handle_connection<S>(
                         listener: index,
                         hold: Some(hold),
                     };
-                    serve(
-                        TokioIo::new(s),
-                        info,
-                        generation,
-                        current,
-                        activity,
-                        shutdown,
-                    )
-                    .await
+                    serve(s, info, generation, current, activity, shutdown).await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -841,7 +824,7 @@ struct Bound {
 }
 
 async fn serve<I>(
-    io: TokioIo<I>,
+    io: I,
     info: ConnInfo,
     generation: Arc<Generation>,
     current: Arc<ArcSwap<Generation>>,
