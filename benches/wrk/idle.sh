@@ -6,7 +6,7 @@ N=${N:-10000}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
 NG=$!
-CFG=$(gw_config 0 8443)
+CFG=$(gw_config 0 8443 "${IDLE_EXTRA:-}")
 "$BIN" run --config "$CFG" > "$WORKDIR/idle.log" 2>&1 &
 GW=$!
 trap 'kill $GW $NG 2>/dev/null; wait $GW $NG 2>/dev/null' EXIT
