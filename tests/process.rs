@@ -313,6 +313,21 @@ fn check_names_the_line_of_a_workers_count_over_16() {
 }
 
 #[test]
+fn check_names_the_line_of_a_header_or_token_limit_too_small() {
+    let (ok, err, file) = check(
+        "listeners:\n  - address: 127.0.0.1:8080\nlimits:\n  max_header_bytes: 1024\nauth:\n  max_token_bytes: 10\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: { url: \"https://idp.example.com/jwks\" }\nroutes:\n  - backends: [http://127.0.0.1:9]\n",
+    );
+    assert!(!ok);
+    for (line, what) in [(4, "at least 8192"), (6, "at least 64")] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{file}:{line}: ")) && l.contains(what)),
+            "expected {file}:{line}: ...{what}... in:\n{err}"
+        );
+    }
+}
+
+#[test]
 fn check_names_the_line_of_each_unix_socket_listener_mistake() {
     let config = |listeners: &str| {
         format!(

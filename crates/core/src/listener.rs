@@ -41,11 +41,11 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // auth server was torn down at every lull. `serve_limited` keeps
         // the two apart.
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.value)
         .max_headers(limits.max_headers);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes.value).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(256);
@@ -216,17 +216,23 @@ pub async fn serve_limited<I, H, Fut>(
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
+    let idle_check = (idle / 4).max(Duration::from_millis(250));
     let mut closing = false;
-    // Checked lazily: the deadline moves only when this timer fires (once
-    // per `header_read_timeout` at most), never on the request path.
-    let head_timer = tokio::time::sleep(first_byte);
-    tokio::pin!(head_timer);
     let mut watching_heads = true;
+    // One timer for the head deadline and the idle check. It is checked
+    // lazily (the deadline moves only when it fires, never on the request
+    // path), and like the shutdown signal it is polled only when it wakes
+    // the connection, not at each of the connection's several wake-ups per
+    // request: the shutdown signal is one `Notify` for every connection of
+    // every worker, and polling it takes its lock.
+    let mut timer = WhenWoken::new(tokio::time::sleep(first_byte.min(idle_check)));
+    let mut stop = WhenWoken::new(async move {
+        let _ = shutdown.changed().await;
+    });
     loop {
         tokio::select! {
             // The connection first, and no random branch order to draw on
-            // every wake-up (one per request at least).
+            // every wake-up (several per request).
             biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -234,39 +240,106 @@ pub async fn serve_limited<I, H, Fut>(
                 }
                 return;
             }
-            changed = shutdown.changed(), if !closing => {
-                let _ = changed;
+            () = &mut stop, if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut head_timer, if watching_heads => {
-                if activity.http2.load(Ordering::Relaxed) {
+            () = &mut timer => {
+                let mut next = idle_check;
+                if watching_heads && activity.http2.load(Ordering::Relaxed) {
                     // HTTP/2 multiplexes: a connection between streams is
                     // idle, not a slow head (RFC 9113 §9.1); `idle_timeout`
                     // and hyper's HTTP/2 limits apply instead.
                     watching_heads = false;
-                    continue;
                 }
-                let now = now_ms();
-                let due = match activity.head_since() {
-                    Some(since) => {
-                        let waited = Duration::from_millis(now.saturating_sub(since));
-                        if waited >= first_byte {
-                            tracing::debug!(peer = %peer, "closed: a request head not complete within the header read timeout");
-                            return;
+                if watching_heads {
+                    next = next.min(match activity.head_since() {
+                        Some(since) => {
+                            let waited = Duration::from_millis(now_ms().saturating_sub(since));
+                            if waited >= first_byte {
+                                tracing::debug!(peer = %peer, "closed: a request head not complete within the header read timeout");
+                                return;
+                            }
+                            first_byte - waited
                         }
-                        first_byte - waited
-                    }
-                    None => first_byte,
-                };
-                head_timer.as_mut().reset(tokio::time::Instant::now() + due);
-            }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= idle {
+                        None => first_byte,
+                    });
+                }
+                if !closing && activity.idle_for() >= idle {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                timer.reset_sleep(tokio::time::Instant::now() + next);
             }
+        }
+    }
+}
+
+/// A future polled only when it has woken its task itself (or never has
+/// been), as `FuturesUnordered` does for each of its futures; between
+/// those, polling it is one atomic swap. For the timers and signals beside
+/// a connection future that wakes its task several times per request.
+struct WhenWoken<F> {
+    fut: Pin<Box<F>>,
+    wake: Arc<WokenFlag>,
+    done: bool,
+}
+
+struct WokenFlag {
+    woken: AtomicBool,
+    task: atomic_waker::AtomicWaker,
+}
+
+impl std::task::Wake for WokenFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> WhenWoken<F> {
+    fn new(fut: F) -> Self {
+        WhenWoken {
+            fut: Box::pin(fut),
+            wake: Arc::new(WokenFlag {
+                woken: AtomicBool::new(true),
+                task: atomic_waker::AtomicWaker::new(),
+            }),
+            done: false,
+        }
+    }
+}
+
+impl WhenWoken<tokio::time::Sleep> {
+    /// Moves the timer; it is polled (and so registered) at the next poll.
+    fn reset_sleep(&mut self, at: tokio::time::Instant) {
+        self.fut.as_mut().reset(at);
+        self.done = false;
+        self.wake.woken.store(true, Ordering::Release);
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for WhenWoken<F> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.done {
+            return Poll::Pending;
+        }
+        self.wake.task.register(cx.waker());
+        if !self.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(self.wake.clone());
+        let mut inner = Context::from_waker(&waker);
+        match self.fut.as_mut().poll(&mut inner) {
+            Poll::Ready(()) => {
+                self.done = true;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

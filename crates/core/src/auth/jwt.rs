@@ -382,7 +382,7 @@ impl Verifier {
             cache: (a.token_cache_size > 0)
                 .then(|| TokenCache::new(a.token_cache_size, a.token_cache_ttl)),
             by_iss,
-            max_token_bytes: cfg.auth.max_token_bytes,
+            max_token_bytes: cfg.auth.max_token_bytes.value,
         })
     }
 

@@ -8,8 +8,9 @@ use super::*;
 pub struct AuthConfig {
     /// `realm` of the `WWW-Authenticate` challenge.
     pub realm: String,
-    /// Tokens longer than this are refused before any decoding.
-    pub max_token_bytes: usize,
+    /// Tokens longer than this many bytes (an integer, at least 64) are
+    /// refused before any decoding. Spanned so `check` can name its line.
+    pub max_token_bytes: Spanned<usize>,
     /// Verified tokens remembered (by SHA-256 of the whole token) so a
     /// repeated token skips signature verification; 0 disables. Revocation
     /// is still checked on every request.
@@ -23,7 +24,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             realm: "gatehouse".to_owned(),
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_token_bytes: unplaced(DEFAULT_MAX_TOKEN_BYTES),
             token_cache_size: 100_000,
             token_cache_ttl: Duration::from_secs(300),
         }
@@ -179,8 +180,11 @@ pub(super) fn check(c: &mut Check<'_>) {
             "auth.realm must be printable ASCII without quotes or backslashes".into(),
         );
     }
-    if cfg.auth.max_token_bytes < 64 {
-        c.push(0, "auth.max_token_bytes must be at least 64".into());
+    if cfg.auth.max_token_bytes.value < 64 {
+        c.push(
+            cfg.auth.max_token_bytes.referenced.line(),
+            "auth.max_token_bytes must be at least 64".into(),
+        );
     }
     let mut names = std::collections::HashSet::new();
     let mut iss_values = std::collections::HashSet::new();

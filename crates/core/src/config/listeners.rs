@@ -151,7 +151,8 @@ pub struct Limits {
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// Upper bound on the whole request head (HTTP/1 buffer, HTTP/2 header list).
-    pub max_header_bytes: usize,
+    /// Bytes, an integer, at least 8192; spanned so `check` can name its line.
+    pub max_header_bytes: Spanned<usize>,
     /// Upper bound on the number of request headers (HTTP/1).
     pub max_headers: usize,
     /// A connection with no request in flight and no bytes moving for this
@@ -169,7 +170,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 32 * 1024,
+            max_header_bytes: unplaced(32 * 1024),
             max_headers: 100,
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
@@ -284,8 +285,18 @@ pub(super) fn check(c: &mut Check<'_>) {
             }
         }
     }
-    if cfg.limits.max_header_bytes < 8192 {
-        c.push(0, "limits.max_header_bytes must be at least 8192".into());
+    // Zero would close every connection before its first request.
+    if cfg.limits.header_read_timeout.is_zero() || cfg.limits.idle_timeout.is_zero() {
+        c.push(
+            0,
+            "limits.header_read_timeout and limits.idle_timeout must be more than 0s".into(),
+        );
+    }
+    if cfg.limits.max_header_bytes.value < 8192 {
+        c.push(
+            cfg.limits.max_header_bytes.referenced.line(),
+            "limits.max_header_bytes must be at least 8192".into(),
+        );
     }
     if cfg.limits.max_connections == 0 {
         c.push(0, "limits.max_connections must be at least 1".into());

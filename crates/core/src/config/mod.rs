@@ -233,6 +233,15 @@ pub mod duration {
     }
 }
 
+/// A default value for a `Spanned` field: it has no line in the file.
+fn unplaced<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
 fn default_true() -> bool {
     true
 }
