@@ -121,7 +121,8 @@ FRONT=$!
 "$BIN" run --config "$W/gatehouse.yaml" > "$W/gatehouse.log" 2>&1 &
 GW=$!
 trap 'kill $GW $FRONT $OK $APP 2>/dev/null; wait $GW $FRONT $OK $APP 2>/dev/null' EXIT
-for _ in $(seq 300); do curl -s -o /dev/null http://127.0.0.1:19181/ && break; sleep 0.1; done
+# Both listeners: the socket may appear a moment after the TCP port.
+for _ in $(seq 300); do [ -S "$W/auth.sock" ] && curl -s -o /dev/null http://127.0.0.1:19181/ && break; sleep 0.1; done
 TOKEN=$(cat "$TOKENS/rs256.valid.jwt")
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:18003/)
 [ "$code" = 200 ] || { echo "nginx+gatehouse answered $code for a valid token"; exit 1; }
