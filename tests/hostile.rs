@@ -401,3 +401,19 @@ async fn an_http2_connection_quiet_between_requests_is_not_cut_off_by_the_header
     }
     assert_eq!(backend.hits(), 2);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_part_way_through_the_http2_preface_is_cut_off_by_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    // The first 16 of the preface's 24 bytes (RFC 9113 §3.4), then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let took = closed_within(&mut s, Duration::from_secs(20))
+        .await
+        .expect("a half-sent HTTP/2 preface held the connection for 20 s");
+    assert!(
+        took < Duration::from_secs(5),
+        "closed after {took:?}, not near the 1 s header timeout"
+    );
+}

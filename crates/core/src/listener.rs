@@ -513,9 +513,10 @@ struct HeadWatch<S> {
     preface_seen: u8,
 }
 
-/// The start of the HTTP/2 connection preface (RFC 9113 §3.4); enough to
-/// tell it from any HTTP/1 request line.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// The HTTP/2 client connection preface (RFC 9113 §3.4). Only the whole
+/// of it lifts the head timer: a client that stops part-way is held to the
+/// header read timeout like a slow HTTP/1 head.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S: AsyncRead + Unpin> AsyncRead for HeadWatch<S> {
     fn poll_read(
