@@ -417,3 +417,156 @@ async fn a_client_that_stops_part_way_through_the_http2_preface_is_cut_off_by_th
         "closed after {took:?}, not near the 1 s header timeout"
     );
 }
+
+/// Reads (and drops) whatever arrives until the gateway closes `s`.
+async fn drained_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    r.ok().map(|()| start.elapsed())
+}
+
+/// An HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn an_http2_client_that_never_acknowledges_the_closing_ping_loses_its_connection() {
+    // At idle_timeout the gateway closes an HTTP/2 connection gracefully:
+    // GOAWAY and a PING whose acknowledgement it waits for (RFC 9113
+    // §6.8). A client that never answers must not keep its slot for ever.
+    let backend = Backend::start().await;
+    let cfg = config(backend.addr).replace(
+        "header_read_timeout: 1s\n",
+        "header_read_timeout: 1s\n  idle_timeout: 2s\n",
+    );
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    // HPACK (RFC 7541 Appendix A): :method GET, :scheme http, :path and
+    // :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x86, 0x44, 13];
+    block.extend_from_slice(b"/public/hello");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    hello.extend(h2_frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+    s.write_all(&hello).await.expect("write");
+    // The answer arrives; then the client reads on but never writes again.
+    let took = drained_until_closed(&mut s, Duration::from_secs(30))
+        .await
+        .expect("the connection was still open 30 s later (idle timeout 2 s)");
+    assert!(
+        took < Duration::from_secs(10),
+        "closed after {took:?}: idle 2 s, then 1 s for the graceful close"
+    );
+    assert_eq!(backend.hits(), 1, "the request itself was answered");
+}
+
+#[tokio::test]
+async fn a_client_trickling_the_http2_settings_is_cut_off_by_the_header_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    s.write_all(H2_PREFACE).await.expect("write");
+    let settings = h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let start = Instant::now();
+    let mut closed = false;
+    for b in settings.iter().cycle().take(60) {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut s, Duration::from_millis(300))
+            .await
+            .is_some()
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a connection setting up HTTP/2 a byte at a time is cut off"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}, not near the 1 s header timeout",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_unfinished_tls_record_after_a_request_is_cut_off_by_the_header_timeout() {
+    // Over TLS the next request's first bytes are a record's: a client
+    // trickling one that it never finishes shows no plaintext at all.
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&config(backend.addr)).await;
+    let tcp = TcpStream::connect(gw.addrs()[0]).await.expect("connect");
+    let std = tcp.into_std().expect("std");
+    let mut raw = TcpStream::from_std(std.try_clone().expect("clone")).expect("raw");
+    let tcp = TcpStream::from_std(std).expect("tcp");
+    let connector = tokio_rustls::TlsConnector::from(tls_client_config(b"http/1.1"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // An application-data record header announcing 16 KiB, then a byte
+    // every 300 ms.
+    let start = Instant::now();
+    raw.write_all(&[0x17, 0x03, 0x03, 0x40, 0x00])
+        .await
+        .expect("write");
+    let mut closed = false;
+    for _ in 0..40 {
+        if raw.write_all(&[0]).await.is_err()
+            || drained_until_closed(&mut raw, Duration::from_millis(300))
+                .await
+                .is_some()
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a TLS record trickled a byte at a time holds the connection"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}, not near the 1 s header timeout",
+        start.elapsed()
+    );
+    drop(tls);
+}

@@ -68,7 +68,7 @@ run_gw
 echo "with a 1M snapshot arriving 4 s into the run (wrk started $(date -u +%T)):"
 (sleep 4; "$BIN" authority --config "$AUTH_DIR/authority.yaml" > "$WORKDIR/swap-authority.log" 2>&1) & AP=$!
 wrk -t2 -c64 -d"${DURATION:-25s}" --latency -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8443/ | grep -E "Requests/sec|50%|99%|Non-2xx|Socket"
-grep -E "snapshot applied" "$WORKDIR/swap-gw.log" | tail -1
+grep -E "snapshot" "$WORKDIR/swap-gw.log" | tail -1
 pkill -f "authority --config $AUTH_DIR/authority.yaml"
 # wait for it to close its store (the next run opens it again)
 while pgrep -f "authority --config $AUTH_DIR/authority.yaml" >/dev/null; do sleep 0.2; done

@@ -217,7 +217,8 @@ pub async fn serve_limited<I, H, Fut>(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let idle_check = (idle / 4).max(Duration::from_millis(250));
-    let mut closing = false;
+    // When a graceful close began (idle, or the server shutting down).
+    let mut closing_since: Option<tokio::time::Instant> = None;
     let mut watching_heads = true;
     // One timer for the head deadline and the idle check. It is checked
     // lazily (the deadline moves only when it fires, never on the request
@@ -240,34 +241,51 @@ pub async fn serve_limited<I, H, Fut>(
                 }
                 return;
             }
-            () = &mut stop, if !closing => {
-                closing = true;
+            () = &mut stop, if closing_since.is_none() => {
+                closing_since = Some(tokio::time::Instant::now());
                 conn.as_mut().graceful_shutdown();
             }
             () = &mut timer => {
                 let mut next = idle_check;
-                if watching_heads && activity.http2.load(Ordering::Relaxed) {
-                    // HTTP/2 multiplexes: a connection between streams is
-                    // idle, not a slow head (RFC 9113 §9.1); `idle_timeout`
-                    // and hyper's HTTP/2 limits apply instead.
-                    watching_heads = false;
-                }
                 if watching_heads {
-                    next = next.min(match activity.head_since() {
+                    match activity.head_since() {
+                        // HTTP/2 multiplexes: once its first request has
+                        // come, a connection between streams is idle, not
+                        // a slow head (RFC 9113 §9.1); `idle_timeout` and
+                        // hyper's HTTP/2 limits apply from then on. Until
+                        // then the preface, SETTINGS and first request are
+                        // due within the header read timeout, as an
+                        // HTTP/1 connection's first head is.
+                        None if activity.http2.load(Ordering::Relaxed) => watching_heads = false,
+                        None => next = next.min(first_byte),
                         Some(since) => {
                             let waited = Duration::from_millis(now_ms().saturating_sub(since));
                             if waited >= first_byte {
                                 tracing::debug!(peer = %peer, "closed: a request head not complete within the header read timeout");
                                 return;
                             }
-                            first_byte - waited
+                            next = next.min(first_byte - waited);
                         }
-                        None => first_byte,
-                    });
+                    }
                 }
-                if !closing && activity.idle_for() >= idle {
-                    closing = true;
+                // Time with no request in flight and no byte moving.
+                let quiet = activity.idle_for();
+                if closing_since.is_none() && quiet >= idle {
+                    closing_since = Some(tokio::time::Instant::now());
                     conn.as_mut().graceful_shutdown();
+                }
+                if let Some(t) = closing_since {
+                    // An HTTP/2 graceful close waits for the client to
+                    // acknowledge a PING (RFC 9113 §6.8); a client that
+                    // never does would keep its slot for ever. A close not
+                    // done within the header read timeout, on a connection
+                    // as quiet for as long (nothing in flight, no byte
+                    // moving: not a long download), is forced.
+                    if t.elapsed() >= first_byte && quiet >= first_byte {
+                        tracing::debug!(peer = %peer, "closed: the client did not complete a graceful close");
+                        return;
+                    }
+                    next = next.min(first_byte);
                 }
                 timer.reset_sleep(tokio::time::Instant::now() + next);
             }
@@ -395,6 +413,7 @@ impl Activity {
     /// the next request's head (the clock is read once per request).
     fn bytes_arrived(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
             && self.head_since_ms.load(Ordering::Relaxed) == 0
         {
             self.head_begins(now_ms());
@@ -460,6 +479,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            // Under TLS these are the record's bytes: a client trickling
+            // an unfinished record of its next request shows no plaintext
+            // above TLS, so its head's time starts here.
+            self.activity.bytes_arrived();
         }
         r
     }

@@ -370,7 +370,8 @@ pub fn empty() -> ClientBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-fn tls_client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+/// A TLS client trusting the test CA, offering `alpn`.
+pub fn tls_client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(fixture("ca.crt.pem")).expect("ca") {
