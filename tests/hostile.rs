@@ -570,3 +570,55 @@ async fn an_unfinished_tls_record_after_a_request_is_cut_off_by_the_header_timeo
     );
     drop(tls);
 }
+
+#[tokio::test]
+async fn an_http2_client_sending_only_pings_after_its_request_is_closed_at_the_idle_timeout() {
+    // PING, SETTINGS and WINDOW_UPDATE carry no request: a client sending
+    // one every half second must not keep an idle connection, and its slot.
+    let backend = Backend::start().await;
+    let cfg = config(backend.addr).replace(
+        "header_read_timeout: 1s\n",
+        "header_read_timeout: 1s\n  idle_timeout: 2s\n",
+    );
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let mut block = vec![0x82, 0x86, 0x44, 13];
+    block.extend_from_slice(b"/public/hello");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x5, 1, &block));
+    wr.write_all(&hello).await.expect("write");
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    });
+    while !reader.is_finished() && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if wr
+            .write_all(&h2_frame(0x6, 0, 0, b"keepaliv"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        reader.is_finished(),
+        "still open after 20 s of PINGs (idle timeout 2 s)"
+    );
+    let took = reader.await.expect("reader");
+    assert!(
+        took < Duration::from_secs(10),
+        "closed after {took:?}: idle 2 s, then 1 s for the graceful close"
+    );
+    assert_eq!(backend.hits(), 1);
+}

@@ -198,10 +198,11 @@ pub async fn serve_limited<I, H, Fut>(
     let svc = service_fn(move |req| {
         let guard = InFlight::enter(act.clone());
         let fut = handler(req);
+        let activity = act.clone();
         async move {
             let resp = fut.await;
             drop(guard);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|inner| Progress { inner, activity }))
         }
     });
     // The first request's head is due within `header_read_timeout` of now.
@@ -268,8 +269,17 @@ pub async fn serve_limited<I, H, Fut>(
                         }
                     }
                 }
-                // Time with no request in flight and no byte moving.
-                let quiet = activity.idle_for();
+                // HTTP/1: time with no request in flight and no byte
+                // moving. HTTP/2: with no request in flight and no
+                // response data sent; its control frames (PING, SETTINGS,
+                // WINDOW_UPDATE, PRIORITY) carry no request, and a client
+                // sending one every second kept an idle connection and its
+                // slot for ever.
+                let quiet = if activity.http2.load(Ordering::Relaxed) {
+                    activity.streams_idle_for()
+                } else {
+                    activity.idle_for()
+                };
                 if closing_since.is_none() && quiet >= idle {
                     closing_since = Some(tokio::time::Instant::now());
                     conn.as_mut().graceful_shutdown();
@@ -385,6 +395,10 @@ pub struct Activity {
     head_since_ms: AtomicU64,
     /// The client spoke HTTP/2 (its connection preface, RFC 9113 §3.4).
     http2: AtomicBool,
+    /// Set when a request starts or ends or its response sends data;
+    /// cleared by the HTTP/2 idle check, which keeps `streams_seen_ms`.
+    streams_moved: AtomicBool,
+    streams_seen_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -402,7 +416,28 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_since_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            streams_moved: AtomicBool::new(false),
+            streams_seen_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    fn stream_moved(&self) {
+        if !self.streams_moved.load(Ordering::Relaxed) {
+            self.streams_moved.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Activity::idle_for`] counting only requests and response data,
+    /// for HTTP/2.
+    fn streams_idle_for(&self) -> Duration {
+        let now = now_ms();
+        if self.streams_moved.swap(false, Ordering::Relaxed)
+            || self.in_flight.load(Ordering::Relaxed) > 0
+        {
+            self.streams_seen_ms.store(now, Ordering::Relaxed);
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(self.streams_seen_ms.load(Ordering::Relaxed)))
     }
 
     fn head_begins(&self, now: u64) {
@@ -450,6 +485,7 @@ pub struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(a: Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.stream_moved();
         // The head is complete: hyper hands over a request only then.
         a.head_since_ms.store(0, Ordering::Relaxed);
         InFlight(a)
@@ -459,7 +495,39 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.stream_moved();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that marks [`Activity`] whenever it yields a frame: on
+/// HTTP/2, a download in progress is what keeps a connection from idle.
+struct Progress {
+    inner: crate::body::ProxyBody,
+    activity: Arc<Activity>,
+}
+
+impl http_body::Body for Progress {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            self.activity.stream_moved();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
