@@ -119,36 +119,9 @@ async fn slowloris_headers_are_cut_off_by_the_header_timeout() {
     let backend = Backend::start().await;
     let (gw, _dir) = start_gateway(&config(backend.addr)).await;
     let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
-    let start = Instant::now();
     let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
-    let mut closed = false;
-    for b in head.iter().chain(std::iter::repeat(&b'a')) {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(_)) => {
-                // A 408 is an acceptable way to say goodbye.
-                closed = true;
-                break;
-            }
-            Err(_) => {}
-        }
-        if start.elapsed() > Duration::from_secs(6) {
-            break;
-        }
-    }
-    assert!(closed, "a client sending one byte at a time is cut off");
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "cut off near the 1 s header timeout, not later"
-    );
+    let bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+    cut_off_near_the_header_timeout(&mut s, bytes, "a client sending one byte at a time").await;
     assert_eq!(backend.hits(), 0);
 }
 
@@ -342,34 +315,9 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off_by_the_header_
         .expect("write");
     let first = one_response(&mut s).await.expect("first answer");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    // Then a head one byte every 200 ms, for up to 8 s.
-    let start = Instant::now();
-    let mut closed = false;
-    for b in b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
-        .iter()
-        .chain(std::iter::repeat(&b'a'))
-    {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        if closed_within(&mut s, Duration::from_millis(200))
-            .await
-            .is_some()
-        {
-            closed = true;
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(8) {
-            break;
-        }
-    }
-    assert!(closed, "a second head sent one byte at a time is cut off");
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "cut off after {:?}, not near the 1 s header timeout",
-        start.elapsed()
-    );
+    let head = b"GET /public/hello HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    let bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+    cut_off_near_the_header_timeout(&mut s, bytes, "a second head sent one byte at a time").await;
     assert_eq!(backend.hits(), 1);
 }
 
@@ -434,6 +382,49 @@ async fn drained_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Dura
     r.ok().map(|()| start.elapsed())
 }
 
+/// Writes `bytes` one every 300 ms, reading (and dropping) what comes
+/// back, and asserts that the gateway closes the connection near the 1 s
+/// header timeout (within 5 s), not later and not never.
+async fn cut_off_near_the_header_timeout(
+    s: &mut TcpStream,
+    bytes: impl IntoIterator<Item = u8>,
+    what: &str,
+) {
+    let start = Instant::now();
+    for b in bytes {
+        let closed = s.write_all(&[b]).await.is_err()
+            || drained_until_closed(s, Duration::from_millis(300))
+                .await
+                .is_some();
+        if closed {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{what}: cut off after {:?}, not near the 1 s header timeout",
+                start.elapsed()
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{what}: still open after 8 s"
+        );
+    }
+}
+
+/// The HTTP/2 preface, an empty SETTINGS and one GET of `/public/hello`
+/// (HPACK, RFC 7541 Appendix A: :method GET, :scheme http, then :path and
+/// :authority as literals with indexed names).
+fn h2_hello() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x44, 13];
+    block.extend_from_slice(b"/public/hello");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    hello
+}
+
 /// An HTTP/2 frame (RFC 9113 §4.1).
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -457,16 +448,7 @@ async fn an_http2_client_that_never_acknowledges_the_closing_ping_loses_its_conn
     );
     let (gw, _dir) = start_gateway(&cfg).await;
     let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
-    // HPACK (RFC 7541 Appendix A): :method GET, :scheme http, :path and
-    // :authority as literals with indexed names.
-    let mut block = vec![0x82, 0x86, 0x44, 13];
-    block.extend_from_slice(b"/public/hello");
-    block.extend_from_slice(&[0x41, 9]);
-    block.extend_from_slice(b"localhost");
-    let mut hello = H2_PREFACE.to_vec();
-    hello.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
-    hello.extend(h2_frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
-    s.write_all(&hello).await.expect("write");
+    s.write_all(&h2_hello()).await.expect("write");
     // The answer arrives; then the client reads on but never writes again.
     let took = drained_until_closed(&mut s, Duration::from_secs(30))
         .await
@@ -485,30 +467,8 @@ async fn a_client_trickling_the_http2_settings_is_cut_off_by_the_header_timeout(
     let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
     s.write_all(H2_PREFACE).await.expect("write");
     let settings = h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
-    let start = Instant::now();
-    let mut closed = false;
-    for b in settings.iter().cycle().take(60) {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        if closed_within(&mut s, Duration::from_millis(300))
-            .await
-            .is_some()
-        {
-            closed = true;
-            break;
-        }
-    }
-    assert!(
-        closed,
-        "a connection setting up HTTP/2 a byte at a time is cut off"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "cut off after {:?}, not near the 1 s header timeout",
-        start.elapsed()
-    );
+    let bytes = settings.iter().copied().cycle();
+    cut_off_near_the_header_timeout(&mut s, bytes, "HTTP/2 set up a byte at a time").await;
 }
 
 #[tokio::test]
@@ -542,32 +502,13 @@ async fn an_unfinished_tls_record_after_a_request_is_cut_off_by_the_header_timeo
         "{}",
         String::from_utf8_lossy(&got)
     );
-    // An application-data record header announcing 16 KiB, then a byte
-    // every 300 ms.
-    let start = Instant::now();
-    raw.write_all(&[0x17, 0x03, 0x03, 0x40, 0x00])
-        .await
-        .expect("write");
-    let mut closed = false;
-    for _ in 0..40 {
-        if raw.write_all(&[0]).await.is_err()
-            || drained_until_closed(&mut raw, Duration::from_millis(300))
-                .await
-                .is_some()
-        {
-            closed = true;
-            break;
-        }
-    }
-    assert!(
-        closed,
-        "a TLS record trickled a byte at a time holds the connection"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "cut off after {:?}, not near the 1 s header timeout",
-        start.elapsed()
-    );
+    // An application-data record header announcing 16 KiB, then its
+    // bytes one at a time, never all of them.
+    let bytes = [0x17, 0x03, 0x03, 0x40, 0x00]
+        .into_iter()
+        .chain(std::iter::repeat(0));
+    cut_off_near_the_header_timeout(&mut raw, bytes, "a TLS record trickled a byte at a time")
+        .await;
     drop(tls);
 }
 
@@ -583,14 +524,7 @@ async fn an_http2_client_sending_only_pings_after_its_request_is_closed_at_the_i
     let (gw, _dir) = start_gateway(&cfg).await;
     let s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
     let (mut rd, mut wr) = s.into_split();
-    let mut block = vec![0x82, 0x86, 0x44, 13];
-    block.extend_from_slice(b"/public/hello");
-    block.extend_from_slice(&[0x41, 9]);
-    block.extend_from_slice(b"localhost");
-    let mut hello = H2_PREFACE.to_vec();
-    hello.extend(h2_frame(0x4, 0, 0, &[]));
-    hello.extend(h2_frame(0x1, 0x5, 1, &block));
-    wr.write_all(&hello).await.expect("write");
+    wr.write_all(&h2_hello()).await.expect("write");
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 4096];
