@@ -164,15 +164,17 @@ async fn absolute_form_and_connect_requests_are_judged_like_any_other() {
 }
 
 /// A body trickled in a byte at a time: the request does not hold the
-/// backend (and the gateway) forever; the route timeout answers 504.
+/// backend (and the gateway) for ever. When the route's `timeout` (1 s
+/// here) runs out with the body still arriving, the time went on the
+/// client's slowness: 408, not the 504 of a slow backend.
 #[tokio::test]
-async fn slow_bodies_are_cut_off_by_the_route_timeout() {
+async fn a_body_still_arriving_when_the_route_timeout_runs_out_is_answered_408() {
     let backend = Backend::start().await;
     let (gw, _dir) = start_gateway(&config(backend.addr)).await;
     let token = mint(Algorithm::RS256, "slow-body");
     let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
     let head = format!(
-        "POST /slow-body HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
+        "POST /trickled-body HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.expect("write");
     let start = Instant::now();
@@ -193,11 +195,82 @@ async fn slow_bodies_are_cut_off_by_the_route_timeout() {
     }
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(
-        answer.starts_with("HTTP/1.1 504"),
+        answer.starts_with("HTTP/1.1 408"),
         "slow body answered {answer:?} after {:?}",
         start.elapsed()
     );
     assert!(start.elapsed() < Duration::from_secs(4));
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
+
+fn body_timeout_config(backend: SocketAddr) -> String {
+    config(backend).replace(
+        "  header_read_timeout: 1s\n",
+        "  header_read_timeout: 1s\n  body_read_timeout: 1s\n",
+    )
+}
+
+/// A client that sends part of its body and stops: the route `/upload`
+/// has the default 60 s timeout, but `limits.body_read_timeout` (1 s
+/// here) answers 408 and closes the connection, as nginx's
+/// `client_body_timeout` does, instead of holding the request and its
+/// backend connection for a minute and then blaming the backend (504).
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_answered_408_at_the_body_read_timeout() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&body_timeout_config(backend.addr)).await;
+    let token = mint(Algorithm::RS256, "stalled-body");
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let head = format!(
+        "POST /upload/stalled HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n0123456789"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        read.is_ok(),
+        "the connection was still open after 10 s: {answer:?}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body was answered {answer:?} after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "answered before the body read timeout: {:?}",
+        start.elapsed()
+    );
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+/// The body read timeout is the wait between two reads, not a limit on the
+/// whole body: a body arriving a byte every 0.4 s for over 3 s, against a
+/// 1 s `body_read_timeout`, reaches the backend whole.
+#[tokio::test]
+async fn a_slow_but_steady_request_body_reaches_the_backend_whole() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&body_timeout_config(backend.addr)).await;
+    let token = mint(Algorithm::RS256, "steady-body");
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let head = format!(
+        "POST /upload/steady HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"x").await.expect("write a body byte");
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("received 8 bytes"), "{answer}");
 }
 
 #[tokio::test]

@@ -1402,6 +1402,39 @@ async fn slow_headers_at_the_authority_are_cut_off_by_the_header_timeout() {
     assert_eq!(a.status, StatusCode::OK);
 }
 
+/// A logout whose body stops part way (a client, or an identity provider's
+/// back-channel call, that hangs): before, its connection had a request in
+/// flight, so was never idle, and held its slot for ever. Now the wait for
+/// the next bytes of a body is `limits.body_read_timeout`: 408, closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_body_that_stops_arriving_is_answered_408_and_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), |a| {
+        a.with("limits", "{ body_read_timeout: 1s }")
+    });
+    let mut s = tokio::net::TcpStream::connect(auth.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"token\": \"",
+    )
+    .await
+    .expect("write");
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "still open after 10 s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "answered before the body read timeout: {:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -44,7 +44,7 @@ impl Api {
             Ok(w) => w,
             Err(r) => return r.into(),
         };
-        let body = match read_body(req, SMALL_BODY).await {
+        let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
             Ok(b) => b,
             Err(r) => return r.into(),
         };
@@ -127,7 +127,7 @@ impl Api {
             Ok(w) => w,
             Err(r) => return r.into(),
         };
-        let body = match read_body(req, SMALL_BODY).await {
+        let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
             Ok(b) => b,
             Err(r) => return r.into(),
         };
@@ -219,7 +219,7 @@ impl Api {
         let (token, id_token) = match header_token {
             Some(t) => (t, false),
             None => {
-                let body = match read_body(req, SMALL_BODY).await {
+                let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
                     Ok(b) => b,
                     Err(r) => return r.into(),
                 };
@@ -349,7 +349,7 @@ impl Api {
             Ok(w) => w,
             Err(r) => return r.into(),
         };
-        let body = match read_body(req, SMALL_BODY).await {
+        let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
             Ok(b) => b,
             Err(r) => {
                 tracing::warn!(target: "gatehouse::authority", reason = "body too large or unreadable", "back-channel logout refused");

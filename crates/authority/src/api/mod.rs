@@ -92,6 +92,9 @@ pub struct Api {
     max_sessions: Option<usize>,
     /// Largest admin batch body (`limits.max_body_bytes`).
     max_batch_body: usize,
+    /// `limits.body_read_timeout`: the longest wait for the next bytes of
+    /// a request body.
+    body_read_timeout: Duration,
     /// The newest change-log position known; long-polls wait on it.
     seq: Arc<watch::Sender<Pos>>,
     /// The gateways reading the feed and what each has applied.
@@ -181,6 +184,7 @@ impl Api {
             },
             max_sessions: cfg.max_sessions_per_subject,
             max_batch_body: usize::try_from(cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
+            body_read_timeout: cfg.limits.body_read_timeout,
             seq,
             gateways,
             commits,
@@ -331,8 +335,10 @@ impl Api {
 /// The whole body, up to `limit` bytes. A declared `Content-Length` over
 /// the limit is refused before anything is read (RFC 9110 §15.5.14, 413);
 /// so is a body that grows past it. Either way hyper then closes the
-/// connection rather than reading the rest.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
+/// connection rather than reading the rest. A body whose next bytes take
+/// longer than `gap` (`limits.body_read_timeout`) is answered 408: it
+/// would otherwise hold its connection, never idle, for ever.
+async fn read_body(req: Request<Incoming>, limit: usize, gap: Duration) -> Result<Bytes, Refusal> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -341,8 +347,10 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusa
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Refusal::TooLarge);
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let (body, _) = gatehouse_core::body::ClientBody::new(req.into_body(), gap);
+    match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
+        Err(e) if gatehouse_core::body::stalled(&*e) => Err(Refusal::RequestTimeout),
         Err(_) => Err(Refusal::TooLarge),
     }
 }

@@ -27,6 +27,9 @@ pub enum Refusal {
     /// 413 `invalid_request` (RFC 9110 §15.5.14): a body over the
     /// endpoint's limit, refused before it is read.
     TooLarge,
+    /// 408 `request_timeout` (RFC 9110 §15.5.9), with `Connection:
+    /// close`: the body stopped arriving for `limits.body_read_timeout`.
+    RequestTimeout,
     /// 503 `temporarily_unavailable`: the store could not be written or
     /// read. Logged with the cause; nothing is acknowledged.
     Unavailable(anyhow::Error),
@@ -58,6 +61,11 @@ impl Refusal {
                 "invalid_request",
                 "body too large or unreadable".into(),
             ),
+            Refusal::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time".into(),
+            ),
             Refusal::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -82,6 +90,12 @@ impl From<Refusal> for Resp {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gatehouse-authority\""),
             );
+        }
+        if matches!(r, Refusal::RequestTimeout) {
+            // The rest of the body may still come: this connection cannot
+            // carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -101,7 +101,7 @@ impl Api {
             Ok(w) => w,
             Err(r) => return r.into(),
         };
-        let body = match read_body(req, self.max_batch_body).await {
+        let body = match read_body(req, self.max_batch_body, self.body_read_timeout).await {
             Ok(b) => b,
             Err(r) => return r.into(),
         };

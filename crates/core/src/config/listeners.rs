@@ -150,6 +150,11 @@ pub struct Limits {
     /// Time allowed to receive a request's headers (slowloris guard).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body once it has
+    /// begun (nginx's `client_body_timeout`); over it the request is
+    /// answered 408 and its connection closed.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
     /// Upper bound on the whole request head (HTTP/1 buffer, HTTP/2 header list).
     /// Bytes, an integer, at least 8192; spanned so `check` can name its line.
     pub max_header_bytes: Spanned<usize>,
@@ -170,6 +175,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             max_header_bytes: unplaced(32 * 1024),
             max_headers: 100,
             idle_timeout: Duration::from_secs(60),
@@ -286,10 +292,13 @@ pub(super) fn check(c: &mut Check<'_>) {
         }
     }
     // Zero would close every connection before its first request.
-    if cfg.limits.header_read_timeout.is_zero() || cfg.limits.idle_timeout.is_zero() {
+    if cfg.limits.header_read_timeout.is_zero()
+        || cfg.limits.idle_timeout.is_zero()
+        || cfg.limits.body_read_timeout.is_zero()
+    {
         c.push(
             0,
-            "limits.header_read_timeout and limits.idle_timeout must be more than 0s".into(),
+            "limits.header_read_timeout, limits.body_read_timeout and limits.idle_timeout must be more than 0s".into(),
         );
     }
     if cfg.limits.max_header_bytes.value < 8192 {

@@ -77,6 +77,9 @@ pub struct Proxy {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Per listener: `Some` where it is an ingress's auth server.
     auth_servers: Vec<Option<gatehouse_core::config::AuthServerConfig>>,
+    /// `limits.body_read_timeout`: the longest wait for the next bytes of
+    /// a request body.
+    body_read_timeout: std::time::Duration,
 }
 
 impl Proxy {
@@ -98,6 +101,7 @@ impl Proxy {
             realm: cfg.auth.realm.clone(),
             no_route: Arc::from("-"),
             trusted_proxies: cfg.trusted_proxies.iter().map(|n| n.0).collect(),
+            body_read_timeout: cfg.limits.body_read_timeout,
             auth_servers: cfg
                 .listeners
                 .iter()
@@ -258,14 +262,17 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
 
-        let body = Limited::new(
-            body,
-            usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX),
-        )
-        .boxed();
+        let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
+        // A request without a body (most) needs no timer.
+        let (body, state) = if http_body::Body::is_end_stream(&body) {
+            (Limited::new(body, limit).boxed(), None)
+        } else {
+            let (body, state) = gatehouse_core::body::ClientBody::new(body, self.body_read_timeout);
+            (Limited::new(body, limit).boxed(), Some(state))
+        };
         let mut resp = route
             .upstream
-            .send(idx, Request::from_parts(parts, body))
+            .send(idx, Request::from_parts(parts, body), state.as_ref())
             .await?;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

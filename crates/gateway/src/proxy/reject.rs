@@ -28,6 +28,10 @@ pub enum Reject {
     /// the route's required scopes for the `scope` attribute.
     InsufficientScope(String),
     BodyTooLarge,
+    /// The client's request body stalled (`limits.body_read_timeout`), or
+    /// was still arriving when the route's `timeout` ran out: 408 and the
+    /// connection is closed (RFC 9110 §15.5.9).
+    RequestTimeout,
     /// An auth-server request from an address that is not a configured
     /// ingress (`trusted_proxies`): it may not describe requests.
     UntrustedIngress,
@@ -50,6 +54,7 @@ impl Reject {
             Reject::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::UntrustedIngress => StatusCode::FORBIDDEN,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +77,7 @@ impl Reject {
             Reject::RevocationUnavailable => "revocation_unavailable",
             Reject::InsufficientScope(_) => "insufficient_scope",
             Reject::BodyTooLarge => "body_too_large",
+            Reject::RequestTimeout => "request_timeout",
             Reject::UntrustedIngress => "untrusted_ingress",
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout => "gateway_timeout",
@@ -105,6 +111,9 @@ impl Reject {
                 "the token lacks a required scope or role",
             ),
             Reject::BodyTooLarge => ("request_too_large", "request body is too large"),
+            Reject::RequestTimeout => {
+                ("request_timeout", "the request body did not arrive in time")
+            }
             Reject::UntrustedIngress => (
                 "forbidden",
                 "only a configured ingress may ask this auth server",
@@ -160,6 +169,12 @@ impl Reject {
             Reject::InvalidToken(AuthError::KeysUnavailable) | Reject::RevocationUnavailable
         ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if matches!(self, Reject::RequestTimeout) {
+            // The rest of the body may still come: the connection cannot
+            // carry another request (RFC 9110 §15.5.9). Dropped on HTTP/2,
+            // where the stream alone ends.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -175,17 +175,22 @@ impl Upstream {
     }
 
     /// Sends the request (origin-form URI, `Host` set) to backend `idx`
-    /// and waits for the response head, mapping failures to 502/504.
+    /// and waits for the response head, mapping failures to 502/504, and
+    /// to 408 those of a client body (`client`) too slow to arrive.
     pub async fn send(
         &self,
         idx: usize,
         req: Request<ProxyBody>,
+        client: Option<&gatehouse_core::body::BodyState>,
     ) -> Result<Response<ProxyBody>, Reject> {
         let Some(backend) = self.backends.get(idx) else {
             return Err(Reject::BadGateway);
         };
         let pool = &self.pools[WORKER.with(|w| w.get()) % POOLS][idx];
         match tokio::time::timeout(self.timeout, self.exchange(backend, pool, req)).await {
+            // The route's time ran out while the client's body was still
+            // on its way: the client was too slow, not the backend.
+            Err(_) if client.is_some_and(|c| c.waiting_on_client()) => Err(Reject::RequestTimeout),
             Err(_) => {
                 self.count_error("timeout");
                 Err(Reject::GatewayTimeout)
@@ -213,6 +218,12 @@ impl Upstream {
                 } else {
                     Reject::BadGateway
                 })
+            }
+            Ok(Err(SendError::Http(e))) if gatehouse_core::body::stalled(&e) => {
+                // The client left its body unfinished for longer than
+                // `limits.body_read_timeout`: its fault, not the backend's.
+                tracing::debug!(error = %e, "client request body stalled");
+                Err(Reject::RequestTimeout)
             }
             Ok(Err(SendError::Http(e))) if is_client_body_error(&e) && !is_body_limit(&e) => {
                 // The client's own body was broken (bad chunk framing, cut
