@@ -160,6 +160,21 @@ async fn gatehouse_trusting(
     gatehouse::authority::AuthorityHandle,
     tempfile::TempDir,
 ) {
+    gatehouse_tuned(ingress, dir, trusted, address, |y| y).await
+}
+
+/// As [`gatehouse_trusting`], with `tune` applied to the gateway's YAML.
+async fn gatehouse_tuned(
+    ingress: &str,
+    dir: &Path,
+    trusted: &str,
+    address: &str,
+    tune: impl FnOnce(String) -> String,
+) -> (
+    std::sync::Arc<gatehouse::server::Gateway>,
+    gatehouse::authority::AuthorityHandle,
+    tempfile::TempDir,
+) {
     crypto();
     let auth_path = dir.join("authority.yaml");
     let rs256 = yaml::Issuer::test()
@@ -196,7 +211,7 @@ async fn gatehouse_trusting(
              - path_prefix: /\n    public_paths: [/health]\n    identity_headers:\n      - {{ claim: sub, header: X-Auth-Subject }}\n      - {{ claim: email, header: X-Auth-Email }}\n"
         ),
     );
-    let (gw, gdir) = start_gateway(&yaml).await;
+    let (gw, gdir) = start_gateway(&tune(yaml)).await;
     (gw, authority, gdir)
 }
 
@@ -501,6 +516,69 @@ async fn an_auth_server_refuses_descriptions_from_an_address_that_is_not_an_ingr
     .await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("only a configured ingress"), "{text}");
+}
+
+/// A route with browser login (`login`) asked about through an ingress:
+/// the auth server cannot run the login (an ingress passes on only 2xx,
+/// 401 and 403 of its auth server; a redirect or a login page would be an
+/// error or a pass), so it answers as for a missing token: 401 with the
+/// bare challenge, never an allow, a redirect or a `Set-Cookie`. A
+/// session cookie that does not open (forged, or sealed by other keys)
+/// changes nothing.
+#[tokio::test]
+async fn a_login_route_asked_about_by_an_ingress_is_refused_without_a_redirect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session_key = dir.path().join("session.key");
+    std::fs::write(&session_key, [7u8; 32]).expect("write");
+    let secret = dir.path().join("web.secret");
+    std::fs::write(&secret, "web-secret").expect("write");
+    let (gw, _a, _g) = gatehouse_tuned("nginx", dir.path(), "127.0.0.1/32", "127.0.0.1:0", |y| {
+        let y = y.replace(
+            "routes:\n",
+            &format!(
+                "routes:\n  - path_prefix: /portal\n    backends: [http://127.0.0.1:9]\n    login: {{ issuer: {ISS}, client_id: web, client_secret: {{ file: {} }}, \
+                 callback_path: /portal/callback, logout_path: /portal/logout, \
+                 authorization_endpoint: http://127.0.0.1:9/authorize, token_endpoint: http://127.0.0.1:9/token }}\n",
+                secret.display()
+            ),
+        );
+        format!(
+            "{y}sessions:\n  keys: [{{ file: {} }}]\n",
+            session_key.display()
+        )
+    })
+    .await;
+    let ask = |target: &str, extra: &str| {
+        format!(
+            "GET /auth HTTP/1.1\r\nHost: app.test\r\nX-Original-Method: GET\r\nX-Original-URI: {target}\r\n{extra}Connection: close\r\n\r\n"
+        )
+    };
+    for (target, extra) in [
+        ("/portal/", ""),
+        ("/portal/callback?code=x&state=y", ""),
+        ("/portal/", "Cookie: __Host-gatehouse=forged.value\r\n"),
+    ] {
+        let (status, text) = raw_request(gw.addrs()[0], &ask(target, extra)).await;
+        assert_eq!(status, 401, "{target}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("www-authenticate: bearer realm="),
+            "{target}: {text}"
+        );
+        assert!(!lower.contains("location:"), "{target}: {text}");
+        assert!(!lower.contains("set-cookie:"), "{target}: {text}");
+        assert!(!lower.contains("x-auth-subject"), "{target}: {text}");
+    }
+    // A bearer token still opens the route, as in proxy mode.
+    let alice = token_with(|c| {
+        c.insert("sub".into(), json!("alice"));
+    });
+    let (status, text) = raw_request(
+        gw.addrs()[0],
+        &ask("/portal/", &format!("{}\r\n", auth(&alice))),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
 }
 
 /// The socket file's life: made with the configured mode before anyone can

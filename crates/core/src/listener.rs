@@ -147,10 +147,7 @@ pub async fn serve_plain_or_tls<H, Fut>(
     Fut: std::future::Future<Output = http::Response<crate::body::ProxyBody>> + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let tracked = Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    };
+    let tracked = Tracked::new(stream, activity.clone());
     match tls {
         None => {
             serve_limited(
@@ -210,10 +207,12 @@ pub async fn serve_limited<I, H, Fut>(
     // `limits.max_connections`: it gets the header read timeout, as a slow
     // head does, not the idle timeout of a connection in use.
     activity.head_begins(now_ms());
-    let io = TokioIo::new(HeadWatch {
+    let io = TokioIo::new(Watched {
         inner: io,
-        activity: activity.clone(),
-        preface_seen: 0,
+        watch: Heads {
+            activity: activity.clone(),
+            preface_seen: 0,
+        },
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -531,73 +530,55 @@ impl http_body::Body for Progress {
     }
 }
 
+/// A stream whose reads and writes are reported to `W`: what a
+/// connection's timers learn of its bytes. One of each kind of stream
+/// wrapper, so they delegate reads and writes the same way.
+pub struct Watched<S, W> {
+    inner: S,
+    watch: W,
+}
+
+/// What a [`Watched`] stream reports to.
+pub trait Watch: Unpin {
+    /// `new` bytes were read (never empty).
+    fn read(&mut self, new: &[u8]);
+    /// Bytes were written.
+    fn wrote(&self) {}
+}
+
+/// The raw socket's bytes: any byte moving keeps an HTTP/1 connection
+/// from idle.
+pub struct RawBytes(Arc<Activity>);
+
+impl Watch for RawBytes {
+    fn read(&mut self, _new: &[u8]) {
+        self.0.touch();
+        // Under TLS these are the record's bytes: a client trickling an
+        // unfinished record of its next request shows no plaintext above
+        // TLS, so its head's time starts here.
+        self.0.bytes_arrived();
+    }
+
+    fn wrote(&self) {
+        self.0.touch();
+    }
+}
+
 /// A stream that stamps [`Activity`] whenever bytes move.
-pub struct Tracked<S> {
-    pub inner: S,
-    pub activity: Arc<Activity>,
-}
+pub type Tracked<S> = Watched<S, RawBytes>;
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-            // Under TLS these are the record's bytes: a client trickling
-            // an unfinished record of its next request shows no plaintext
-            // above TLS, so its head's time starts here.
-            self.activity.bytes_arrived();
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Watched {
+            inner,
+            watch: RawBytes(activity),
         }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 /// The connection's bytes as hyper reads them (after TLS): marks where each
 /// request head begins, and whether the client speaks HTTP/2.
-struct HeadWatch<S> {
-    inner: S,
+struct Heads {
     activity: Arc<Activity>,
     /// How many bytes of the HTTP/2 preface the first bytes matched; a
     /// mismatch ends the check (`u8::MAX`).
@@ -609,41 +590,52 @@ struct HeadWatch<S> {
 /// header read timeout like a slow HTTP/1 head.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-impl<S: AsyncRead + Unpin> AsyncRead for HeadWatch<S> {
+impl Watch for Heads {
+    fn read(&mut self, new: &[u8]) {
+        let seen = usize::from(self.preface_seen);
+        if seen < H2_PREFACE.len() {
+            let n = new.len().min(H2_PREFACE.len() - seen);
+            self.preface_seen = if new[..n] == H2_PREFACE[seen..seen + n] {
+                (seen + n) as u8
+            } else {
+                u8::MAX
+            };
+            if usize::from(self.preface_seen) == H2_PREFACE.len() {
+                self.activity.http2.store(true, Ordering::Relaxed);
+            }
+        }
+        self.activity.bytes_arrived();
+    }
+}
+
+impl<S: AsyncRead + Unpin, W: Watch> AsyncRead for Watched<S, W> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
         if matches!(r, Poll::Ready(Ok(()))) && !new.is_empty() {
-            let seen = usize::from(self.preface_seen);
-            if seen < H2_PREFACE.len() {
-                let n = new.len().min(H2_PREFACE.len() - seen);
-                self.preface_seen = if new[..n] == H2_PREFACE[seen..seen + n] {
-                    (seen + n) as u8
-                } else {
-                    u8::MAX
-                };
-                if usize::from(self.preface_seen) == H2_PREFACE.len() {
-                    self.activity.http2.store(true, Ordering::Relaxed);
-                }
-            }
-            self.activity.bytes_arrived();
+            this.watch.read(new);
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for HeadWatch<S> {
+impl<S: AsyncWrite + Unpin, W: Watch> AsyncWrite for Watched<S, W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.wrote();
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -651,7 +643,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadWatch<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.wrote();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -768,10 +768,7 @@ async fn handle_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let tracked = Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    };
+    let tracked = Tracked::new(stream, activity.clone());
     // TLS settings and limits come from the generation current at accept
     // time: a renewed certificate is served from the next handshake on.
     let generation = current.load_full();

@@ -65,7 +65,15 @@ impl Proxy {
             cert_names: None,
             ..conn.clone()
         };
-        let d = self.decide(&original, &ingress_conn, out).await?;
+        let d = match self.decide(&original, &ingress_conn, out).await {
+            Ok(d) => d,
+            // An ingress passes on only its auth server's 2xx, 401 and
+            // 403: a browser login (a redirect, a callback, a cookie) cannot
+            // be run from here. Without a token or a session it is a
+            // missing token, and logged as one, not as a redirect.
+            Err(Reject::Login(_)) => return Err(Reject::MissingToken),
+            Err(e) => return Err(e),
+        };
         let mut resp = Response::new(
             Empty::<Bytes>::new()
                 .map_err(|never| match never {})
