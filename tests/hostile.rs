@@ -206,6 +206,162 @@ async fn a_body_still_arriving_when_the_route_timeout_runs_out_is_answered_408()
     );
 }
 
+/// A backend written by hand, for what the test backend does not do: for
+/// `/early…` it answers at once, before the body, then keeps reading that
+/// body; for `/after-body…` it reads the whole body (`Content-Length`),
+/// then takes 1.5 s to answer; anything else is answered "ok" at once.
+/// Keeps its connections alive; returns its address and a count of the
+/// connections it accepted.
+async fn hand_written_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    buf.drain(..head_end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if path.starts_with("/early") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                            .await;
+                    }
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                    if path.starts_with("/after-body") {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    if !path.starts_with("/early") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// A backend that answers before the request body has all come (an upload
+/// refused early, a redirect): its connection stays busy until the client
+/// finishes that body. It went back to the pool at the answer, and the
+/// next request, another client's, waited on it until its route timeout
+/// (504), for as long as the first client kept its body trickling.
+#[tokio::test]
+async fn a_backend_answering_before_the_body_ends_does_not_make_the_next_client_wait() {
+    let (backend, _conns) = hand_written_backend().await;
+    let (gw, _dir) = start_gateway(&config(backend)).await;
+    let token = mint(Algorithm::RS256, "early");
+    // HTTP/2 (prior knowledge): POST /early with a body left open, one
+    // byte of DATA every 200 ms.
+    let mut block = vec![0x83, 0x86, 0x44, 6];
+    block.extend_from_slice(b"/early");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    block.extend_from_slice(&[0x0f, 0x08]); // authorization (static 23), literal
+    let value = format!("Bearer {token}");
+    let mut len = value.len() - 127;
+    block.push(0x7f);
+    while len >= 128 {
+        block.push((len % 128) as u8 | 0x80);
+        len /= 128;
+    }
+    block.push(len as u8);
+    block.extend_from_slice(value.as_bytes());
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x4, 1, &block)); // END_HEADERS, body to come
+    hello.extend(h2_frame(0x0, 0, 1, b"xx"));
+    let s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(&hello).await.expect("write");
+    let drain = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    let trickle = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(&h2_frame(0x0, 0, 1, b"x")).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The backend has answered the POST; its body goes on trickling while
+    // another client asks.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let other = mint(Algorithm::RS256, "next-client");
+    let (status, text) = raw_request(
+        gw.addrs()[1],
+        &format!("GET /next HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {other}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+    trickle.abort();
+    drain.abort();
+}
+
+/// A route's `timeout` is the backend's time to answer: a client whose
+/// upload took most of it (1.5 s of a 2 s timeout, a byte every half
+/// second) leaves the backend its whole 2 s from the body's end. The
+/// backend takes 1.5 s after the body; before, that was a 504 and counted
+/// as a backend timeout.
+#[tokio::test]
+async fn a_slow_upload_does_not_use_up_the_backends_time_to_answer() {
+    let (backend, _conns) = hand_written_backend().await;
+    let cfg = config(backend).replace("    timeout: 1s\n", "    timeout: 2s\n");
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let token = mint(Algorithm::RS256, "slow-upload");
+    let mut s = TcpStream::connect(gw.addrs()[1]).await.expect("connect");
+    let head = format!(
+        "POST /after-body HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"x").await.expect("write a body byte");
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 fn body_timeout_config(backend: SocketAddr) -> String {
     config(backend).replace(
         "  header_read_timeout: 1s\n",
@@ -488,14 +644,19 @@ async fn cut_off_near_the_header_timeout(
 /// (HPACK, RFC 7541 Appendix A: :method GET, :scheme http, then :path and
 /// :authority as literals with indexed names).
 fn h2_hello() -> Vec<u8> {
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x5, 1, &h2_get_block())); // END_STREAM | END_HEADERS
+    hello
+}
+
+/// The header block of a GET of `/public/hello`.
+fn h2_get_block() -> Vec<u8> {
     let mut block = vec![0x82, 0x86, 0x44, 13];
     block.extend_from_slice(b"/public/hello");
     block.extend_from_slice(&[0x41, 9]);
     block.extend_from_slice(b"localhost");
-    let mut hello = H2_PREFACE.to_vec();
-    hello.extend(h2_frame(0x4, 0, 0, &[]));
-    hello.extend(h2_frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
-    hello
+    block
 }
 
 /// An HTTP/2 frame (RFC 9113 §4.1).
@@ -589,6 +750,29 @@ async fn an_unfinished_tls_record_after_a_request_is_cut_off_by_the_header_timeo
 async fn an_http2_client_sending_only_pings_after_its_request_is_closed_at_the_idle_timeout() {
     // PING, SETTINGS and WINDOW_UPDATE carry no request: a client sending
     // one every half second must not keep an idle connection, and its slot.
+    let backend = closed_at_the_idle_timeout_sending(|_| h2_frame(0x6, 0, 0, b"keepaliv")).await;
+    assert_eq!(backend.hits(), 1);
+}
+
+/// A client that opens a stream every half second and cancels it at once
+/// (HEADERS without END_STREAM, then RST_STREAM CANCEL) never gets an
+/// answer: those streams are not requests served, and must not keep an
+/// idle connection and its slot (they did: a stream's opening counted).
+#[tokio::test]
+async fn an_http2_client_opening_and_cancelling_streams_is_closed_at_the_idle_timeout() {
+    closed_at_the_idle_timeout_sending(|i| {
+        let stream = 3 + 2 * i;
+        let mut frames = h2_frame(0x1, 0x4, stream, &h2_get_block()); // END_HEADERS
+        frames.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // CANCEL
+        frames
+    })
+    .await;
+}
+
+/// One request, then `frame(i)` every half second: the connection must be
+/// closed by its 2 s idle timeout (and the 1 s graceful close) all the
+/// same, not held for the 20 s of the test.
+async fn closed_at_the_idle_timeout_sending(frame: impl Fn(u32) -> Vec<u8>) -> Backend {
     let backend = Backend::start().await;
     let cfg = config(backend.addr).replace(
         "header_read_timeout: 1s\n",
@@ -608,24 +792,22 @@ async fn an_http2_client_sending_only_pings_after_its_request_is_closed_at_the_i
             }
         }
     });
+    let mut i = 0;
     while !reader.is_finished() && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if wr
-            .write_all(&h2_frame(0x6, 0, 0, b"keepaliv"))
-            .await
-            .is_err()
-        {
+        if wr.write_all(&frame(i)).await.is_err() {
             break;
         }
+        i += 1;
     }
     assert!(
         reader.is_finished(),
-        "still open after 20 s of PINGs (idle timeout 2 s)"
+        "still open after 20 s (idle timeout 2 s)"
     );
     let took = reader.await.expect("reader");
     assert!(
         took < Duration::from_secs(10),
         "closed after {took:?}: idle 2 s, then 1 s for the graceful close"
     );
-    assert_eq!(backend.hits(), 1);
+    backend
 }

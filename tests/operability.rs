@@ -261,6 +261,86 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// An HTTP/2 client that cancels its request (RST_STREAM) before the
+/// answer: the backend may already have it, so it is counted and logged,
+/// as status 499 `client_closed`. It was neither: hyper drops the
+/// request's future, and the line was written only at the answer.
+#[tokio::test]
+async fn a_request_the_client_cancels_before_its_answer_is_counted_and_logged() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let admin_port = free_port();
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:{admin_port}
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - name: app
+    backends: [http://{backend}]
+    public_paths: [/slow]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    // HTTP/2 with prior knowledge: a GET of /slow (the backend takes 3 s),
+    // cancelled 300 ms later (HPACK, RFC 7541 Appendix A).
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut block = vec![0x82, 0x86, 0x44, 5];
+    block.extend_from_slice(b"/slow");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    hello.extend(frame(0x1, 0x5, 1, &block));
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(&hello).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .expect("write RST_STREAM");
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let counted = within(Duration::from_secs(5), || async {
+        let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").await.body).into_owned();
+        metric(
+            &text,
+            r#"gatehouse_requests_total{route="app",status="499",outcome="client_closed"}"#,
+        ) == 1.0
+    })
+    .await;
+    assert!(counted.is_some(), "the cancelled request was not counted");
+    let logged = within(Duration::from_secs(5), || async {
+        gw.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains("499") && l.contains("client_closed") && l.contains("/slow"))
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "no access log line for the cancelled request:\n{}",
+        gw.lines.lock().expect("lines").join("\n")
+    );
+    drop(s);
+}
+
 #[tokio::test]
 async fn metrics_count_exactly_the_requests_made() {
     let backend = Backend::start().await;

@@ -1435,6 +1435,61 @@ async fn a_logout_body_that_stops_arriving_is_answered_408_and_its_connection_cl
     );
 }
 
+/// Logout is open to anyone until its token is checked, so its body is
+/// held to `limits.body_read_timeout` as a whole, not only between two
+/// reads: 20 connections trickling a byte every 0.4 s took every slot of
+/// the authority (its health and admin calls timed out) for as long as
+/// they liked. And a body cut short is the client's malformed request
+/// (400), not "too large" (413).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_logout_body_is_answered_408_and_one_cut_short_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_process_with(dir.path(), |a| {
+        a.with("limits", "{ body_read_timeout: 1s }")
+    });
+    let head = b"POST /v1/logout HTTP/1.1\r\nHost: authority\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(auth.addr)
+        .await
+        .expect("connect");
+    s.write_all(head).await.expect("write");
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a trickled logout body was answered {answer:?} after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+
+    let mut s = tokio::net::TcpStream::connect(auth.addr)
+        .await
+        .expect("connect");
+    s.write_all(head).await.expect("write");
+    s.write_all(b"{\"token\": \"x").await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_large_logout_bodies_are_refused_early_and_memory_stays_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,7 +40,14 @@ impl std::error::Error for BodyReadTimeout {}
 /// Where the client's body stands, shared between the body (polled by the
 /// backend connection) and the request's handler.
 #[derive(Clone, Default)]
-pub struct BodyState(Arc<AtomicU8>);
+pub struct BodyState(Arc<StateInner>);
+
+#[derive(Default)]
+struct StateInner {
+    state: AtomicU8,
+    /// When the body's last frame was read.
+    complete_at: OnceLock<Instant>,
+}
 
 const READING: u8 = 0;
 const WAITING: u8 = 1;
@@ -51,12 +58,21 @@ impl BodyState {
     /// time running out now is the client's slowness, not the backend's
     /// (which, when it stops reading, leaves the body unpolled instead).
     pub fn waiting_on_client(&self) -> bool {
-        self.0.load(Ordering::Acquire) == WAITING
+        self.0.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// When the whole body had been read, if it has: the backend's time
+    /// to answer starts then, not at the request head.
+    pub fn complete_at(&self) -> Option<Instant> {
+        self.0.complete_at.get().copied()
     }
 
     fn set(&self, v: u8) {
-        if self.0.load(Ordering::Relaxed) != v {
-            self.0.store(v, Ordering::Release);
+        if self.0.state.load(Ordering::Relaxed) != v {
+            if v == COMPLETE {
+                let _ = self.0.complete_at.set(Instant::now());
+            }
+            self.0.state.store(v, Ordering::Release);
         }
     }
 }

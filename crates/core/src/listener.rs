@@ -198,7 +198,7 @@ pub async fn serve_limited<I, H, Fut>(
         let activity = act.clone();
         async move {
             let resp = fut.await;
-            drop(guard);
+            guard.answered();
             Ok::<_, Infallible>(resp.map(|inner| Progress { inner, activity }))
         }
     });
@@ -484,17 +484,23 @@ pub struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(a: Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
-        a.stream_moved();
         // The head is complete: hyper hands over a request only then.
         a.head_since_ms.store(0, Ordering::Relaxed);
         InFlight(a)
+    }
+
+    /// The request was answered: on HTTP/2 that, not its opening, is what
+    /// keeps a connection from idle. A client opening a stream every few
+    /// seconds and resetting it at once (RST_STREAM) never gets an answer,
+    /// and kept an idle connection and its slot for ever.
+    fn answered(self) {
+        self.0.stream_moved();
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.stream_moved();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -336,8 +336,11 @@ impl Api {
 /// the limit is refused before anything is read (RFC 9110 §15.5.14, 413);
 /// so is a body that grows past it. Either way hyper then closes the
 /// connection rather than reading the rest. A body whose next bytes take
-/// longer than `gap` (`limits.body_read_timeout`) is answered 408: it
-/// would otherwise hold its connection, never idle, for ever.
+/// longer than `gap` (`limits.body_read_timeout`) is answered 408, and so
+/// is a small one (`limit` of [`SMALL_BODY`]: logouts, sessions, open to
+/// anyone) not whole within `gap`: trickled a byte at a time it would
+/// otherwise hold its connection, never idle, for hours. A body cut short
+/// or badly framed is the client's malformed request (400).
 async fn read_body(req: Request<Incoming>, limit: usize, gap: Duration) -> Result<Bytes, Refusal> {
     let declared = req
         .headers()
@@ -348,10 +351,20 @@ async fn read_body(req: Request<Incoming>, limit: usize, gap: Duration) -> Resul
         return Err(Refusal::TooLarge);
     }
     let (body, _) = gatehouse_core::body::ClientBody::new(req.into_body(), gap);
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if gatehouse_core::body::stalled(&*e) => Err(Refusal::RequestTimeout),
-        Err(_) => Err(Refusal::TooLarge),
+    let whole = if limit <= SMALL_BODY {
+        gap
+    } else {
+        Duration::MAX
+    };
+    let read = Limited::new(body, limit).collect();
+    match tokio::time::timeout(whole, read).await {
+        Err(_) => Err(Refusal::RequestTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if gatehouse_core::body::stalled(&*e) => Err(Refusal::RequestTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Ok(Err(_)) => Err(Refusal::BadRequest(
+            "the request body could not be read".into(),
+        )),
     }
 }
 

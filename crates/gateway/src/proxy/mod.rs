@@ -55,6 +55,61 @@ pub struct ConnInfo {
 
 /// The access log's `peer`: the client's IP address, or `unix` for a
 /// connection on a `unix:` listener.
+/// One request's access log line and metrics, written when it is
+/// dropped: at the answer, or when the client abandons the request first.
+struct AccessRecord<'a> {
+    proxy: &'a Proxy,
+    conn: &'a ConnInfo,
+    start: Instant,
+    method: http::Method,
+    path: Option<String>,
+    out: Outcome,
+    /// The answer's status; `None` until there is one.
+    status: Option<u16>,
+}
+
+impl Drop for AccessRecord<'_> {
+    fn drop(&mut self) {
+        let out = &mut self.out;
+        let status = match self.status {
+            Some(s) => s,
+            None => {
+                out.label = "client_closed";
+                out.reason = Some("the client abandoned the request before its answer");
+                499
+            }
+        };
+        let elapsed = self.start.elapsed();
+        metrics().record_request(
+            out.route.as_ref().unwrap_or(&self.proxy.no_route),
+            status,
+            out.label,
+            elapsed.as_secs_f64(),
+        );
+        let route = out.route.as_deref().unwrap_or("-");
+        let (method, path) = match &out.described {
+            Some((m, p)) => (m, Some(p.as_str())),
+            None => (&self.method, self.path.as_deref()),
+        };
+        tracing::info!(
+            target: "gatehouse::access",
+            method = %method,
+            path = path.unwrap_or(""),
+            route,
+            status,
+            latency_us = elapsed.as_micros() as u64,
+            subject = out
+                .identity
+                .as_ref()
+                .and_then(|i| i.subject.as_deref())
+                .unwrap_or("-"),
+            outcome = out.label,
+            reason = out.reason.unwrap_or("-"),
+            peer = %Peer(self.conn),
+        );
+    }
+}
+
 struct Peer<'a>(&'a ConnInfo);
 
 impl std::fmt::Display for Peer<'_> {
@@ -111,59 +166,41 @@ impl Proxy {
     }
 
     /// Entry point from the server: runs the policy, turns a refusal into
-    /// its answer, writes the access log line.
+    /// its answer, writes the access log line. A request the client
+    /// abandons first (an HTTP/2 RST_STREAM, a closed connection: hyper
+    /// then drops this future) is logged and counted all the same, with
+    /// status 499 and outcome `client_closed` (nginx's code for it).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        // Only the path is logged: query strings carry tokens in some apps.
-        // Copied only when the access log is on (no allocation otherwise).
-        let path = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
-            .then(|| req.uri().path().to_owned());
-        let mut out = Outcome::default();
+        let mut rec = AccessRecord {
+            proxy: self,
+            conn,
+            start: Instant::now(),
+            method: req.method().clone(),
+            // Only the path is logged: query strings carry tokens in some
+            // apps. Copied only when the access log is on (no allocation
+            // otherwise).
+            path: tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
+                .then(|| req.uri().path().to_owned()),
+            out: Outcome::default(),
+            status: None,
+        };
         let answered = match self
             .auth_servers
             .get(conn.listener)
             .and_then(Option::as_ref)
         {
-            Some(a) => self.answer_auth_request(req, conn, a, &mut out).await,
-            None => self.handle_inner(req, conn, &mut out).await,
+            Some(a) => self.answer_auth_request(req, conn, a, &mut rec.out).await,
+            None => self.handle_inner(req, conn, &mut rec.out).await,
         };
         let resp = match answered {
             Ok(resp) => resp,
             Err(reject) => {
-                out.reason = Some(reject.description());
-                out.label = reject.outcome();
+                rec.out.reason = Some(reject.description());
+                rec.out.label = reject.outcome();
                 reject.into_response(&self.realm)
             }
         };
-        let elapsed = start.elapsed();
-        metrics().record_request(
-            out.route.as_ref().unwrap_or(&self.no_route),
-            resp.status().as_u16(),
-            out.label,
-            elapsed.as_secs_f64(),
-        );
-        let route = out.route.as_deref().unwrap_or("-");
-        let (method, path) = match &out.described {
-            Some((m, p)) => (m, Some(p.as_str())),
-            None => (&method, path.as_deref()),
-        };
-        tracing::info!(
-            target: "gatehouse::access",
-            method = %method,
-            path = path.unwrap_or(""),
-            route,
-            status = resp.status().as_u16(),
-            latency_us = elapsed.as_micros() as u64,
-            subject = out
-                .identity
-                .as_ref()
-                .and_then(|i| i.subject.as_deref())
-                .unwrap_or("-"),
-            outcome = out.label,
-            reason = out.reason.unwrap_or("-"),
-            peer = %Peer(conn),
-        );
+        rec.status = Some(resp.status().as_u16());
         resp
     }
 

@@ -10,6 +10,7 @@
 //! that read it. Measured with `benches/wrk/quick.sh`: see README
 //! "Performance".
 
+use gatehouse_core::body::BodyState;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -181,13 +182,28 @@ impl Upstream {
         &self,
         idx: usize,
         req: Request<ProxyBody>,
-        client: Option<&gatehouse_core::body::BodyState>,
+        client: Option<&BodyState>,
     ) -> Result<Response<ProxyBody>, Reject> {
         let Some(backend) = self.backends.get(idx) else {
             return Err(Reject::BadGateway);
         };
         let pool = &self.pools[WORKER.with(|w| w.get()) % POOLS][idx];
-        match tokio::time::timeout(self.timeout, self.exchange(backend, pool, req)).await {
+        let exchange = self.exchange(backend, pool, req, client);
+        tokio::pin!(exchange);
+        // `timeout` is the backend's time to answer: from the request head,
+        // or, for a body the client was still sending then, from the
+        // body's end (a slow upload does not use up the backend's time).
+        let mut deadline = tokio::time::Instant::now() + self.timeout;
+        let answered = loop {
+            match tokio::time::timeout_at(deadline, &mut exchange).await {
+                Ok(r) => break Ok(r),
+                Err(e) => match client.and_then(|c| c.complete_at()) {
+                    Some(at) if at + self.timeout > deadline => deadline = at + self.timeout,
+                    _ => break Err(e),
+                },
+            }
+        };
+        match answered {
             // The route's time ran out while the client's body was still
             // on its way: the client was too slow, not the backend.
             Err(_) if client.is_some_and(|c| c.waiting_on_client()) => Err(Reject::RequestTimeout),
@@ -255,6 +271,7 @@ impl Upstream {
         backend: &Backend,
         pool: &Arc<Pool>,
         mut req: Request<ProxyBody>,
+        client: Option<&BodyState>,
     ) -> Result<Response<ProxyBody>, SendError> {
         loop {
             let (mut sender, fresh) = match pool.take() {
@@ -268,7 +285,7 @@ impl Upstream {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender, pool)),
+                Ok(resp) => return Ok(self.pooled(resp, sender, pool, client.cloned())),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => req = back,
                     _ => return Err(SendError::Http(e.into_error())),
@@ -281,18 +298,22 @@ impl Upstream {
     /// once the body has been read to its end (at once when there is
     /// none). A body dropped before its end takes the connection with it:
     /// hyper closes a connection whose response was not read through.
+    /// So does a request whose body (`client`) was still being sent then
+    /// (a backend that answers early): the connection is busy until that
+    /// body ends, and another request given it would wait for the client.
     fn pooled(
         &self,
         resp: Response<Incoming>,
         sender: Sender,
         pool: &Arc<Pool>,
+        client: Option<BodyState>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let (parts, body) = resp.into_parts();
         let sender = if switching {
             None
         } else if body.is_end_stream() {
-            pool.put(sender);
+            give_back(sender, pool, client.as_ref());
             None
         } else {
             Some(sender)
@@ -300,6 +321,7 @@ impl Upstream {
         let body = PooledBody {
             body,
             back: sender.map(|s| (s, pool.clone())),
+            client,
         };
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
     }
@@ -348,6 +370,15 @@ impl Upstream {
 struct PooledBody {
     body: Incoming,
     back: Option<(Sender, Arc<Pool>)>,
+    /// The request's body, if it had one.
+    client: Option<BodyState>,
+}
+
+/// Back to the pool, unless the request's body is still being sent.
+fn give_back(sender: Sender, pool: &Pool, client: Option<&BodyState>) {
+    if client.is_none_or(|c| c.complete_at().is_some()) {
+        pool.put(sender);
+    }
 }
 
 impl Body for PooledBody {
@@ -373,7 +404,7 @@ impl Body for PooledBody {
         };
         if done {
             if let Some((sender, pool)) = this.back.take() {
-                pool.put(sender);
+                give_back(sender, &pool, this.client.as_ref());
             }
         }
         polled.map_err(Into::into)
