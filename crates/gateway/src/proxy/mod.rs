@@ -167,9 +167,9 @@ impl Proxy {
 
     /// Entry point from the server: runs the policy, turns a refusal into
     /// its answer, writes the access log line. A request the client
-    /// abandons first (an HTTP/2 RST_STREAM, a closed connection: hyper
-    /// then drops this future) is logged and counted all the same, with
-    /// status 499 and outcome `client_closed` (nginx's code for it).
+    /// cancels first (an HTTP/2 RST_STREAM: hyper then drops this future)
+    /// is logged and counted all the same, with status 499 and outcome
+    /// `client_closed` (nginx's code for it).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let mut rec = AccessRecord {
             proxy: self,
