@@ -261,16 +261,11 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// An HTTP/2 client that cancels its request (RST_STREAM) before the
-/// answer: the backend may already have it, so it is counted and logged,
-/// as status 499 `client_closed`. It was neither: hyper drops the
-/// request's future, and the line was written only at the answer.
-#[tokio::test]
-async fn a_request_the_client_cancels_before_its_answer_is_counted_and_logged() {
-    use tokio::io::AsyncWriteExt;
-    let backend = Backend::start().await;
-    let admin_port = free_port();
-    let yaml = format!(
+/// A gateway with its admin listener (metrics) on `admin_port`, JSON
+/// access logs, one route `app` to `backend` with `public` as its public
+/// path.
+fn counted_gateway_yaml(backend: SocketAddr, admin_port: u16, public: &str) -> String {
+    format!(
         r#"
 listeners:
   - address: 127.0.0.1:0
@@ -284,12 +279,23 @@ issuers:
 routes:
   - name: app
     backends: [http://{backend}]
-    public_paths: [/slow]
+    public_paths: [{public}]
 logging: {{ format: json, level: info }}
 "#,
         jwks = fixture("jwks.json").display(),
-        backend = backend.addr
-    );
+    )
+}
+
+/// An HTTP/2 client that cancels its request (RST_STREAM) before the
+/// answer: the backend may already have it, so it is counted and logged,
+/// as status 499 `client_closed`. It was neither: hyper drops the
+/// request's future, and the line was written only at the answer.
+#[tokio::test]
+async fn a_request_the_client_cancels_before_its_answer_is_counted_and_logged() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let admin_port = free_port();
+    let yaml = counted_gateway_yaml(backend.addr, admin_port, "/slow");
     let gw = Proc::start("run", &yaml, "listening");
     // HTTP/2 with prior knowledge: a GET of /slow (the backend takes 3 s),
     // cancelled 300 ms later (HPACK, RFC 7541 Appendix A).
@@ -345,26 +351,7 @@ logging: {{ format: json, level: info }}
 async fn metrics_count_exactly_the_requests_made() {
     let backend = Backend::start().await;
     let admin_port = free_port();
-    let yaml = format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:{admin_port}
-issuers:
-  - issuer: {ISS}
-    audiences: [{AUD}]
-    algorithms: [RS256]
-    jwks: {{ file: {jwks} }}
-routes:
-  - name: app
-    backends: [http://{backend}]
-    public_paths: [/health]
-logging: {{ format: json, level: info }}
-"#,
-        jwks = fixture("jwks.json").display(),
-        backend = backend.addr
-    );
+    let yaml = counted_gateway_yaml(backend.addr, admin_port, "/health");
     let gw = Proc::start("run", &yaml, "listening");
     let token = mint(Algorithm::RS256, "counted");
     let go = |t: Option<String>, path: &'static str| {
