@@ -276,3 +276,37 @@ fn mutated_session_cookies_never_open_never_panic_and_never_reach_the_backend() 
         }
     }
 }
+
+#[test]
+fn mutated_backend_keep_alive_fields_never_panic_and_name_a_timeout_they_hold() {
+    let seeds: Vec<Vec<u8>> = [
+        "timeout=5",
+        "timeout=5, max=1000",
+        "Max=100,Timeout = \"15\"",
+        "timeout=9\ntimeout=4",
+        "timeout=999999999",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+    for i in 0..ROUNDS * 5 {
+        let m = rng.mutate(&seeds[i % seeds.len()], &seeds);
+        let mut h = http::HeaderMap::new();
+        for line in m.split(|b| *b == b'\n') {
+            if let Ok(v) = http::HeaderValue::from_bytes(line) {
+                h.append("keep-alive", v);
+            }
+        }
+        if let Some(t) = gatehouse::proxy::headers::keep_alive_timeout(&h) {
+            assert!(t.as_secs() <= 999_999_999, "{m:?}");
+            let named = h.get_all("keep-alive").iter().any(|v| {
+                v.as_bytes()
+                    .to_ascii_lowercase()
+                    .windows(7)
+                    .any(|w| w == b"timeout")
+            });
+            assert!(named, "{m:?}");
+        }
+    }
+}

@@ -1151,3 +1151,147 @@ async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
     assert_eq!(go("/n").await.status, StatusCode::OK);
     assert_eq!(conns.load(Ordering::SeqCst), before + 1);
 }
+
+/// A keep-alive backend whose idle timer closes each connection just as
+/// the next request arrives on it: it answers the first request of a
+/// connection (with `keep_alive` as its `Keep-Alive` field, if any), and
+/// reads the head of the second, then closes without a word. Returns its
+/// address, the connections it accepted, and every request line it read.
+async fn backend_closing_as_its_connections_are_reused(
+    keep_alive: Option<&'static str>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (c, ls) = (conns.clone(), lines.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let ls = ls.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answered in 0.. {
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.clear();
+                    ls.lock()
+                        .expect("lock")
+                        .push(head.lines().next().unwrap_or("").to_owned());
+                    if answered > 0 {
+                        return;
+                    }
+                    let extra =
+                        keep_alive.map_or(String::new(), |k| format!("keep-alive: {k}\r\n"));
+                    let answer = format!("HTTP/1.1 200 OK\r\n{extra}content-length: 2\r\n\r\nok");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, lines)
+}
+
+#[tokio::test]
+async fn a_get_sent_as_the_backend_closes_its_idle_connection_is_sent_again_on_a_new_one() {
+    let token = mint(Algorithm::RS256, "idle-race");
+    let (addr, conns, lines) = backend_closing_as_its_connections_are_reused(None).await;
+    let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    let at = gw.addrs()[1];
+    let go = |path: &'static str| {
+        send(
+            at,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, Some(&token), &[]),
+        )
+    };
+    assert_eq!(go("/first").await.status, StatusCode::OK);
+    // Idle for longer than a second: then a backend's keep-alive timer may
+    // be what closes the connection as it is reused.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let a = go("/second").await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(&a.body[..], b"ok");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *lines.lock().expect("lock"),
+        [
+            "GET /first HTTP/1.1",
+            "GET /second HTTP/1.1",
+            "GET /second HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_post_sent_as_the_backend_closes_its_idle_connection_is_not_sent_twice() {
+    let token = mint(Algorithm::RS256, "idle-race-post");
+    let (addr, conns, lines) = backend_closing_as_its_connections_are_reused(None).await;
+    let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    let at = gw.addrs()[1];
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+    };
+    let (status, text) = raw_request(at, &post("/first")).await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // It may have been acted on: the client gets its 502 and decides.
+    let (status, text) = raw_request(at, &post("/second")).await;
+    assert_eq!(status, 502, "{text}");
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *lines.lock().expect("lock"),
+        ["POST /first HTTP/1.1", "POST /second HTTP/1.1"]
+    );
+}
+
+#[tokio::test]
+async fn a_backend_announcing_its_keep_alive_timeout_gets_a_new_connection_before_it_would_close_the_old(
+) {
+    let token = mint(Algorithm::RS256, "keep-alive-hint");
+    let (addr, conns, lines) =
+        backend_closing_as_its_connections_are_reused(Some("timeout=2, max=100")).await;
+    let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    let at = gw.addrs()[1];
+    let go = |path: &'static str| {
+        send(
+            at,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, Some(&token), &[]),
+        )
+    };
+    assert_eq!(go("/first").await.status, StatusCode::OK);
+    // Idle past the announced 2 s less a margin of 1 s (the route's own
+    // backend_idle_timeout is 60 s): not reused, so the backend never gets
+    // a request on a connection it is closing.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(go("/later").await.status, StatusCode::OK);
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *lines.lock().expect("lock"),
+        ["GET /first HTTP/1.1", "GET /later HTTP/1.1"]
+    );
+}

@@ -188,6 +188,36 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
     }
 }
 
+/// The idle time a backend says it keeps a connection open, from the
+/// `timeout` parameter of its `Keep-Alive` response field (RFC 2068
+/// §19.7.1.1; Node.js and Apache send `Keep-Alive: timeout=5` by default):
+/// whole seconds, `None` when absent or not a plain decimal number (then
+/// the route's `backend_idle_timeout` alone applies). Every field line and
+/// comma-separated parameter is looked at; the smallest timeout wins, so a
+/// backend cannot lengthen what it said elsewhere. A number longer than
+/// nine digits is taken as absent (it says nothing shorter than the
+/// route's own limit).
+pub fn keep_alive_timeout(h: &HeaderMap) -> Option<std::time::Duration> {
+    h.get_all(KEEP_ALIVE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|param| {
+            let param = param.trim_ascii();
+            let (name, value) = param.split_at_checked(param.iter().position(|b| *b == b'=')?)?;
+            let value = value[1..].trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            (name.trim_ascii().eq_ignore_ascii_case(b"timeout")
+                && (1..=9).contains(&value.len())
+                && value.iter().all(u8::is_ascii_digit))
+            .then(|| value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+        })
+        .min()
+        .map(std::time::Duration::from_secs)
+}
+
 /// An HTTP/2 client may split `Cookie` into one field per cookie (RFC 9113
 /// §8.2.3); an HTTP/1.1 backend must get them as one line joined by `"; "`
 /// (a backend reading one line would lose the rest).
@@ -206,6 +236,7 @@ pub fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -291,6 +322,32 @@ pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backends_keep_alive_timeout_is_its_smallest_plain_number() {
+        let of = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(KEEP_ALIVE, HeaderValue::from_str(l).unwrap());
+            }
+            keep_alive_timeout(&h).map(|d| d.as_secs())
+        };
+        assert_eq!(of(&[]), None);
+        assert_eq!(of(&["timeout=5"]), Some(5));
+        assert_eq!(of(&["timeout=5, max=1000"]), Some(5));
+        assert_eq!(of(&["max=100, Timeout = 15"]), Some(15));
+        assert_eq!(of(&["timeout=\"7\""]), Some(7));
+        assert_eq!(of(&["timeout=9", "timeout=4"]), Some(4));
+        assert_eq!(of(&["timeout=9, timeout=30"]), Some(9));
+        assert_eq!(of(&["timeout=0"]), Some(0));
+        assert_eq!(of(&["timeout=-1"]), None);
+        assert_eq!(of(&["timeout=5s"]), None);
+        assert_eq!(of(&["timeout="]), None);
+        assert_eq!(of(&["timeout"]), None);
+        assert_eq!(of(&["timeout=99999999999999999999"]), None);
+        assert_eq!(of(&["max=5"]), None);
+        assert_eq!(of(&["xtimeout=5"]), None);
+    }
 
     #[test]
     fn folding_matches_backend_spellings() {

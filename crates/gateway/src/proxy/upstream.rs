@@ -53,12 +53,27 @@ pub fn set_worker(index: usize) {
 const POOLS: usize = 16;
 /// Idle connections kept per backend and worker.
 const MAX_IDLE: usize = 256;
+/// A pooled connection idle at least this long may be one the backend is
+/// closing at the moment it is taken (the backend's own keep-alive timer
+/// ran out: the race of hyper issue #2136). An idempotent request without
+/// a body is then kept until answered, and sent once more on a new
+/// connection if the backend closes without a word (RFC 9112 §9.3.1).
+/// Under load connections are idle for milliseconds, no backend's idle
+/// timer runs out, and no copy is made.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// Taken off what a backend announces in `Keep-Alive: timeout=N`: its
+/// timer starts when it has written the response, a little before the
+/// connection is back in the pool here.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
 type Sender = SendRequest<ProxyBody>;
 
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// Closed rather than reused from then on: `since` plus the route's
+    /// `backend_idle_timeout`, or less if the backend said so.
+    until: Instant,
 }
 
 /// Idle connections to one backend, for one worker.
@@ -70,37 +85,40 @@ pub struct Pool {
 
 impl Pool {
     /// The most recently used idle connection (warmest, least likely to
-    /// have been closed by the backend), dropping expired ones.
-    fn take(&self) -> Option<Sender> {
+    /// have been closed by the backend) and how long it was idle,
+    /// dropping expired ones.
+    fn take(&self) -> Option<(Sender, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) >= self.idle_timeout {
-                // The newest is too old: so are all the others.
-                idle.clear();
-                return None;
-            }
-            if !i.sender.is_closed() {
-                return Some(i.sender);
+            if now < i.until && !i.sender.is_closed() {
+                return Some((i.sender, now.duration_since(i.since)));
             }
         }
         None
     }
 
-    /// Back on top of the stack. The list is ordered by `since` (oldest
-    /// first), so connections left idle past the timeout under the warm
-    /// ones are closed here too, not kept until traffic stops.
-    fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Back on top of the stack, to be reused for at most `keep`.
+    /// Connections left idle past their time under the warm ones are
+    /// closed here too, not kept until traffic stops; the list is mostly
+    /// ordered by `until` (oldest first), and [`Pool::take`] checks each
+    /// one it hands out anyway.
+    fn put(&self, sender: Sender, keep: Duration) {
+        if sender.is_closed() || keep.is_zero() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
-            let expired =
-                idle.partition_point(|i| now.duration_since(i.since) >= self.idle_timeout);
-            let excess = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
-            idle.drain(..expired + excess);
-            idle.push(Idle { sender, since: now });
+            if idle.first().is_some_and(|i| i.until <= now) {
+                idle.retain(|i| i.until > now);
+            }
+            let excess = (idle.len() + 1).saturating_sub(MAX_IDLE);
+            idle.drain(..excess);
+            idle.push(Idle {
+                sender,
+                since: now,
+                until: now + keep.min(self.idle_timeout),
+            });
         }
     }
 }
@@ -265,7 +283,12 @@ impl Upstream {
     /// One request on a pooled connection, or a new one. A request that a
     /// pooled connection never started to send (the backend had closed it
     /// while idle) is retried on a new connection, as hyper-util's client
-    /// does; one that was sent is not (it may not be idempotent).
+    /// does. One that was sent is retried only if it is idempotent and has
+    /// no body, its connection had been idle for [`REPLAY_AFTER_IDLE`], and
+    /// the backend closed or reset that connection without answering: the
+    /// backend's keep-alive timer closing the connection as it was reused
+    /// (RFC 9112 §9.3.1; nginx does the same for a cached connection). Any
+    /// other request may have been acted on, and gets its 502.
     async fn exchange(
         &self,
         backend: &Backend,
@@ -273,21 +296,33 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         client: Option<&BodyState>,
     ) -> Result<Response<ProxyBody>, SendError> {
+        let mut pooled_ok = true;
         loop {
-            let (mut sender, fresh) = match pool.take() {
-                Some(s) => (s, false),
-                None => (self.connect(backend).await?, true),
+            let (mut sender, idle) = match pool.take().filter(|_| pooled_ok) {
+                Some(s) => s,
+                None => (self.connect(backend).await?, Duration::ZERO),
             };
+            let fresh = idle.is_zero();
             if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
                 if fresh {
                     return Err(SendError::Http(e));
                 }
                 continue;
             }
+            let replay = (idle >= REPLAY_AFTER_IDLE)
+                .then(|| replayable(&req))
+                .flatten();
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, sender, pool, client.cloned())),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => req = back,
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(back), _) if !fresh => req = back,
+                    (_, Some(again)) if closed_unanswered(e.error()) => {
+                        tracing::debug!(backend = %backend.authority, error = %e.error(),
+                            "idle backend connection closed as it was reused; sending again on a new one");
+                        self.count_error("closed_idle_retried");
+                        req = again;
+                        pooled_ok = false;
+                    }
                     _ => return Err(SendError::Http(e.into_error())),
                 },
             }
@@ -309,18 +344,22 @@ impl Upstream {
         client: Option<BodyState>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        // A backend that says how long it keeps an idle connection is
+        // believed (less a margin): reusing one it is closing would fail.
+        let keep = super::headers::keep_alive_timeout(resp.headers())
+            .map_or(Duration::MAX, |t| t.saturating_sub(KEEP_ALIVE_MARGIN));
         let (parts, body) = resp.into_parts();
         let sender = if switching {
             None
         } else if body.is_end_stream() {
-            give_back(sender, pool, client.as_ref());
+            give_back(sender, pool, keep, client.as_ref());
             None
         } else {
             Some(sender)
         };
         let body = PooledBody {
             body,
-            back: sender.map(|s| (s, pool.clone())),
+            back: sender.map(|s| (s, pool.clone(), keep)),
             client,
         };
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
@@ -369,16 +408,47 @@ impl Upstream {
 /// A response body that gives its connection back at its end.
 struct PooledBody {
     body: Incoming,
-    back: Option<(Sender, Arc<Pool>)>,
+    /// The connection, its pool, and for how long it may be reused.
+    back: Option<(Sender, Arc<Pool>, Duration)>,
     /// The request's body, if it had one.
     client: Option<BodyState>,
 }
 
 /// Back to the pool, unless the request's body is still being sent.
-fn give_back(sender: Sender, pool: &Pool, client: Option<&BodyState>) {
+fn give_back(sender: Sender, pool: &Pool, keep: Duration, client: Option<&BodyState>) {
     if client.is_none_or(|c| c.complete_at().is_some()) {
-        pool.put(sender);
+        pool.put(sender, keep);
     }
+}
+
+/// A copy of `req` to send again, if it may be (see
+/// [`Upstream::exchange`]): an idempotent method (RFC 9110 §9.2.2) and no
+/// body.
+fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut again = Request::new(super::ProxyBody::default());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
+}
+
+/// Whether the backend closed or reset the connection before any byte of
+/// an answer: what a keep-alive timer closing it looks like.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || chain_has(e, |io| {
+            matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+        })
 }
 
 impl Body for PooledBody {
@@ -403,8 +473,8 @@ impl Body for PooledBody {
             Poll::Pending => false,
         };
         if done {
-            if let Some((sender, pool)) = this.back.take() {
-                give_back(sender, &pool, this.client.as_ref());
+            if let Some((sender, pool, keep)) = this.back.take() {
+                give_back(sender, &pool, keep, this.client.as_ref());
             }
         }
         polled.map_err(Into::into)
