@@ -1152,6 +1152,42 @@ async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
     assert_eq!(conns.load(Ordering::SeqCst), before + 1);
 }
 
+#[tokio::test]
+async fn backend_connections_idle_past_the_timeout_are_closed_even_when_no_request_comes() {
+    let token = mint(Algorithm::RS256, "idle-quiet");
+    let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
+    let cfg = standard_config(addr, &jwks_file()).replace(
+        "    timeout: 1s\n",
+        "    timeout: 1s\n    backend_idle_timeout: 300ms\n",
+    );
+    let (gw, _dir) = start_gateway(&cfg).await;
+    let at = gw.addrs()[1];
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let t = token.clone();
+        burst.spawn(async move {
+            send(
+                at,
+                Proto::Plain,
+                "localhost",
+                get(Proto::Plain, "localhost", "/b", Some(&t), &[]),
+            )
+            .await
+            .status
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.expect("request task"), StatusCode::OK);
+    }
+    let opened = conns.load(Ordering::SeqCst);
+    assert!(opened >= 1);
+    // Then nothing: the backend must not see them held for longer than
+    // the timeout says (they used to wait for the next request to be
+    // noticed, minutes later).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(closed.load(Ordering::SeqCst), opened, "opened {opened}");
+}
+
 /// A keep-alive backend whose idle timer closes each connection just as
 /// the next request arrives on it: it answers the first request of a
 /// connection (with `keep_alive` as its `Keep-Alive` field, if any), and

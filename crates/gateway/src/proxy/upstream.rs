@@ -66,7 +66,28 @@ const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// connection is back in the pool here.
 const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 
-type Sender = SendRequest<ProxyBody>;
+/// One backend connection: hyper's handle to send on it, and when it may
+/// be closed as idle.
+struct Sender {
+    send: SendRequest<ProxyBody>,
+    /// Milliseconds on [`now_ms`]'s clock from which the connection, idle
+    /// in a pool, is closed by its own task; 0 while it is in use,
+    /// [`CLOSING`] once the task has claimed it. Written by the pool, read
+    /// by the task when its timer fires: the hot path stores a number and
+    /// arms no timer.
+    idle_until: Arc<AtomicU64>,
+}
+
+/// [`Sender::idle_until`] of a connection its task is closing: whichever
+/// of the pool (taking it) and the task (closing it) swaps the value first
+/// has it.
+const CLOSING: u64 = u64::MAX;
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+}
 
 struct Idle {
     sender: Sender,
@@ -91,7 +112,10 @@ impl Pool {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         while let Some(i) = idle.pop() {
-            if now < i.until && !i.sender.is_closed() {
+            if now < i.until
+                && !i.sender.is_closed()
+                && i.sender.idle_until.swap(0, Ordering::AcqRel) != CLOSING
+            {
                 return Some((i.sender, now.duration_since(i.since)));
             }
         }
@@ -114,10 +138,15 @@ impl Pool {
             }
             let excess = (idle.len() + 1).saturating_sub(MAX_IDLE);
             idle.drain(..excess);
+            let keep = keep.min(self.idle_timeout);
+            sender.idle_until.store(
+                ms_at(now).saturating_add(keep.as_millis() as u64),
+                Ordering::Release,
+            );
             idle.push(Idle {
                 sender,
                 since: now,
-                until: now + keep.min(self.idle_timeout),
+                until: now + keep,
             });
         }
     }
@@ -132,13 +161,23 @@ pub struct Upstream {
     timeout: Duration,
     connect_timeout: Duration,
     cooldown: Duration,
+    /// `backend_idle_timeout`: how often a connection's task looks at
+    /// whether it has been idle too long.
+    idle_timeout: Duration,
 }
 
 /// A cheap monotonic clock in milliseconds, so cool-down state fits in an
 /// atomic.
 fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `t` on [`now_ms`]'s clock, for a caller that has read the time already.
+fn ms_at(t: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 /// Why a request did not get a response head from the backend.
@@ -176,6 +215,7 @@ impl Upstream {
             timeout: rc.timeout,
             connect_timeout: rc.connect_timeout,
             cooldown: rc.backend_cooldown,
+            idle_timeout: rc.backend_idle_timeout,
         }
     }
 
@@ -303,7 +343,7 @@ impl Upstream {
                 None => (self.connect(backend).await?, Duration::ZERO),
             };
             let fresh = idle.is_zero();
-            if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
+            if let Err(e) = poll_fn(|cx| sender.send.poll_ready(cx)).await {
                 if fresh {
                     return Err(SendError::Http(e));
                 }
@@ -312,7 +352,7 @@ impl Upstream {
             let replay = (idle >= REPLAY_AFTER_IDLE)
                 .then(|| replayable(&req))
                 .flatten();
-            match sender.try_send_request(req).await {
+            match sender.send.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, sender, pool, client.cloned())),
                 Err(mut e) => match (e.take_message(), replay) {
                     (Some(back), _) if !fresh => req = back,
@@ -389,19 +429,52 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-        let (sender, conn) = http1::Builder::new()
+        let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
+        let idle_until = Arc::new(AtomicU64::new(0));
+        let watched = idle_until.clone();
+        let idle_timeout = self.idle_timeout;
         // Driven on this worker (a current-thread runtime in `gatehouse
         // run`), so a connection and its requests share a thread. With
         // upgrades, so a WebSocket can be handed over on any connection.
+        // The task also closes the connection once it has been idle in
+        // its pool past its time, even if no request comes to notice: a
+        // backend must not see connections held longer than
+        // `backend_idle_timeout` says.
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended");
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            let mut next = tokio::time::Instant::now() + idle_timeout;
+            loop {
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, "backend connection ended");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep_until(next) => {
+                        let until = watched.load(Ordering::Acquire);
+                        let now = now_ms();
+                        if until != 0
+                            && until <= now
+                            && watched
+                                .compare_exchange(until, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+                                .is_ok()
+                        {
+                            return;
+                        }
+                        let wait = if until == 0 { idle_timeout } else {
+                            Duration::from_millis(until - now)
+                        };
+                        next = tokio::time::Instant::now() + wait;
+                    }
+                }
             }
         });
-        Ok(sender)
+        Ok(Sender { send, idle_until })
     }
 }
 
