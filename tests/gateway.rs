@@ -1196,6 +1196,16 @@ async fn backend_connections_idle_past_the_timeout_are_closed_even_when_no_reque
 async fn backend_closing_as_its_connections_are_reused(
     keep_alive: Option<&'static str>,
 ) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    backend_failing_reused_connections(keep_alive, Duration::ZERO, b"").await
+}
+
+/// [`backend_closing_as_its_connections_are_reused`], which on a reused
+/// connection waits `after` and writes `first` before it closes.
+async fn backend_failing_reused_connections(
+    keep_alive: Option<&'static str>,
+    after: Duration,
+    first: &'static [u8],
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1227,6 +1237,8 @@ async fn backend_closing_as_its_connections_are_reused(
                         .expect("lock")
                         .push(head.lines().next().unwrap_or("").to_owned());
                     if answered > 0 {
+                        tokio::time::sleep(after).await;
+                        let _ = s.write_all(first).await;
                         return;
                     }
                     let extra =
@@ -1277,6 +1289,69 @@ async fn a_get_sent_as_the_backend_closes_its_idle_connection_is_sent_again_on_a
             "GET /second HTTP/1.1"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_get_the_backend_may_have_acted_on_is_not_sent_again() {
+    let token = mint(Algorithm::RS256, "no-replay");
+    // The backend closes a reused connection: 400 ms after the request (a
+    // worker killed on it, not an idle timer), after a status line, after
+    // a 100 Continue; or the GET names another method for the framework.
+    type Case = (
+        Duration,
+        &'static [u8],
+        &'static [(&'static str, &'static str)],
+    );
+    let cases: [Case; 4] = [
+        (Duration::from_millis(400), b"", &[]),
+        (Duration::ZERO, b"HTTP/1.1 200 OK\r\n", &[]),
+        (Duration::ZERO, b"HTTP/1.1 100 Continue\r\n\r\n", &[]),
+        (Duration::ZERO, b"", &[("x-http-method-override", "POST")]),
+    ];
+    for (after, first, extra) in cases {
+        let (addr, conns, lines) = backend_failing_reused_connections(None, after, first).await;
+        let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+        let at = gw.addrs()[1];
+        let go = |path: &'static str| {
+            send(
+                at,
+                Proto::Plain,
+                "localhost",
+                get(Proto::Plain, "localhost", path, Some(&token), extra),
+            )
+        };
+        assert_eq!(go("/first").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let case = format!("{after:?} {:?} {extra:?}", String::from_utf8_lossy(first));
+        assert_eq!(
+            go("/second").await.status,
+            StatusCode::BAD_GATEWAY,
+            "{case}"
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "{case}");
+        assert_eq!(
+            *lines.lock().expect("lock"),
+            ["GET /first HTTP/1.1", "GET /second HTTP/1.1"],
+            "{case}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http2_get_with_a_body_of_unknown_length_reaches_the_backend_with_that_body() {
+    use http_body_util::BodyExt;
+    let backend = Backend::start().await;
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &jwks_file())).await;
+    let token = mint(Algorithm::RS256, "h2-get-body");
+    let mut req = get(Proto::TlsH2, "localhost", "/h2-get-body", Some(&token), &[]);
+    // DATA with no content-length: a stream of unknown length.
+    let frames = futures_util::stream::iter([Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+        http_body::Frame::data(bytes::Bytes::from_static(b"hello")),
+    )]);
+    *req.body_mut() = http_body_util::StreamBody::new(frames).boxed();
+    let a = send(gw.addrs()[0], Proto::TlsH2, "localhost", req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(backend.last().body_bytes, 5);
 }
 
 #[tokio::test]

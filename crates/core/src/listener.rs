@@ -544,6 +544,13 @@ pub struct Watched<S, W> {
     watch: W,
 }
 
+impl<S, W: Watch> Watched<S, W> {
+    /// `inner`, its reads and writes reported to `watch`.
+    pub fn new_watched(inner: S, watch: W) -> Self {
+        Watched { inner, watch }
+    }
+}
+
 /// What a [`Watched`] stream reports to.
 pub trait Watch: Unpin {
     /// `new` bytes were read (never empty).

@@ -188,6 +188,20 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
     }
 }
 
+/// Whether a method-override header (`X-HTTP-Method-Override`,
+/// `X-HTTP-Method`, `X-Method-Override`) is present: some frameworks then
+/// act on the request as that other method, so neither a credential-free
+/// preflight nor a retried idempotent request may carry one.
+pub fn overrides_method(h: &HeaderMap) -> bool {
+    [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .any(|n| h.contains_key(*n))
+}
+
 /// The idle time a backend says it keeps a connection open, from the
 /// `timeout` parameter of its `Keep-Alive` response field (RFC 2068
 /// §19.7.1.1; Node.js and Apache send `Keep-Alive: timeout=5` by default):

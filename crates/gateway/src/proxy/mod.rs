@@ -304,6 +304,18 @@ impl Proxy {
         let (body, state) = if http_body::Body::is_end_stream(&body) {
             (Limited::new(body, limit).boxed(), None)
         } else {
+            // A body of unknown length (HTTP/2 DATA without
+            // `content-length`) is sent chunked whatever the method: hyper
+            // would send a GET, HEAD or CONNECT without it, and the backend
+            // get another message than the one judged here.
+            if !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            {
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_static("chunked"),
+                );
+            }
             let (body, state) = gatehouse_core::body::ClientBody::new(body, self.body_read_timeout);
             (Limited::new(body, limit).boxed(), Some(state))
         };

@@ -308,13 +308,7 @@ fn is_cors_preflight(head: &http::request::Parts) -> bool {
             .is_none_or(|v| v.as_bytes().iter().all(|b| *b == b'0'));
     // Method-override headers turn a request into another for some
     // frameworks: never on a request let through without credentials.
-    let overrides = [
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    ]
-    .iter()
-    .any(|n| h.contains_key(*n));
+    let overrides = headers::overrides_method(h);
     head.method == http::Method::OPTIONS
         && h.contains_key(header::ORIGIN)
         && method_named

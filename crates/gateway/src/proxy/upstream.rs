@@ -61,6 +61,12 @@ const MAX_IDLE: usize = 256;
 /// Under load connections are idle for milliseconds, no backend's idle
 /// timer runs out, and no copy is made.
 const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// ... and only if the close came this soon after the request was handed
+/// to the connection, before any byte of an answer: a backend whose idle
+/// timer ran out closes at once. One that closes later had the request
+/// and failed on it (a worker killed mid-request), and must not get it
+/// twice.
+const REPLAY_WITHIN: Duration = Duration::from_millis(250);
 /// Taken off what a backend announces in `Keep-Alive: timeout=N`: its
 /// timer starts when it has written the response, a little before the
 /// connection is back in the pool here.
@@ -76,6 +82,18 @@ struct Sender {
     /// by the task when its timer fires: the hot path stores a number and
     /// arms no timer.
     idle_until: Arc<AtomicU64>,
+    /// Bytes read from the backend on this connection so far: a request
+    /// whose answer had begun (a status line, a 1xx) is never sent again.
+    read: Arc<AtomicU64>,
+}
+
+/// Counts what a backend connection reads.
+struct BytesIn(Arc<AtomicU64>);
+
+impl gatehouse_core::listener::Watch for BytesIn {
+    fn read(&mut self, new: &[u8]) {
+        self.0.fetch_add(new.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// [`Sender::idle_until`] of a connection its task is closing: whichever
@@ -325,10 +343,11 @@ impl Upstream {
     /// while idle) is retried on a new connection, as hyper-util's client
     /// does. One that was sent is retried only if it is idempotent and has
     /// no body, its connection had been idle for [`REPLAY_AFTER_IDLE`], and
-    /// the backend closed or reset that connection without answering: the
-    /// backend's keep-alive timer closing the connection as it was reused
-    /// (RFC 9112 §9.3.1; nginx does the same for a cached connection). Any
-    /// other request may have been acted on, and gets its 502.
+    /// the backend closed or reset that connection within
+    /// [`REPLAY_WITHIN`] without a byte of an answer: the backend's
+    /// keep-alive timer closing the connection as it was reused (RFC 9112
+    /// §9.3.1; nginx does the same for a cached connection). Any other
+    /// request may have been acted on, and gets its 502.
     async fn exchange(
         &self,
         backend: &Backend,
@@ -351,12 +370,17 @@ impl Upstream {
             }
             let replay = (idle >= REPLAY_AFTER_IDLE)
                 .then(|| replayable(&req))
-                .flatten();
+                .flatten()
+                .map(|again| (again, Instant::now(), sender.read.load(Ordering::Relaxed)));
             match sender.send.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, sender, pool, client.cloned())),
                 Err(mut e) => match (e.take_message(), replay) {
                     (Some(back), _) if !fresh => req = back,
-                    (_, Some(again)) if closed_unanswered(e.error()) => {
+                    (_, Some((again, sent, read)))
+                        if closed_unanswered(e.error())
+                            && sent.elapsed() < REPLAY_WITHIN
+                            && sender.read.load(Ordering::Relaxed) == read =>
+                    {
                         tracing::debug!(backend = %backend.authority, error = %e.error(),
                             "idle backend connection closed as it was reused; sending again on a new one");
                         self.count_error("closed_idle_retried");
@@ -429,6 +453,8 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let read = Arc::new(AtomicU64::new(0));
+        let stream = gatehouse_core::listener::Watched::new_watched(stream, BytesIn(read.clone()));
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -474,7 +500,11 @@ impl Upstream {
                 }
             }
         });
-        Ok(Sender { send, idle_until })
+        Ok(Sender {
+            send,
+            idle_until,
+            read,
+        })
     }
 }
 
@@ -495,15 +525,16 @@ fn give_back(sender: Sender, pool: &Pool, keep: Duration, client: Option<&BodySt
 }
 
 /// A copy of `req` to send again, if it may be (see
-/// [`Upstream::exchange`]): an idempotent method (RFC 9110 §9.2.2) and no
-/// body.
+/// [`Upstream::exchange`]): an idempotent method (RFC 9110 §9.2.2), no
+/// method-override header making it another, and no body.
 fn replayable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     use http::Method;
     let idempotent = matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
-    if !idempotent || !req.body().is_end_stream() {
+    if !idempotent || !req.body().is_end_stream() || super::headers::overrides_method(req.headers())
+    {
         return None;
     }
     let mut again = Request::new(super::ProxyBody::default());
