@@ -1292,6 +1292,65 @@ async fn a_get_sent_as_the_backend_closes_its_idle_connection_is_sent_again_on_a
 }
 
 #[tokio::test]
+async fn a_keep_alive_timeout_announced_once_holds_for_the_connections_life() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = mint(Algorithm::RS256, "keep-alive-once");
+    // A backend that says `Keep-Alive: timeout=2` in the first response of
+    // each connection only, and keeps every connection open.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answered in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    let extra = if answered == 0 {
+                        "keep-alive: timeout=2\r\n"
+                    } else {
+                        ""
+                    };
+                    let answer = format!("HTTP/1.1 200 OK\r\n{extra}content-length: 2\r\n\r\nok");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
+    let at = gw.addrs()[1];
+    let go = |path: &'static str| {
+        send(
+            at,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, Some(&token), &[]),
+        )
+    };
+    assert_eq!(go("/said").await.status, StatusCode::OK);
+    assert_eq!(go("/silent").await.status, StatusCode::OK);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    // The second response said nothing; the first's 2 s (less 1 s) still
+    // holds for that connection.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(go("/later").await.status, StatusCode::OK);
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn a_get_the_backend_may_have_acted_on_is_not_sent_again() {
     let token = mint(Algorithm::RS256, "no-replay");
     // The backend closes a reused connection: 400 ms after the request (a

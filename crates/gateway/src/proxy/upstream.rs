@@ -85,6 +85,9 @@ struct Sender {
     /// Bytes read from the backend on this connection so far: a request
     /// whose answer had begun (a status line, a 1xx) is never sent again.
     read: Arc<AtomicU64>,
+    /// The shortest idle time the backend announced on this connection
+    /// (`Keep-Alive: timeout`, less [`KEEP_ALIVE_MARGIN`]); `MAX` if none.
+    keep: Duration,
 }
 
 /// Counts what a backend connection reads.
@@ -403,15 +406,19 @@ impl Upstream {
     fn pooled(
         &self,
         resp: Response<Incoming>,
-        sender: Sender,
+        mut sender: Sender,
         pool: &Arc<Pool>,
         client: Option<BodyState>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         // A backend that says how long it keeps an idle connection is
         // believed (less a margin): reusing one it is closing would fail.
-        let keep = super::headers::keep_alive_timeout(resp.headers())
-            .map_or(Duration::MAX, |t| t.saturating_sub(KEEP_ALIVE_MARGIN));
+        // What it said once holds for the connection's life, unless it
+        // says less: a later response without the field lifts nothing.
+        if let Some(t) = super::headers::keep_alive_timeout(resp.headers()) {
+            sender.keep = sender.keep.min(t.saturating_sub(KEEP_ALIVE_MARGIN));
+        }
+        let keep = sender.keep;
         let (parts, body) = resp.into_parts();
         let sender = if switching {
             None
@@ -504,6 +511,7 @@ impl Upstream {
             send,
             idle_until,
             read,
+            keep: Duration::MAX,
         })
     }
 }
