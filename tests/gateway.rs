@@ -1099,28 +1099,20 @@ async fn a_reload_that_changes_the_rules_is_applied_to_tokens_already_cached() {
     assert_eq!(backend.hits(), hits);
 }
 
-#[tokio::test]
-async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
-    let token = mint(Algorithm::RS256, "idle");
-    let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
-    let cfg = standard_config(addr, &jwks_file()).replace(
+/// The standard config with `backend_idle_timeout: 300ms`.
+fn idle_after_300ms(backend: SocketAddr) -> String {
+    standard_config(backend, &jwks_file()).replace(
         "    timeout: 1s\n",
         "    timeout: 1s\n    backend_idle_timeout: 300ms\n",
-    );
-    let (gw, _dir) = start_gateway(&cfg).await;
-    let at = gw.addrs()[1];
-    let go = |path: &'static str| {
-        send(
-            at,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", path, Some(&token), &[]),
-        )
-    };
-    // A burst opens several backend connections...
+    )
+}
+
+/// Four requests at once, so the gateway opens several backend
+/// connections; each must be answered 200.
+async fn four_at_once(at: SocketAddr, token: &str) {
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let t = token.clone();
+        let t = token.to_owned();
         burst.spawn(async move {
             send(
                 at,
@@ -1135,6 +1127,24 @@ async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
     while let Some(status) = burst.join_next().await {
         assert_eq!(status.expect("request task"), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
+    let token = mint(Algorithm::RS256, "idle");
+    let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
+    let (gw, _dir) = start_gateway(&idle_after_300ms(addr)).await;
+    let at = gw.addrs()[1];
+    let go = |path: &'static str| {
+        send(
+            at,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", path, Some(&token), &[]),
+        )
+    };
+    // A burst opens several backend connections...
+    four_at_once(at, &token).await;
     let opened = conns.load(Ordering::SeqCst);
     assert!(opened >= 2, "the burst used {opened} connection(s)");
     // ...then a trickle keeps one warm: the others, idle past the timeout,
@@ -1156,29 +1166,9 @@ async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
 async fn backend_connections_idle_past_the_timeout_are_closed_even_when_no_request_comes() {
     let token = mint(Algorithm::RS256, "idle-quiet");
     let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
-    let cfg = standard_config(addr, &jwks_file()).replace(
-        "    timeout: 1s\n",
-        "    timeout: 1s\n    backend_idle_timeout: 300ms\n",
-    );
-    let (gw, _dir) = start_gateway(&cfg).await;
+    let (gw, _dir) = start_gateway(&idle_after_300ms(addr)).await;
     let at = gw.addrs()[1];
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let t = token.clone();
-        burst.spawn(async move {
-            send(
-                at,
-                Proto::Plain,
-                "localhost",
-                get(Proto::Plain, "localhost", "/b", Some(&t), &[]),
-            )
-            .await
-            .status
-        });
-    }
-    while let Some(status) = burst.join_next().await {
-        assert_eq!(status.expect("request task"), StatusCode::OK);
-    }
+    four_at_once(at, &token).await;
     let opened = conns.load(Ordering::SeqCst);
     assert!(opened >= 1);
     // Then nothing: the backend must not see them held for longer than
