@@ -143,12 +143,14 @@ impl Pool {
         None
     }
 
-    /// Back on top of the stack, to be reused for at most `keep`.
+    /// Back on top of the stack, to be reused for at most the route's
+    /// idle timeout or what the backend announced ([`Sender::keep`]).
     /// Connections left idle past their time under the warm ones are
     /// closed here too, not kept until traffic stops; the list is mostly
     /// ordered by `until` (oldest first), and [`Pool::take`] checks each
     /// one it hands out anyway.
-    fn put(&self, sender: Sender, keep: Duration) {
+    fn put(&self, sender: Sender) {
+        let keep = sender.keep.min(self.idle_timeout);
         if sender.is_closed() || keep.is_zero() {
             return;
         }
@@ -159,7 +161,6 @@ impl Pool {
             }
             let excess = (idle.len() + 1).saturating_sub(MAX_IDLE);
             idle.drain(..excess);
-            let keep = keep.min(self.idle_timeout);
             sender.idle_until.store(
                 ms_at(now).saturating_add(keep.as_millis() as u64),
                 Ordering::Release,
@@ -360,11 +361,10 @@ impl Upstream {
     ) -> Result<Response<ProxyBody>, SendError> {
         let mut pooled_ok = true;
         loop {
-            let (mut sender, idle) = match pool.take().filter(|_| pooled_ok) {
-                Some(s) => s,
-                None => (self.connect(backend).await?, Duration::ZERO),
+            let (mut sender, idle, fresh) = match pool.take().filter(|_| pooled_ok) {
+                Some((s, idle)) => (s, idle, false),
+                None => (self.connect(backend).await?, Duration::ZERO, true),
             };
-            let fresh = idle.is_zero();
             if let Err(e) = poll_fn(|cx| sender.send.poll_ready(cx)).await {
                 if fresh {
                     return Err(SendError::Http(e));
@@ -418,19 +418,18 @@ impl Upstream {
         if let Some(t) = super::headers::keep_alive_timeout(resp.headers()) {
             sender.keep = sender.keep.min(t.saturating_sub(KEEP_ALIVE_MARGIN));
         }
-        let keep = sender.keep;
         let (parts, body) = resp.into_parts();
         let sender = if switching {
             None
         } else if body.is_end_stream() {
-            give_back(sender, pool, keep, client.as_ref());
+            give_back(sender, pool, client.as_ref());
             None
         } else {
             Some(sender)
         };
         let body = PooledBody {
             body,
-            back: sender.map(|s| (s, pool.clone(), keep)),
+            back: sender.map(|s| (s, pool.clone())),
             client,
         };
         Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
@@ -519,16 +518,15 @@ impl Upstream {
 /// A response body that gives its connection back at its end.
 struct PooledBody {
     body: Incoming,
-    /// The connection, its pool, and for how long it may be reused.
-    back: Option<(Sender, Arc<Pool>, Duration)>,
+    back: Option<(Sender, Arc<Pool>)>,
     /// The request's body, if it had one.
     client: Option<BodyState>,
 }
 
 /// Back to the pool, unless the request's body is still being sent.
-fn give_back(sender: Sender, pool: &Pool, keep: Duration, client: Option<&BodyState>) {
+fn give_back(sender: Sender, pool: &Pool, client: Option<&BodyState>) {
     if client.is_none_or(|c| c.complete_at().is_some()) {
-        pool.put(sender, keep);
+        pool.put(sender);
     }
 }
 
@@ -585,8 +583,8 @@ impl Body for PooledBody {
             Poll::Pending => false,
         };
         if done {
-            if let Some((sender, pool, keep)) = this.back.take() {
-                give_back(sender, &pool, keep, this.client.as_ref());
+            if let Some((sender, pool)) = this.back.take() {
+                give_back(sender, &pool, this.client.as_ref());
             }
         }
         polled.map_err(Into::into)
