@@ -9,6 +9,15 @@ mkdir -p "$WORKDIR"
 BIN=${GATEHOUSE_BIN:-$ROOT/target/release/gatehouse}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
 [ -f "$PEER_BENCH_WORK/paths.env" ] || SETUP_ONLY=1 bash "$PEER/run.sh" >/dev/null
+# The app behind every proxy: peer-bench's backend nginx (1 worker, 200
+# "ok"). Its run.sh renders the config only on a full run, so a fresh
+# machine that ran SETUP_ONLY alone has none: render it the same way.
+STATE=$PEER_BENCH_WORK/state
+if [ ! -s "$STATE/backend-nginx.conf" ]; then
+  mkdir -p "$STATE/logs" "$STATE/tmp"
+  sed -e "s#@STATE@#$STATE#g" -e "s#@BACKEND_PORT@#18080#g" \
+    "$PEER/conf/backend-nginx.conf.in" > "$STATE/backend-nginx.conf"
+fi
 # shellcheck disable=SC1091
 . "$PEER_BENCH_WORK/tokens/claims.env"
 TOKENS=$PEER_BENCH_WORK/tokens
