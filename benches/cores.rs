@@ -12,8 +12,11 @@
 //!   from its `ArcSwap`, compared with the connection's, and the
 //!   connection's `Arc` cloned);
 //! - `decide/own-token`: the same, each thread with its own token;
-//! - `token-cache/get`: a lookup in the shared verified-token cache (moka),
-//!   which a request does when the per-thread memo misses;
+//! - `token-cache/get`: a lookup in the shared verified-token cache
+//!   (quick_cache), which a request does when the per-thread memo misses,
+//!   every thread looking up the same token;
+//! - `token-cache/get-10k`: the same over 10,000 cached tokens in rotation,
+//!   as with a fleet of clients (`benches/wrk/tail.sh`'s 10k rows);
 //! - `metrics/record`: counting a request and its latency;
 //! - `control/sha256-own`: each thread hashes its own token, sharing
 //!   nothing: what a second busy core costs by itself on this machine
@@ -241,6 +244,29 @@ routes:
             until: now as i64 + 3600,
         },
     );
+    let many: Vec<[u8; 32]> = (0..10_000)
+        .map(|i| TokenCache::key(&format!("token {i}")))
+        .collect();
+    for k in &many {
+        cache.insert(
+            *k,
+            Cached {
+                identity: Arc::new(
+                    gatehouse::auth::Identity::from_claims(
+                        Arc::from("idp"),
+                        Arc::from("https://issuer.test"),
+                        serde_json::Map::from_iter([
+                            ("sub".to_owned(), json!("bench-user")),
+                            ("exp".to_owned(), json!(now + 3600)),
+                        ]),
+                    )
+                    .expect("identity"),
+                ),
+                verified_by: None,
+                until: now as i64 + 3600,
+            },
+        );
+    }
     let shared_arc = Arc::new(0u64);
     let own_arcs = [Arc::new(0u64), Arc::new(0u64)];
     let route: Arc<str> = Arc::from("default");
@@ -267,6 +293,22 @@ routes:
             b.iter_custom(|iters| {
                 on_threads(threads, iters, &nothing, &|_| {
                     black_box(cache.get(black_box(&cache_key)));
+                })
+            })
+        });
+        g.bench_function(name("token-cache/get-10k"), |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, &nothing, &|t| {
+                    // Each thread its own walk through the keys, its
+                    // counter its own (a shared one would be contention
+                    // of the bench's making).
+                    thread_local!(static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+                    let i = NEXT.with(|n| {
+                        n.set(n.get() + 1);
+                        n.get()
+                    });
+                    let k = &many[(i * 7919 + t * 5003) % many.len()];
+                    black_box(cache.get(black_box(k)));
                 })
             })
         });

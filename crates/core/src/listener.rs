@@ -306,7 +306,7 @@ pub async fn serve_limited<I, H, Fut>(
 /// been), as `FuturesUnordered` does for each of its futures; between
 /// those, polling it is one atomic swap. For the timers and signals beside
 /// a connection future that wakes its task several times per request.
-struct WhenWoken<F> {
+pub struct WhenWoken<F> {
     fut: Pin<Box<F>>,
     wake: Arc<WokenFlag>,
     done: bool,
@@ -328,7 +328,9 @@ impl std::task::Wake for WokenFlag {
 }
 
 impl<F: std::future::Future<Output = ()>> WhenWoken<F> {
-    fn new(fut: F) -> Self {
+    /// `fut`, to be polled at the first poll and then only when it has
+    /// woken the task.
+    pub fn new(fut: F) -> Self {
         WhenWoken {
             fut: Box::pin(fut),
             wake: Arc::new(WokenFlag {
@@ -342,7 +344,7 @@ impl<F: std::future::Future<Output = ()>> WhenWoken<F> {
 
 impl WhenWoken<tokio::time::Sleep> {
     /// Moves the timer; it is polled (and so registered) at the next poll.
-    fn reset_sleep(&mut self, at: tokio::time::Instant) {
+    pub fn reset_sleep(&mut self, at: tokio::time::Instant) {
         self.fut.as_mut().reset(at);
         self.done = false;
         self.wake.woken.store(true, Ordering::Release);

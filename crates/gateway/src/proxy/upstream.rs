@@ -11,6 +11,7 @@
 //! "Performance".
 
 use gatehouse_core::body::BodyState;
+use gatehouse_core::listener::WhenWoken;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -475,19 +476,23 @@ impl Upstream {
         // its pool past its time, even if no request comes to notice: a
         // backend must not see connections held longer than
         // `backend_idle_timeout` says.
+        // The idle timer is polled only when it fires, not at each of the
+        // connection's wake-ups (several per request), as beside client
+        // connections (`gatehouse_core::listener::WhenWoken`).
         tokio::spawn(async move {
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
-            let mut next = tokio::time::Instant::now() + idle_timeout;
+            let mut timer = WhenWoken::new(tokio::time::sleep(idle_timeout));
             loop {
                 tokio::select! {
+                    biased;
                     ended = &mut conn => {
                         if let Err(e) = ended {
                             tracing::debug!(error = %e, "backend connection ended");
                         }
                         return;
                     }
-                    () = tokio::time::sleep_until(next) => {
+                    () = &mut timer => {
                         let until = watched.load(Ordering::Acquire);
                         let now = now_ms();
                         if until != 0
@@ -501,7 +506,7 @@ impl Upstream {
                         let wait = if until == 0 { idle_timeout } else {
                             Duration::from_millis(until - now)
                         };
-                        next = tokio::time::Instant::now() + wait;
+                        timer.reset_sleep(tokio::time::Instant::now() + wait);
                     }
                 }
             }
