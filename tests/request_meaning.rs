@@ -552,13 +552,24 @@ async fn the_whole_forwarding_family_from_an_untrusted_client_is_removed() {
 #[tokio::test]
 async fn optional_route_judges_any_authorization_header() {
     let s = Setup::start().await;
+    // A valid token, accepted first, so that it is in the verified-token
+    // memo: the same token with bytes after it is another credential.
+    let valid = user_token();
+    assert_eq!(
+        get_raw(s.addr(), "/guest/x", "app.test", Some(&valid)).await,
+        200
+    );
     let before = s.backend.hits();
+    let trailing_word = format!("Bearer {valid} x");
+    let trailing_comma = format!("Bearer {valid},x");
     for auth in [
         "Bearer\tforged",
         "Bearer",
         "Bearer,forged",
         "Basic YWRtaW46YWRtaW4=",
         "Bearer a.b.c",
+        &trailing_word,
+        &trailing_comma,
     ] {
         let (status, _) = raw_request(
             s.addr(),
