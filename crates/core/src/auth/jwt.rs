@@ -1088,4 +1088,47 @@ mod tests {
         assert_eq!(DigestHasher.hash_one(b), first(&b));
         assert_ne!(DigestHasher.hash_one(a), DigestHasher.hash_one(b));
     }
+
+    fn cached(until: i64) -> Cached {
+        let claims = serde_json::Map::from_iter([
+            ("sub".to_owned(), serde_json::json!("alice")),
+            ("exp".to_owned(), serde_json::json!(until)),
+        ]);
+        Cached {
+            identity: Arc::new(
+                Identity::from_claims(Arc::from("idp"), Arc::from("https://idp.test"), claims)
+                    .unwrap(),
+            ),
+            verified_by: None,
+            until,
+        }
+    }
+
+    #[test]
+    fn a_cached_token_past_its_expiry_is_never_served_and_is_dropped() {
+        let cache = TokenCache::new(100, Duration::from_secs(300));
+        let live = TokenCache::key("live");
+        let dead = TokenCache::key("dead");
+        cache.insert(live, cached(now_unix() + 60));
+        // Inserted directly: `insert` itself refuses an entry already past.
+        cache.cache.insert(dead, cached(now_unix() - 1));
+        assert!(cache.get(&live).is_some());
+        assert!(cache.get(&dead).is_none());
+        assert!(cache.cache.get(&dead).is_none(), "the dead entry is gone");
+        cache.insert(TokenCache::key("late"), cached(now_unix()));
+        assert!(cache.get(&TokenCache::key("late")).is_none());
+    }
+
+    #[test]
+    fn the_token_cache_holds_no_more_tokens_than_its_size() {
+        let cache = TokenCache::new(1_000, Duration::from_secs(300));
+        let until = now_unix() + 60;
+        for i in 0..5_000 {
+            cache.insert(TokenCache::key(&format!("token {i}")), cached(until));
+        }
+        assert!(cache.cache.len() <= 1_000, "{} held", cache.cache.len());
+        assert!(cache.cache.len() >= 900, "{} held", cache.cache.len());
+        // The most recent is there.
+        assert!(cache.get(&TokenCache::key("token 4999")).is_some());
+    }
 }
