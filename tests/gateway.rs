@@ -587,6 +587,56 @@ async fn jwks_url_down_keeps_last_good_keys_and_answers_unknown_kid_by_policy() 
     assert!(a.headers.contains_key("retry-after"));
 }
 
+/// A reload (SIGHUP, a config or certificate change) while the key set's
+/// URL fails: the new config starts from the keys last fetched from that
+/// URL, as a failed scheduled refresh keeps them (a black-box round found
+/// every token refused, and the gateway not ready, until the URL answered).
+#[tokio::test]
+async fn a_reload_while_the_jwks_url_fails_keeps_the_keys_last_fetched_from_it() {
+    let backend = Backend::start().await;
+    let jwks = JwksServer::start(std::fs::read(fixture("jwks.json")).expect("jwks")).await;
+    let src = format!(
+        "{{ url: \"http://{}/jwks\", min_refresh_interval: 100ms, refresh_interval: 1h }}",
+        jwks.addr
+    );
+    let (gw, _dir) = start_gateway(&standard_config(backend.addr, &src)).await;
+    let plain = gw.addrs()[1];
+    let status = |token: String| async move {
+        send(
+            plain,
+            Proto::Plain,
+            "localhost",
+            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+        )
+        .await
+        .status
+    };
+    assert_eq!(
+        status(mint(Algorithm::RS256, "before")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(mint(Algorithm::ES256, "before")).await,
+        StatusCode::OK
+    );
+    jwks.publish(b"<html>the identity provider is down</html>".to_vec());
+    gw.reload().await.expect("reload");
+    assert_eq!(
+        status(mint(Algorithm::RS256, "after")).await,
+        StatusCode::OK,
+        "the reloaded config verifies with the keys last fetched"
+    );
+    // And the URL is still read: once it answers, its set is the one used.
+    jwks.publish(std::fs::read(fixture("jwks-next.json")).expect("jwks-next"));
+    gw.reload().await.expect("reload");
+    assert_eq!(status(mint(Algorithm::RS256, "next")).await, StatusCode::OK);
+    assert_eq!(
+        status(mint(Algorithm::ES256, "rotated")).await,
+        StatusCode::UNAUTHORIZED,
+        "a key the URL no longer publishes verifies nothing"
+    );
+}
+
 #[tokio::test]
 async fn dead_backend_is_502_and_slow_backend_is_504() {
     let backend = Backend::start().await;

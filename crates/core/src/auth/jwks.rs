@@ -535,6 +535,16 @@ impl Origin {
         }
     }
 
+    /// What names this origin among [`last_good`]'s entries: a remote
+    /// origin only (a file that cannot be read refuses the config).
+    fn remembered_as(&self) -> Option<String> {
+        match self {
+            Origin::File(_) => None,
+            Origin::Url { uri, .. } => Some(format!("jwks {uri}")),
+            Origin::Discovery { uri, issuer, .. } => Some(format!("discovery {uri} {issuer}")),
+        }
+    }
+
     /// The key set document, and the provider's metadata when the keys
     /// come by discovery.
     async fn fetch(&self) -> Result<(Vec<u8>, Option<ProviderMetadata>), String> {
@@ -686,6 +696,7 @@ impl KeySource {
         origin: Origin,
         cfg: &JwksConfig,
     ) -> anyhow::Result<Arc<Self>> {
+        let remembered = origin.remembered_as();
         let source = Arc::new(KeySource {
             issuer,
             origin,
@@ -701,8 +712,26 @@ impl KeySource {
             if matches!(source.origin, Origin::File(_)) {
                 anyhow::bail!("jwks {}: {e}", source.origin.describe());
             }
-            tracing::error!(issuer = %source.issuer, source = %source.origin.describe(), error = %e,
-                "JWKS not available at start; tokens of this issuer are refused until it is");
+            // A reload (SIGHUP, a config or certificate change) while the
+            // provider is unreachable: the keys this process last fetched
+            // from the same place, as a failed scheduled refresh keeps
+            // them. Without this every token of the issuer was refused,
+            // and /readyz failed, until the provider came back.
+            let kept = remembered.and_then(|name| last_good().lock().ok()?.get(&name).cloned());
+            match kept {
+                Some((set, meta)) => {
+                    tracing::warn!(issuer = %source.issuer, source = %source.origin.describe(), error = %e,
+                        keys = set.len(), "JWKS not available at reload; serving the last key set fetched from it until it is");
+                    source.current.store(set);
+                    if meta.is_some() {
+                        source.metadata.store(meta);
+                    }
+                }
+                None => {
+                    tracing::error!(issuer = %source.issuer, source = %source.origin.describe(), error = %e,
+                    "JWKS not available at start; tokens of this issuer are refused until it is")
+                }
+            }
         }
         Ok(source)
     }
@@ -754,7 +783,13 @@ impl KeySource {
                 // from "same kid, new key").
                 let old = self.current.load_full();
                 let replaced = set.take_over(&old);
-                self.current.store(Arc::new(set));
+                let set = Arc::new(set);
+                self.current.store(set.clone());
+                if let (Some(name), Ok(mut kept)) =
+                    (self.origin.remembered_as(), last_good().lock())
+                {
+                    kept.insert(name, (set, self.metadata.load_full()));
+                }
                 for kid in &replaced {
                     tracing::warn!(issuer = %self.issuer, kid = %kid,
                         "JWKS publishes a different key under a known kid; tokens verified with the previous key are verified again");
@@ -808,6 +843,18 @@ impl KeySource {
             }
         })
     }
+}
+
+/// The last key set (and, by discovery, provider metadata) fetched from
+/// each remote origin in this process, by [`Origin::remembered_as`]: what
+/// a key source built at a reload starts from when its first fetch fails.
+/// One entry per distinct URL, written only at a successful refresh.
+type Remembered = (Arc<KeySet>, Option<Arc<ProviderMetadata>>);
+
+fn last_good() -> &'static std::sync::Mutex<HashMap<String, Remembered>> {
+    static LAST: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Remembered>>> =
+        std::sync::OnceLock::new();
+    LAST.get_or_init(Default::default)
 }
 
 #[cfg(test)]
