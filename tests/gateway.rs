@@ -601,16 +601,7 @@ async fn a_reload_while_the_jwks_url_fails_keeps_the_keys_last_fetched_from_it()
     );
     let (gw, _dir) = start_gateway(&standard_config(backend.addr, &src)).await;
     let plain = gw.addrs()[1];
-    let status = |token: String| async move {
-        send(
-            plain,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", "/", Some(&token), &[]),
-        )
-        .await
-        .status
-    };
+    let status = |token: String| async move { get_plain(plain, &token, "/", &[]).await.status };
     assert_eq!(
         status(mint(Algorithm::RS256, "before")).await,
         StatusCode::OK
@@ -1159,20 +1150,23 @@ fn idle_after_300ms(backend: SocketAddr) -> String {
 
 /// Four requests at once, so the gateway opens several backend
 /// connections; each must be answered 200.
+/// A GET of `path` over plain HTTP to the gateway's listener at `at`,
+/// with `token` and `extra` headers.
+async fn get_plain(at: SocketAddr, token: &str, path: &str, extra: &[(&str, &str)]) -> Answer {
+    send(
+        at,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", path, Some(token), extra),
+    )
+    .await
+}
+
 async fn four_at_once(at: SocketAddr, token: &str) {
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let t = token.to_owned();
-        burst.spawn(async move {
-            send(
-                at,
-                Proto::Plain,
-                "localhost",
-                get(Proto::Plain, "localhost", "/b", Some(&t), &[]),
-            )
-            .await
-            .status
-        });
+        burst.spawn(async move { get_plain(at, &t, "/b", &[]).await.status });
     }
     while let Some(status) = burst.join_next().await {
         assert_eq!(status.expect("request task"), StatusCode::OK);
@@ -1185,14 +1179,7 @@ async fn backend_connections_idle_past_the_timeout_are_closed_not_reused() {
     let (addr, conns, closed, _) = raw_backend_counting_closes(false).await;
     let (gw, _dir) = start_gateway(&idle_after_300ms(addr)).await;
     let at = gw.addrs()[1];
-    let go = |path: &'static str| {
-        send(
-            at,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", path, Some(&token), &[]),
-        )
-    };
+    let go = |path: &'static str| get_plain(at, &token, path, &[]);
     // A burst opens several backend connections...
     four_at_once(at, &token).await;
     let opened = conns.load(Ordering::SeqCst);
@@ -1300,14 +1287,7 @@ async fn a_get_sent_as_the_backend_closes_its_idle_connection_is_sent_again_on_a
     let (addr, conns, lines) = backend_closing_as_its_connections_are_reused(None).await;
     let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
     let at = gw.addrs()[1];
-    let go = |path: &'static str| {
-        send(
-            at,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", path, Some(&token), &[]),
-        )
-    };
+    let go = |path: &'static str| get_plain(at, &token, path, &[]);
     assert_eq!(go("/first").await.status, StatusCode::OK);
     // Idle for longer than a second: then a backend's keep-alive timer may
     // be what closes the connection as it is reused.
@@ -1372,14 +1352,7 @@ async fn a_keep_alive_timeout_announced_once_holds_for_the_connections_life() {
     });
     let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
     let at = gw.addrs()[1];
-    let go = |path: &'static str| {
-        send(
-            at,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", path, Some(&token), &[]),
-        )
-    };
+    let go = |path: &'static str| get_plain(at, &token, path, &[]);
     assert_eq!(go("/said").await.status, StatusCode::OK);
     assert_eq!(go("/silent").await.status, StatusCode::OK);
     assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -1411,14 +1384,7 @@ async fn a_get_the_backend_may_have_acted_on_is_not_sent_again() {
         let (addr, conns, lines) = backend_failing_reused_connections(None, after, first).await;
         let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
         let at = gw.addrs()[1];
-        let go = |path: &'static str| {
-            send(
-                at,
-                Proto::Plain,
-                "localhost",
-                get(Proto::Plain, "localhost", path, Some(&token), extra),
-            )
-        };
+        let go = |path: &'static str| get_plain(at, &token, path, extra);
         assert_eq!(go("/first").await.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(1300)).await;
         let case = format!("{after:?} {:?} {extra:?}", String::from_utf8_lossy(first));
@@ -1485,14 +1451,7 @@ async fn a_backend_announcing_its_keep_alive_timeout_gets_a_new_connection_befor
         backend_closing_as_its_connections_are_reused(Some("timeout=2, max=100")).await;
     let (gw, _dir) = start_gateway(&standard_config(addr, &jwks_file())).await;
     let at = gw.addrs()[1];
-    let go = |path: &'static str| {
-        send(
-            at,
-            Proto::Plain,
-            "localhost",
-            get(Proto::Plain, "localhost", path, Some(&token), &[]),
-        )
-    };
+    let go = |path: &'static str| get_plain(at, &token, path, &[]);
     assert_eq!(go("/first").await.status, StatusCode::OK);
     // Idle past the announced 2 s less a margin of 1 s (the route's own
     // backend_idle_timeout is 60 s): not reused, so the backend never gets
