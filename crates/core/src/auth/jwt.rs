@@ -392,26 +392,25 @@ impl Verifier {
     /// [`super::bearer_unchecked`]: one that is not an RFC 6750 §2.1
     /// `b64token` is refused as malformed before anything parses it.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
-        const NOT_B64TOKEN: AuthError = AuthError::Malformed("malformed authorization header");
         // The size limit comes before hashing too: nothing about an
         // oversized token is worth computing.
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
-        let Some(cache) = &self.cache else {
-            if !super::is_b64token(token) {
-                return Err(NOT_B64TOKEN);
-            }
-            return self.verify_timed(token).await.map(|(id, _)| Arc::new(id));
-        };
         let now = now_unix();
-        // A memo hit is byte for byte a token that passed the check below.
-        if let Some(identity) = recent::get(self.id, token, now) {
-            return Ok(identity);
+        // A memo hit is byte for byte a token that passed the check below
+        // (the memo is filled only with the cache on).
+        if self.cache.is_some() {
+            if let Some(identity) = recent::get(self.id, token, now) {
+                return Ok(identity);
+            }
         }
         if !super::is_b64token(token) {
-            return Err(NOT_B64TOKEN);
+            return Err(AuthError::Malformed("malformed authorization header"));
         }
+        let Some(cache) = &self.cache else {
+            return self.verify_timed(token).await.map(|(id, _)| Arc::new(id));
+        };
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
             if hit.key_still_published() {
