@@ -1048,6 +1048,41 @@ fn state_cursor(state: &Path) -> String {
         .expect("a cursor in the state file")
 }
 
+/// A token the gateway has let through, so cached and found clear of
+/// revocations, is refused once a snapshot (here: the first answer of a
+/// wiped store, another epoch) brings a revocation of it. The snapshot
+/// replaces the whole set at once; a request must not go on taking the
+/// token as cleared in the set it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_already_let_through_is_refused_once_a_snapshot_revokes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let fake = FakeFeed::start(empty_snapshot("aaaaaaaaaaaa-1")).await;
+    let yaml = revocation_gateway_yaml(
+        backend.addr,
+        &[format!("http://{}", fake.addr)],
+        &dir.path().join("gw.state"),
+        "",
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("seen-then-revoked"));
+    });
+    for _ in 0..3 {
+        assert_eq!(status_of(gw.addr, &token).await.0, StatusCode::OK);
+    }
+    let exp = now() + 3600;
+    fake.answer(format!(
+        "{{\"type\":\"snapshot\",\"cursor\":\"bbbbbbbbbbbb-1\"}}\n\
+         {{\"op\":\"put\",\"id\":1,\"issuer\":\"{ISS}\",\"kind\":\"jti\",\"value\":\"seen-then-revoked\",\"reason\":\"compromised\",\"created_at\":1,\"expires_at\":{exp}}}\n\
+         {{\"type\":\"end\",\"cursor\":\"bbbbbbbbbbbb-1\"}}\n"
+    ));
+    assert_eq!(
+        refused_within_a_second(gw.addr, &token).await,
+        "token revoked"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_or_foreign_snapshot_never_unrevokes_and_is_counted() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -114,6 +114,43 @@ pub struct Identity {
     /// `exp` in Unix seconds, rounded down when fractional.
     pub expires_at: Option<i64>,
     pub claims: Map<String, Value>,
+    /// The revocation state this identity was last found clear in: what
+    /// lets a cached token skip the revocation lookups while that state
+    /// is unchanged ([`ClearedAt`]).
+    pub cleared_at: ClearedAt,
+}
+
+/// A revocation generation (a number that changes, process-wide unique,
+/// each time a gateway's revocation state changes) in which an identity
+/// was checked and found not revoked; 0 when never. The same verified
+/// token arrives again and again from a cached entry, and the state
+/// changes far more rarely than requests come: an identity cleared in
+/// the current generation needs no lookups to be cleared again. Any
+/// change (a put, a delete, a snapshot) moves the generation on first,
+/// so no revocation is ever skipped; it only makes the next request of
+/// each token look again.
+///
+/// A clone is a new identity as far as this goes: it starts uncleared.
+#[derive(Debug, Default)]
+pub struct ClearedAt(std::sync::atomic::AtomicU64);
+
+impl ClearedAt {
+    /// The generation last recorded, 0 when none.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the identity was found clear in `generation`.
+    pub fn set(&self, generation: u64) {
+        self.0
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for ClearedAt {
+    fn clone(&self) -> Self {
+        ClearedAt::default()
+    }
 }
 
 impl Identity {
@@ -167,6 +204,7 @@ impl Identity {
             client: azp.or(client_id),
             expires_at,
             claims,
+            cleared_at: ClearedAt::default(),
         })
     }
 

@@ -281,6 +281,7 @@ impl Login {
             client: Some(s.cid.clone()),
             expires_at: Some(s.exp.min(idle_end)),
             claims,
+            cleared_at: Default::default(),
         });
         let refresh_at = s.seen.saturating_add(self.sessions.refresh_after);
         let refresh = if now >= refresh_at {
@@ -837,6 +838,7 @@ async fn callback(
             client: Some(session.cid.clone()),
             expires_at: Some(session.exp),
             claims: Map::new(),
+            cleared_at: Default::default(),
         };
         if let Err(crate::revocation::feed::Refusal::Revoked(_)) = r.check(&probe) {
             let mut p = Page::new(

@@ -21,6 +21,17 @@ use gatehouse_core::revocation::{
     cursor_relation, read_line, Change, CursorRelation, FeedMarker, Line,
 };
 
+/// Where revocation generations come from: one counter for the process,
+/// so that two states (a reload's new one beside the old, an embedded
+/// authority's gateway beside another) never share a generation, and an
+/// identity cleared in one is never taken as cleared in the other.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A generation never handed out before (never 0: "not cleared").
+fn fresh_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
 /// Longest a feed line may be; a longer one is a broken or hostile feed.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -48,6 +59,12 @@ pub struct Revocations {
     /// Bumped each time changes or a snapshot become visible to requests:
     /// what an open tunnel waits on to re-check its credential.
     applied: tokio::sync::watch::Sender<u64>,
+    /// The state's generation ([`gatehouse_core::auth::ClearedAt`]):
+    /// moved on, with a Release store, after every change to `set` has
+    /// been made visible, so that a request that reads it with Acquire
+    /// and then finds its identity cleared in it saw every change made
+    /// before it.
+    generation: AtomicU64,
     max_staleness: Duration,
     on_stale: StalePolicy,
     /// Keeps an embedded authority running as long as the gateway.
@@ -139,8 +156,9 @@ pub struct Status {
 use gatehouse_core::clock::now_unix_ms as now_ms;
 
 impl Revocations {
-    /// The check on the request path: one atomic load, up to four hash
-    /// lookups, no lock held, no I/O.
+    /// The check on the request path: two atomic loads, and up to four
+    /// hash lookups unless the identity was already cleared in the
+    /// current generation; no lock held, no I/O.
     pub fn check(&self, id: &Identity) -> Result<(), Refusal> {
         if !self.ready.load(Ordering::Acquire) {
             return Err(Refusal::Unavailable);
@@ -148,23 +166,34 @@ impl Revocations {
         if self.on_stale == StalePolicy::FailClosed && self.is_stale() {
             return Err(Refusal::Unavailable);
         }
-        match self.set.load().check(id) {
-            Some(hit) => Err(Refusal::Revoked(hit)),
-            None => {
-                // What logouts can match among the tokens actually seen.
-                if id.sid.is_none() {
-                    gatehouse_core::metrics::metrics()
-                        .admitted_without_sid
-                        .inc();
-                }
-                if id.jti.is_none() {
-                    gatehouse_core::metrics::metrics()
-                        .admitted_without_jti
-                        .inc();
-                }
-                Ok(())
+        // Loaded before the set is read: a change made after this load
+        // moves the generation on, and the next request looks again.
+        let generation = self.generation.load(Ordering::Acquire);
+        if id.cleared_at.get() != generation {
+            if let Some(hit) = self.set.load().check(id) {
+                return Err(Refusal::Revoked(hit));
             }
+            id.cleared_at.set(generation);
         }
+        // What logouts can match among the tokens actually seen.
+        if id.sid.is_none() {
+            gatehouse_core::metrics::metrics()
+                .admitted_without_sid
+                .inc();
+        }
+        if id.jti.is_none() {
+            gatehouse_core::metrics::metrics()
+                .admitted_without_jti
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Moves the generation on: called after each change to the set is
+    /// visible (an entry put or deleted, a set swapped in), so every
+    /// identity cleared before it is looked up again.
+    fn changed(&self) {
+        self.generation.store(fresh_generation(), Ordering::Release);
     }
 
     /// Whether an entry held now covers this identity (readiness and
@@ -226,6 +255,7 @@ impl Revocations {
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(ready),
             applied: tokio::sync::watch::channel(0).0,
+            generation: AtomicU64::new(fresh_generation()),
             max_staleness: Duration::from_secs(u64::from(u32::MAX)),
             on_stale: StalePolicy::FailStatic,
             authority: AuthorityLink {
@@ -301,6 +331,7 @@ impl Revocations {
             cursor_seq: AtomicU64::new(0),
             ready: AtomicBool::new(has_state),
             applied: tokio::sync::watch::channel(0).0,
+            generation: AtomicU64::new(fresh_generation()),
             max_staleness: cfg.max_staleness,
             on_stale: cfg.on_stale,
             authority: AuthorityLink {
@@ -551,6 +582,7 @@ impl Feed {
                     }
                 }
                 me.set.store(set);
+                me.changed();
                 me.applied.send_modify(|n| *n += 1);
                 tracing::info!(cursor = %cursor, entries = n.total(), "revocation snapshot applied");
             }
@@ -560,6 +592,7 @@ impl Feed {
                     // Empty caches for a new issuer; the rest is shared.
                     set = Arc::new(extended);
                     me.set.store(set.clone());
+                    me.changed();
                 }
                 let apply = |set: &RevocationSet| {
                     for c in &changes {
@@ -581,6 +614,7 @@ impl Feed {
                     }
                     None => apply(&set),
                 }
+                me.changed();
                 me.applied.send_modify(|n| *n += 1);
                 tracing::debug!(cursor = %cursor, changes = changes.len(), "revocation changes applied");
                 // Fold a large change layer into a new compact base, built
@@ -590,6 +624,7 @@ impl Feed {
                     let current = set.clone();
                     let fresh = tokio::task::spawn_blocking(move || current.compacted()).await?;
                     me.set.store(Arc::new(fresh));
+                    me.changed();
                     tracing::info!(
                         changes = in_changes,
                         base = in_base,
