@@ -1340,14 +1340,25 @@ async fn revoking_again_after_expiry_creates_the_entry_anew() {
     let backend = Backend::start().await;
     // The purger does not run during the test: the expired entry stays.
     let auth = authority_task(dir.path(), |a| a.with("purge_interval", "1h")).await;
-    let (gw, _gdir) = start_gateway(&gateway_yaml(
-        backend.addr,
-        auth.addr(),
-        &dir.path().join("gw.state"),
-        "",
-    ))
-    .await;
-    let gw = gw.addrs()[0];
+    // A gateway holds an entry for twice its issuers' largest `leeway`
+    // past its expiry (`a_token_revoked_early_stays_refused_until_its_
+    // leeway_ends`); with a leeway of 0 it lets the token through as soon
+    // as the entry expires. Its own process: the hold is process-wide, and
+    // the other gateways of this test binary have the default 30 s.
+    let state = dir.path().join("gw.state");
+    let feed_token = dir.path().join("feed.token");
+    std::fs::write(&feed_token, FEED).expect("feed token");
+    let yaml = yaml::Config::gateway()
+        .issuers(vec![yaml::Issuer::test().with("leeway", "0s")])
+        .route(yaml::Route::to(backend.addr))
+        .revocation(yaml::Revocation::authority(
+            &[format!("http://{}", auth.addr())],
+            &feed_token,
+            &state,
+        ))
+        .yaml();
+    let gw = Proc::start("run", &yaml, "listening");
+    let gw = gw.addr;
     let token = token_with(|c| {
         c.insert("jti".into(), json!("short-lived"));
         c.insert("sid".into(), json!("short-session"));
@@ -2006,6 +2017,78 @@ fn embedded_yaml(
             &dir.join("gw.state"),
         ))
         .yaml()
+}
+
+/// A token revoked early in its life stays refused to its very end. The
+/// authority lets an entry expire `max_token_lifetime` after it was made,
+/// but the gateway accepts a token until `exp + leeway`, an `iat` up to
+/// `leeway` ahead of its clock, and a lifetime `exp - iat` up to
+/// `max_token_lifetime + leeway`. Found by a black-box round (session 14):
+/// a 1-minute issuer with the default 30 s leeway answered a revoked token
+/// 200 from second 61 to second 90. Here a 6 s issuer with a 3 s leeway:
+/// the entries expire about 6 s after the revocation; one token, already
+/// in use (cached), is accepted until 11 s, the other, first seen after
+/// its revocation and with the longest lifetime allowed, until 14 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_early_stays_refused_until_its_leeway_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let port = free_port();
+    let issuer = yaml::Issuer::test()
+        .with("max_token_lifetime", "6s")
+        .with("leeway", "3s");
+    let (gw, _gdir) = start_gateway(&embedded_yaml(
+        dir.path(),
+        backend.addr,
+        port,
+        |a| a,
+        issuer,
+    ))
+    .await;
+    let gw = gw.addrs()[0];
+    let now = now() as i64;
+    // Both issued 2 s ahead of the gateway's clock (inside the leeway).
+    let mint = |jti: &str, exp: i64| {
+        token_with(|c| {
+            c.insert("jti".into(), json!(jti));
+            c.insert("iat".into(), json!(now + 2));
+            c.insert("exp".into(), json!(exp));
+        })
+    };
+    let in_use = mint("early-in-use", now + 8);
+    let seen_later = mint("early-seen-later", now + 11);
+    assert_eq!(status_of(gw, &in_use).await.0, StatusCode::OK);
+    let a = admin(
+        ([127, 0, 0, 1], port).into(),
+        "POST",
+        "/v1/revocations",
+        Some(json!([{"jti": "early-in-use"}, {"jti": "early-seen-later"}])),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    refused_within_a_second(gw, &in_use).await;
+    // Four times a second until both are refused as expired: never let
+    // through.
+    let start = std::time::Instant::now();
+    let tokens = [&in_use, &seen_later];
+    let mut ended = [false, false];
+    while ended.contains(&false) {
+        for (i, t) in tokens.into_iter().enumerate() {
+            let (status, why) = status_of(gw, t).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "token {i} let through {:?} after its revocation",
+                start.elapsed()
+            );
+            ended[i] |= why == "token has expired";
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "not refused as expired after 25 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

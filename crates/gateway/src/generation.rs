@@ -36,6 +36,7 @@ impl Generation {
         revocations: Option<Arc<Revocations>>,
     ) -> anyhow::Result<Generation> {
         let cfg = &loaded.config;
+        crate::revocation::hold_past_leeway(cfg);
         let mut tls = Vec::new();
         for l in &cfg.listeners {
             tls.push(match &l.value.tls {

@@ -199,6 +199,9 @@ pub async fn start_on(
     local: Option<LocalAuthority>,
 ) -> anyhow::Result<Arc<Gateway>> {
     let cfg = &loaded.config;
+    // Before the state file is read: entries inside the leeway window
+    // past their expiry are kept from it.
+    crate::revocation::hold_past_leeway(cfg);
     let revocations = match &cfg.revocation {
         Some(r) => Some(Revocations::start(&r.value, loaded, local).await?),
         None => None,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,34 @@ use moka::Expiry;
 use gatehouse_core::auth::Identity;
 use gatehouse_core::clock::now_unix;
 use gatehouse_core::revocation::{covers, keys_of, Change, Kind, Revocation};
+
+/// Seconds an entry is still enforced past its `expires_at`: three times
+/// the largest `leeway` of the gateway's issuers, set at each config load
+/// and never lowered while the process runs ([`hold_past_expiry`]).
+///
+/// The authority lets an entry expire `max_token_lifetime` after the
+/// newest token it can cover was issued (the revocation's time, or a `sub`
+/// or `client` cut-off; a logout's `jti` entry at the token's `exp`). The
+/// gateway, within its leeway (RFC 7519 §4.1.4 allows "some small
+/// leeway"), accepts a token until `exp + leeway`, a lifetime `exp - iat`
+/// up to `max_token_lifetime + leeway`, and an `iat` up to `leeway` ahead
+/// of its clock: a token issued by the revocation's time can be accepted
+/// until 3 × `leeway` past the entry's expiry. Without this hold, a token
+/// revoked early in its life passed again at its end (found by the
+/// black-box round of session 14: a 1-minute issuer with the default 30 s
+/// leeway, revoked token answered 200 from second 61 to 90).
+static HELD_PAST_EXPIRY: AtomicI64 = AtomicI64::new(0);
+
+/// Keeps entries `secs` past their expiry from now on (the larger of this
+/// and what was set before).
+pub fn hold_past_expiry(secs: i64) {
+    HELD_PAST_EXPIRY.fetch_max(secs, Ordering::Relaxed);
+}
+
+/// An entry whose `expires_at` is at or before this is gone.
+fn horizon() -> i64 {
+    now_unix().saturating_sub(HELD_PAST_EXPIRY.load(Ordering::Relaxed))
+}
 
 /// Why a token is refused, compactly: the kind, a reason code and, for
 /// `sub`/`client`, the cut-off time.
@@ -113,7 +141,7 @@ impl Expiry<String, Delta> for ByExpiresAt {
 }
 
 fn remaining(expires_at: i64) -> Duration {
-    Duration::from_secs(expires_at.saturating_sub(now_unix()).max(0) as u64)
+    Duration::from_secs(expires_at.saturating_sub(horizon()).max(0) as u64)
 }
 
 /// One base entry: where its value lies in the arena, and the hit.
@@ -274,7 +302,7 @@ impl PerIssuer {
         }
         self.base[i]
             .get(k, value)
-            .filter(|h| h.expires_at > now_unix())
+            .filter(|h| h.expires_at > horizon())
     }
 
     fn put_delta(&self, value: &str, d: Delta) {
@@ -341,7 +369,7 @@ impl RevocationSet {
         };
         match change {
             Change::Put(r) => {
-                if r.expires_at > now_unix() && !base.put(&r.value, &hit_of(r)) {
+                if r.expires_at > horizon() && !base.put(&r.value, &hit_of(r)) {
                     p.put_delta(
                         &r.value,
                         Delta {
@@ -412,7 +440,7 @@ impl RevocationSet {
         let Some(p) = self.by_iss.get(r.issuer.as_str()) else {
             return false;
         };
-        if r.expires_at <= now_unix() {
+        if r.expires_at <= horizon() {
             return true;
         }
         let mut hit = hit_of(r);
@@ -491,7 +519,7 @@ impl RevocationSet {
 
     /// Every live entry, in feed form (for the state file).
     pub fn for_each(&self, mut f: impl FnMut(Revocation)) {
-        let now = now_unix();
+        let now = horizon();
         for (iss, p) in &self.by_iss {
             for kind in Kind::ALL {
                 let i = kind.index();
