@@ -2091,6 +2091,87 @@ async fn a_token_revoked_early_stays_refused_until_its_leeway_ends() {
     }
 }
 
+/// The same window seen by a gateway that starts without a state file
+/// after the revocation's `max_token_lifetime` has passed and the
+/// authority's purger has run: the authority keeps the entry three times
+/// the issuer's leeway longer too, so the new gateway still gets it from
+/// its first snapshot. (An entry that ended with the lifetime was purged,
+/// and the token let through from second 7 to 14.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starting_without_state_late_in_a_tokens_leeway_still_refuses_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    crypto();
+    let issuer = yaml::Issuer::test()
+        .with("max_token_lifetime", "6s")
+        .with("leeway", "3s");
+    let path = dir.path().join("authority.yaml");
+    std::fs::write(
+        &path,
+        yaml::Config::authority(yaml::Authority::redb(dir.path(), 0).with("purge_interval", "1s"))
+            .issuers(vec![issuer.clone()])
+            .yaml(),
+    )
+    .expect("write");
+    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
+        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
+    let section = loaded.config.authority.clone().expect("authority section");
+    let auth = gatehouse::authority::start(&section.value, &loaded)
+        .await
+        .expect("authority starts");
+    let t0 = now() as i64;
+    // Issued 2 s ahead, with the longest lifetime the leeway allows.
+    let token = token_with(|c| {
+        c.insert("jti".into(), json!("late-gateway"));
+        c.insert("iat".into(), json!(t0 + 2));
+        c.insert("exp".into(), json!(t0 + 11));
+    });
+    let a = admin(
+        auth.addr(),
+        "POST",
+        "/v1/revocations",
+        Some(json!({"jti": "late-gateway"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let created = a.json()["revocations"][0]["created_at"]
+        .as_i64()
+        .expect("created_at");
+    // Past `max_token_lifetime`, and a purge, before the gateway starts.
+    while (now() as i64) < created + 8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let feed_token = dir.path().join("feed.token");
+    std::fs::write(&feed_token, FEED).expect("feed token");
+    let yaml = yaml::Config::gateway()
+        .issuers(vec![issuer])
+        .route(yaml::Route::to(backend.addr))
+        .revocation(yaml::Revocation::authority(
+            &[format!("http://{}", auth.addr())],
+            &feed_token,
+            &dir.path().join("gw.state"),
+        ))
+        .yaml();
+    let gw = Proc::start("run", &yaml, "listening");
+    loop {
+        let (status, why) = status_of(gw.addr, &token).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "let through {} s after its revocation",
+            now() as i64 - created
+        );
+        if why == "token has expired" {
+            break;
+        }
+        assert!(
+            (now() as i64) < t0 + 25,
+            "not refused as expired after 25 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_authority_on_tls_feeds_its_own_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -260,10 +260,9 @@ impl Api {
         }
         let now = now_unix();
         let expired = id.expires_at.is_some_and(|e| e <= now);
-        let max_lifetime = self
-            .issuers
-            .get(&*id.iss)
-            .map_or(86_400, |i| i.max_lifetime);
+        let info = self.issuers.get(&*id.iss);
+        let max_lifetime = info.map_or(86_400, |i| i.max_lifetime);
+        let hold = info.map_or(0, |i| i.leeway_hold);
         let already = match already_revoked(&self.store, &id).await {
             Ok(a) => a,
             Err(e) => return Refusal::Unavailable(e).into(),
@@ -280,8 +279,15 @@ impl Api {
         };
         if let Some(jti) = &id.jti {
             let exp = id.expires_at.unwrap_or(now + max_lifetime);
-            if exp > now {
-                news.push(entry(Kind::Jti, jti, exp.min(now + max_lifetime)));
+            // Past `exp`: a gateway accepts the token within its leeway
+            // (`IssuerInfo::leeway_hold`), so a token just expired still
+            // gets its entry.
+            if exp.saturating_add(hold) > now {
+                news.push(entry(
+                    Kind::Jti,
+                    jti,
+                    exp.saturating_add(hold).min(now + max_lifetime),
+                ));
             }
         }
         if let Some(sid) = &id.sid {

@@ -70,8 +70,22 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// simply asks again with the new cursor.
 const MAX_CHANGES: usize = 50_000;
 
+/// [`IssuerInfo::leeway_hold`] for an issuer's `leeway`.
+fn leeway_hold(leeway: Duration) -> i64 {
+    (leeway.as_secs_f64().ceil() as i64).saturating_mul(3)
+}
+
 struct IssuerInfo {
+    /// How long an entry lives past the newest token it can cover, in
+    /// seconds: `max_token_lifetime` plus [`IssuerInfo::leeway_hold`].
     max_lifetime: i64,
+    /// Three times the issuer's `leeway`: within it a gateway accepts a
+    /// token until `exp + leeway`, a lifetime up to `max_token_lifetime +
+    /// leeway` and an `iat` up to `leeway` ahead, so an entry that ended
+    /// with the token's lifetime let it pass again at its end. Gateways
+    /// hold entries that long past their expiry themselves; the authority
+    /// keeps them too, for a gateway that starts without a state file.
+    leeway_hold: i64,
     backchannel: BackchannelScope,
     /// `logout_audiences`: the relying parties (client ids) whose ID
     /// tokens may report a login or end their own session.
@@ -148,7 +162,9 @@ impl Api {
                 (
                     i.value.issuer.clone(),
                     IssuerInfo {
-                        max_lifetime: i.value.max_token_lifetime.as_secs() as i64,
+                        max_lifetime: (i.value.max_token_lifetime.as_secs() as i64)
+                            .saturating_add(leeway_hold(i.value.leeway)),
+                        leeway_hold: leeway_hold(i.value.leeway),
                         backchannel: i.value.backchannel_logout,
                         clients: i.value.logout_audiences.clone(),
                     },
