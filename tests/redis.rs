@@ -447,6 +447,41 @@ async fn revoking_again_after_expiry_creates_the_entry_anew_on_redis() {
     }
 }
 
+/// A revocation without `expires_at` after a short one of the same entry
+/// extends it (`updated`), on Redis as on redb (`tests/revocation.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_after_a_short_one_of_the_same_entry_extends_it_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::shared(&dir.path().join("redis"));
+    let p = prefix("extend");
+    let a = replica(dir.path(), "a", &redis.url(), &p, |a| a);
+    let n = now() as i64;
+    for (kind, value) in [
+        ("jti", "short-then-long"),
+        ("sid", "short-then-long"),
+        ("sub", "short-then-long"),
+    ] {
+        let short = revoke(a.addr, json!({kind: value, "expires_at": n + 3})).await;
+        assert_eq!(
+            short.status,
+            StatusCode::CREATED,
+            "{kind}: {}",
+            short.text()
+        );
+        let first = short.json()["revocations"][0]["expires_at"]
+            .as_i64()
+            .expect("expires_at");
+        let long = revoke(a.addr, json!({kind: value})).await;
+        let r = &long.json()["revocations"][0];
+        assert_eq!(r["outcome"], "updated", "{kind}: {}", long.text());
+        assert!(
+            r["expires_at"].as_i64().expect("expires_at") > first + 600,
+            "{kind}: {}",
+            long.text()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_token_replayed_to_another_replica_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -229,6 +229,114 @@ async fn admin_api_needs_the_admin_token_and_unrevoke_is_audited() {
     assert_eq!(a.json()["revocations"], json!([]));
 }
 
+/// A revocation without `expires_at` after a short one of the same entry
+/// extends it (`updated`). It was `unchanged`, with the short expiry kept,
+/// and the token passed again when the short one ended (black-box round,
+/// session 14). The same on Redis: `tests/redis.rs`.
+#[tokio::test]
+async fn a_revocation_after_a_short_one_of_the_same_entry_extends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_task(dir.path(), |a| a).await;
+    let n = now() as i64;
+    for (kind, value) in [
+        ("jti", "short-then-long"),
+        ("sid", "short-then-long"),
+        ("sub", "short-then-long"),
+    ] {
+        let short = admin(
+            auth.addr(),
+            "POST",
+            "/v1/revocations",
+            Some(json!({kind: value, "expires_at": n + 3})),
+        )
+        .await;
+        assert_eq!(
+            short.status,
+            StatusCode::CREATED,
+            "{kind}: {}",
+            short.text()
+        );
+        let first = short.json()["revocations"][0]["expires_at"]
+            .as_i64()
+            .expect("expires_at");
+        let long = admin(
+            auth.addr(),
+            "POST",
+            "/v1/revocations",
+            Some(json!({kind: value})),
+        )
+        .await;
+        let r = &long.json()["revocations"][0];
+        assert_eq!(r["outcome"], "updated", "{kind}: {}", long.text());
+        assert!(
+            r["expires_at"].as_i64().expect("expires_at") > first + 600,
+            "{kind}: {}",
+            long.text()
+        );
+    }
+}
+
+/// Logging out a token that names neither `jti` nor `sid`, a moment after
+/// its `exp`, ends its subject's tokens up to it: gateways still accept it
+/// within their leeway. It revoked nothing, and the gateway kept letting
+/// the token through until `exp + leeway` (black-box round, session 14).
+#[tokio::test]
+async fn logging_out_a_just_expired_token_still_ends_it_within_the_leeway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    crypto();
+    // Both sides with the default 30 s leeway (the tests' default is 0).
+    let issuer = yaml::Issuer::test().with("leeway", "30s");
+    let path = dir.path().join("authority.yaml");
+    std::fs::write(
+        &path,
+        yaml::Config::authority(yaml::Authority::redb(dir.path(), 0))
+            .issuers(vec![issuer.clone()])
+            .yaml(),
+    )
+    .expect("write");
+    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
+        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
+    let section = loaded.config.authority.clone().expect("authority section");
+    let auth = gatehouse::authority::start(&section.value, &loaded)
+        .await
+        .expect("authority starts");
+    let feed_token = dir.path().join("feed.token");
+    std::fs::write(&feed_token, FEED).expect("feed token");
+    let (gw, _gdir) = start_gateway(
+        &yaml::Config::gateway()
+            .issuers(vec![issuer])
+            .route(yaml::Route::to(backend.addr))
+            .revocation(yaml::Revocation::authority(
+                &[format!("http://{}", auth.addr())],
+                &feed_token,
+                &dir.path().join("gw.state"),
+            ))
+            .yaml(),
+    )
+    .await;
+    let gw = gw.addrs()[0];
+    let n = now() as i64;
+    let token = token_with(|c| {
+        c.remove("jti");
+        c.remove("sid");
+        c.insert("sub".into(), json!("just-expired"));
+        c.insert("iat".into(), json!(n - 60));
+        c.insert("exp".into(), json!(n - 1));
+    });
+    let (status, why) = status_of(gw, &token).await;
+    assert_eq!(status, StatusCode::OK, "inside the gateway's leeway: {why}");
+    let a = send(
+        auth.addr(),
+        Proto::Plain,
+        "authority",
+        json_req("POST", "/v1/logout", Some(&token), None),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    refused_within_a_second(gw, &token).await;
+}
+
 #[tokio::test]
 async fn logout_always_answers_revoked_or_already_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -2121,16 +2229,21 @@ async fn a_gateway_starting_without_state_late_in_a_tokens_leeway_still_refuses_
         .expect("authority starts");
     let t0 = now() as i64;
     // Issued 2 s ahead, with the longest lifetime the leeway allows.
-    let token = token_with(|c| {
-        c.insert("jti".into(), json!("late-gateway"));
-        c.insert("iat".into(), json!(t0 + 2));
-        c.insert("exp".into(), json!(t0 + 11));
-    });
+    let mint = |key: &str| {
+        token_with(|c| {
+            c.insert(key.into(), json!("late-gateway"));
+            c.insert("iat".into(), json!(t0 + 2));
+            c.insert("exp".into(), json!(t0 + 11));
+        })
+    };
+    let tokens = [mint("jti"), mint("sid")];
+    // The `sid` entry with an explicit, short `expires_at`: it too is kept
+    // the leeway hold past it.
     let a = admin(
         auth.addr(),
         "POST",
         "/v1/revocations",
-        Some(json!({"jti": "late-gateway"})),
+        Some(json!([{"jti": "late-gateway"}, {"sid": "late-gateway", "expires_at": t0 + 2}])),
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
@@ -2153,16 +2266,17 @@ async fn a_gateway_starting_without_state_late_in_a_tokens_leeway_still_refuses_
         ))
         .yaml();
     let gw = Proc::start("run", &yaml, "listening");
-    loop {
-        let (status, why) = status_of(gw.addr, &token).await;
-        assert_eq!(
-            status,
-            StatusCode::UNAUTHORIZED,
-            "let through {} s after its revocation",
-            now() as i64 - created
-        );
-        if why == "token has expired" {
-            break;
+    let mut ended = [false, false];
+    while ended.contains(&false) {
+        for (i, t) in tokens.iter().enumerate() {
+            let (status, why) = status_of(gw.addr, t).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "token {i} let through {} s after its revocation",
+                now() as i64 - created
+            );
+            ended[i] |= why == "token has expired";
         }
         assert!(
             (now() as i64) < t0 + 25,

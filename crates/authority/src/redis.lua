@@ -58,12 +58,18 @@ local function put_one(key, rev)
     old = nil
   end
   if old then
-    if not has_before(rev.kind) or (o.before ~= nil and rev.before <= o.before) then
+    -- Unchanged only when the new entry neither moves `before` forward
+    -- nor lives longer (a revocation without expires_at after a short one
+    -- must extend it).
+    local moves = has_before(rev.kind) and (o.before == nil or rev.before > o.before)
+    if not moves and rev.expires_at <= o.expires_at then
       return old, 'unchanged'
     end
     -- `before` only moves forward; the entry lives as long as the
     -- latest token it can match.
-    o.before = rev.before
+    if moves then
+      o.before = rev.before
+    end
     o.reason = rev.reason
     o.created_at = rev.created_at
     if rev.expires_at > o.expires_at then

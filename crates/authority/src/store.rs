@@ -602,14 +602,22 @@ fn put_tx(
                 e => e,
             };
             let (rev, outcome) = match existing {
-                Some(old) if !n.kind.has_before() || n.before <= old.before => {
+                // Unchanged only when the new entry neither moves `before`
+                // forward nor lives longer: a revocation without
+                // `expires_at` after a short one made earlier must extend
+                // it (found by a black-box round: it was "unchanged", and
+                // the token passed again when the short one ended).
+                Some(old)
+                    if !(n.kind.has_before() && n.before > old.before)
+                        && n.expires_at <= old.expires_at =>
+                {
                     (old, PutOutcome::Unchanged)
                 }
                 Some(old) => {
                     // `before` only moves forward; the entry lives as long
                     // as the latest token it can match.
                     let mut r = old.clone();
-                    r.before = n.before;
+                    r.before = r.before.max(n.before);
                     r.reason = n.reason;
                     r.created_at = n.created_at;
                     r.expires_at = old.expires_at.max(n.expires_at);

@@ -241,10 +241,13 @@ impl Config {
     }
 
     /// `gatehouse authority` with `a`, for the test issuer (tokens live at
-    /// most an hour).
+    /// most an hour; `leeway: 0s`, as the test gateways have, so entries
+    /// expire when the tests say).
     pub fn authority(a: Authority) -> Config {
         Config {
-            issuers: vec![Issuer::test().with("max_token_lifetime", "1h")],
+            issuers: vec![Issuer::test()
+                .with("max_token_lifetime", "1h")
+                .with("leeway", "0s")],
             authority: Some(a),
             ..Config::default()
         }

@@ -52,7 +52,7 @@ impl Api {
             Ok(s) => s,
             Err(e) => return Refusal::BadRequest(format!("bad JSON: {e}")).into(),
         };
-        let (issuer, max_lifetime) = match self.issuer_for(s.issuer) {
+        let (issuer, max_lifetime, _) = match self.issuer_for(s.issuer) {
             Ok(x) => x,
             Err(e) => return e.into(),
         };
@@ -293,7 +293,11 @@ impl Api {
         if let Some(sid) = &id.sid {
             news.push(entry(Kind::Sid, sid, now + max_lifetime));
         }
-        if id.jti.is_none() && id.sid.is_none() && !expired {
+        // A token just expired is still accepted within the leeway: it
+        // gets its entry too (found by a black-box round: a sub-only
+        // token logged out a second after its `exp` revoked nothing).
+        let past_leeway = id.expires_at.is_some_and(|e| e.saturating_add(hold) <= now);
+        if id.jti.is_none() && id.sid.is_none() && !past_leeway {
             // Nothing names this token alone: end every token of the
             // subject issued up to this one.
             if let Some(sub) = &id.subject {

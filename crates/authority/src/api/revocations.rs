@@ -36,7 +36,12 @@ enum OneOrMany {
 }
 
 impl Api {
-    pub(super) fn issuer_for(&self, requested: Option<String>) -> Result<(String, i64), Refusal> {
+    /// The issuer named (or the only one), its entries' longest life and
+    /// its leeway hold (`IssuerInfo`), in seconds.
+    pub(super) fn issuer_for(
+        &self,
+        requested: Option<String>,
+    ) -> Result<(String, i64, i64), Refusal> {
         let iss = match requested {
             Some(i) => i,
             None if self.issuers.len() == 1 => {
@@ -45,13 +50,13 @@ impl Api {
             None => return Err(Refusal::BadRequest("issuer is required".into())),
         };
         match self.issuers.get(&iss) {
-            Some(info) => Ok((iss, info.max_lifetime)),
+            Some(info) => Ok((iss, info.max_lifetime, info.leeway_hold)),
             None => Err(Refusal::BadRequest("unknown issuer".into())),
         }
     }
 
     fn to_new(&self, r: RevocationRequest, now: i64) -> Result<NewRevocation, Refusal> {
-        let (issuer, max_lifetime) = self.issuer_for(r.issuer)?;
+        let (issuer, max_lifetime, hold) = self.issuer_for(r.issuer)?;
         let bad = |d: &str| Refusal::BadRequest(d.to_owned());
         let (kind, value) = match (r.jti, r.sid, r.sub, r.client_id) {
             (Some(v), None, None, None) => (Kind::Jti, v),
@@ -77,7 +82,15 @@ impl Api {
         };
         // No token it matches outlives the issuer's longest lifetime.
         let cap = before.unwrap_or(now) + max_lifetime;
-        let expires_at = r.expires_at.map_or(cap, |e| e.min(cap));
+        // An explicit `expires_at` ends the entry then, plus the leeway
+        // hold: gateways accept a token that long past the moment its
+        // entry should stop covering it, and hold entries so; kept as
+        // long here, a gateway starting without state gets it too.
+        let expires_at = match r.expires_at {
+            Some(e) if e <= now => return Err(bad("expires_at is in the past")),
+            Some(e) => e.saturating_add(hold).min(cap),
+            None => cap,
+        };
         if expires_at <= now {
             return Err(bad("expires_at is in the past"));
         }
