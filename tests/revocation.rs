@@ -276,6 +276,99 @@ async fn a_revocation_after_a_short_one_of_the_same_entry_extends_it() {
     }
 }
 
+/// A logout names entries only as the admin API could (1 to 1,024 bytes),
+/// takes exactly one token, and never ends a subject's tokens further
+/// ahead than the admin API's `before` may reach. All three were found by
+/// a black-box round (session 14): `"jti": ""` made an entry that revoked
+/// every other token with an empty `jti`; a second token in the body was
+/// ignored while the answer said `revoked`; a token issued a day ahead
+/// (which no gateway accepts) ended its subject's tokens for that day.
+#[tokio::test]
+async fn a_logout_names_only_what_the_admin_api_could_and_takes_one_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = authority_task(dir.path(), |a| a).await;
+    let logout = |bearer: Option<String>, body: Option<serde_json::Value>| {
+        let addr = auth.addr();
+        async move {
+            send(
+                addr,
+                Proto::Plain,
+                "authority",
+                json_req("POST", "/v1/logout", bearer.as_deref(), body.as_ref()),
+            )
+            .await
+        }
+    };
+    let entries = |value: &'static str| {
+        let addr = auth.addr();
+        async move {
+            admin(
+                addr,
+                "GET",
+                &format!("/v1/revocations?subject={value}"),
+                None,
+            )
+            .await
+            .json()["revocations"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    // Empty `jti` and `sid`: only the subject is named.
+    let empty = token_with(|c| {
+        c.insert("jti".into(), json!(""));
+        c.insert("sid".into(), json!(""));
+        c.insert("sub".into(), json!("empty-names"));
+    });
+    let a = logout(Some(empty), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(entries("").await, 0, "no entry for an empty value");
+    assert_eq!(entries("empty-names").await, 1, "the subject is named");
+    // Nothing nameable at all: 400, as for a token with no jti, sid or sub.
+    let nothing = token_with(|c| {
+        c.insert("jti".into(), json!(""));
+        c.remove("sid");
+        c.insert("sub".into(), json!(""));
+    });
+    assert_eq!(
+        logout(Some(nothing), None).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Two tokens: refused, neither revoked.
+    let one = token_with(|c| {
+        c.insert("jti".into(), json!("two-tokens-1"));
+    });
+    let two = token_with(|c| {
+        c.insert("jti".into(), json!("two-tokens-2"));
+    });
+    let a = logout(Some(one), Some(json!({"token": two}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    assert_eq!(entries("two-tokens-1").await, 0);
+    assert_eq!(entries("two-tokens-2").await, 0);
+    // Issued a day ahead: its subject's cut-off is at most 5 minutes ahead.
+    let n = now() as i64;
+    let ahead = token_with(|c| {
+        c.remove("jti");
+        c.remove("sid");
+        c.insert("sub".into(), json!("issued-ahead"));
+        c.insert("iat".into(), json!(n + 86_400));
+        c.insert("exp".into(), json!(n + 86_400 + 60));
+    });
+    let a = logout(Some(ahead), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let list = admin(
+        auth.addr(),
+        "GET",
+        "/v1/revocations?subject=issued-ahead",
+        None,
+    )
+    .await;
+    let before = list.json()["revocations"][0]["before"]
+        .as_i64()
+        .expect("a sub entry");
+    assert!(before <= n + 302, "before {before}, now {n}");
+}
+
 /// Logging out a token that names neither `jti` nor `sid`, a moment after
 /// its `exp`, ends its subject's tokens up to it: gateways still accept it
 /// within their leeway. It revoked nothing, and the gateway kept letting

@@ -29,8 +29,24 @@ async fn already_revoked(s: &Backend, id: &Identity) -> anyhow::Result<bool> {
 }
 
 fn kind_before(kind: Kind, id: &Identity) -> Option<i64> {
-    kind.has_before()
-        .then(|| id.issued_at.unwrap_or_else(now_unix) + 1)
+    kind.has_before().then(|| {
+        // No further ahead than the admin API allows: a token issued far
+        // in the future (which no gateway accepts) would otherwise end
+        // its subject's tokens until then (found by a black-box round).
+        let now = now_unix();
+        id.issued_at
+            .unwrap_or(now)
+            .min(now + super::MAX_BEFORE_AHEAD)
+            + 1
+    })
+}
+
+/// Drops a claim value that the admin API could not name either (empty,
+/// or over 1,024 bytes): a logout made an entry for `"jti": ""` that
+/// revoked every other token with an empty `jti` (found by a black-box
+/// round).
+fn nameable(v: Option<String>) -> Option<String> {
+    v.filter(|v| (1..=super::MAX_VALUE_BYTES).contains(&v.len()))
 }
 
 /// Seconds an ID token may be old when its login is reported
@@ -216,40 +232,40 @@ impl Api {
             Bearer::Token(t) => Some(t.to_owned()),
             _ => None,
         };
-        let (token, id_token) = match header_token {
-            Some(t) => (t, false),
-            None => {
-                let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
-                    Ok(b) => b,
-                    Err(r) => return r.into(),
-                };
-                match (
-                    token_from_body(&body, "token"),
-                    token_from_body(&body, "id_token"),
-                ) {
-                    (Some(t), None) => (t, false),
-                    (None, Some(t)) => (t, true),
-                    _ => {
-                        return Refusal::BadRequest(
-                            "exactly one of token or id_token is required".into(),
-                        )
-                        .into()
-                    }
-                }
-            }
+        let body = match read_body(req, SMALL_BODY, self.body_read_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r.into(),
+        };
+        // One token, from one place: a second one in the body was ignored
+        // while the answer said "revoked" (found by a black-box round).
+        let (token, id_token) = match (
+            header_token,
+            token_from_body(&body, "token"),
+            token_from_body(&body, "id_token"),
+        ) {
+            (Some(t), None, None) | (None, Some(t), None) => (t, false),
+            (None, None, Some(t)) => (t, true),
+            _ => return Refusal::BadRequest(
+                "exactly one token is required: in Authorization, or token or id_token in the body"
+                    .into(),
+            )
+            .into(),
         };
         let verified = if id_token {
             self.verify_rp_id_token(&token).await
         } else {
             self.verifier.verify_any_age(&token).await
         };
-        let id = match verified {
+        let mut id = match verified {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(target: "gatehouse::authority", reason = e.description(), "logout refused");
                 return Refusal::InvalidToken(e.description()).into();
             }
         };
+        id.jti = nameable(id.jti.take());
+        id.sid = nameable(id.sid.take());
+        id.subject = nameable(id.subject.take());
         if id.jti.is_none() && id.sid.is_none() && id.subject.is_none() {
             // Nothing names this token alone or its holder: answering
             // "already_revoked" would tell the client a live token is dead.
@@ -301,11 +317,8 @@ impl Api {
             // Nothing names this token alone: end every token of the
             // subject issued up to this one.
             if let Some(sub) = &id.subject {
-                news.push(entry(
-                    Kind::Sub,
-                    sub,
-                    id.issued_at.unwrap_or(now) + 1 + max_lifetime,
-                ));
+                let before = kind_before(Kind::Sub, &id).unwrap_or(now + 1);
+                news.push(entry(Kind::Sub, sub, before + max_lifetime));
             }
         }
         // Nothing new to write: what the answer stands for is everything

@@ -64,6 +64,12 @@ use gatehouse_core::revocation::{covers, keys_of, FeedMarker, Kind, Revocation};
 /// logout token is a few KiB. Logout is unauthenticated until its token is
 /// verified, so an unfinished large body must cost nothing.
 const SMALL_BODY: usize = 64 * 1024;
+/// The longest revocation value (`jti`, `sid`, `sub`, `client_id`), in
+/// bytes; an empty one names nothing.
+const MAX_VALUE_BYTES: usize = 1024;
+/// How far ahead of now a `before` may be, in seconds (the admin API's
+/// bound, and a logout's cap on a token's `iat`).
+const MAX_BEFORE_AHEAD: i64 = 300;
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Changes sent in one incremental response; a client further behind

@@ -65,13 +65,13 @@ impl Api {
             (None, None, None, Some(v)) => (Kind::Client, v),
             _ => return Err(bad("give exactly one of jti, sid, sub, client_id")),
         };
-        if value.is_empty() || value.len() > 1024 {
+        if value.is_empty() || value.len() > super::MAX_VALUE_BYTES {
             return Err(bad("value must be 1 to 1024 bytes"));
         }
         let before = if kind.has_before() {
             // Default: every token issued up to and including this second.
             let b = r.before.unwrap_or(now + 1);
-            if b > now + 300 {
+            if b > now + super::MAX_BEFORE_AHEAD {
                 return Err(bad("before may not be more than 5 minutes ahead"));
             }
             Some(b)
