@@ -40,9 +40,26 @@ async fn authority_task(
     dir: &Path,
     tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
 ) -> gatehouse::authority::AuthorityHandle {
+    authority_task_with(dir, authority_yaml(dir, 0, tune)).await
+}
+
+/// An authority running in this process, for `issuers` instead of the
+/// test issuer's defaults.
+async fn authority_task_for(
+    dir: &Path,
+    tune: impl FnOnce(yaml::Authority) -> yaml::Authority,
+    issuers: Vec<yaml::Issuer>,
+) -> gatehouse::authority::AuthorityHandle {
+    let yaml = yaml::Config::authority(tune(yaml::Authority::redb(dir, 0)))
+        .issuers(issuers)
+        .yaml();
+    authority_task_with(dir, yaml).await
+}
+
+async fn authority_task_with(dir: &Path, yaml: String) -> gatehouse::authority::AuthorityHandle {
     crypto();
     let path = dir.join("authority.yaml");
-    std::fs::write(&path, authority_yaml(dir, 0, tune)).expect("write");
+    std::fs::write(&path, yaml).expect("write");
     let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
         .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
     let section = loaded.config.authority.clone().expect("authority section");
@@ -377,23 +394,9 @@ async fn a_logout_names_only_what_the_admin_api_could_and_takes_one_token() {
 async fn logging_out_a_just_expired_token_still_ends_it_within_the_leeway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    crypto();
     // Both sides with the default 30 s leeway (the tests' default is 0).
     let issuer = yaml::Issuer::test().with("leeway", "30s");
-    let path = dir.path().join("authority.yaml");
-    std::fs::write(
-        &path,
-        yaml::Config::authority(yaml::Authority::redb(dir.path(), 0))
-            .issuers(vec![issuer.clone()])
-            .yaml(),
-    )
-    .expect("write");
-    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
-        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
-    let section = loaded.config.authority.clone().expect("authority section");
-    let auth = gatehouse::authority::start(&section.value, &loaded)
-        .await
-        .expect("authority starts");
+    let auth = authority_task_for(dir.path(), |a| a, vec![issuer.clone()]).await;
     let feed_token = dir.path().join("feed.token");
     std::fs::write(&feed_token, FEED).expect("feed token");
     let (gw, _gdir) = start_gateway(
@@ -2268,13 +2271,16 @@ async fn a_token_revoked_early_stays_refused_until_its_leeway_ends() {
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
     refused_within_a_second(gw, &in_use).await;
-    // Four times a second until both are refused as expired: never let
-    // through.
+    refused_until_expired(gw, &[&in_use, &seen_later]).await;
+}
+
+/// Asks four times a second until every token is refused as expired;
+/// fails at once if one is let through meanwhile, or after 25 s.
+async fn refused_until_expired(gw: SocketAddr, tokens: &[&str]) {
     let start = std::time::Instant::now();
-    let tokens = [&in_use, &seen_later];
-    let mut ended = [false, false];
+    let mut ended = vec![false; tokens.len()];
     while ended.contains(&false) {
-        for (i, t) in tokens.into_iter().enumerate() {
+        for (i, t) in tokens.iter().enumerate() {
             let (status, why) = status_of(gw, t).await;
             assert_eq!(
                 status,
@@ -2302,24 +2308,15 @@ async fn a_token_revoked_early_stays_refused_until_its_leeway_ends() {
 async fn a_gateway_starting_without_state_late_in_a_tokens_leeway_still_refuses_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    crypto();
     let issuer = yaml::Issuer::test()
         .with("max_token_lifetime", "6s")
         .with("leeway", "3s");
-    let path = dir.path().join("authority.yaml");
-    std::fs::write(
-        &path,
-        yaml::Config::authority(yaml::Authority::redb(dir.path(), 0).with("purge_interval", "1s"))
-            .issuers(vec![issuer.clone()])
-            .yaml(),
+    let auth = authority_task_for(
+        dir.path(),
+        |a| a.with("purge_interval", "1s"),
+        vec![issuer.clone()],
     )
-    .expect("write");
-    let loaded = gatehouse::config::load_for(&path, gatehouse::config::Mode::Authority)
-        .unwrap_or_else(|e| panic!("authority config refused:\n{e}"));
-    let section = loaded.config.authority.clone().expect("authority section");
-    let auth = gatehouse::authority::start(&section.value, &loaded)
-        .await
-        .expect("authority starts");
+    .await;
     let t0 = now() as i64;
     // Issued 2 s ahead, with the longest lifetime the leeway allows.
     let mint = |key: &str| {
@@ -2359,24 +2356,7 @@ async fn a_gateway_starting_without_state_late_in_a_tokens_leeway_still_refuses_
         ))
         .yaml();
     let gw = Proc::start("run", &yaml, "listening");
-    let mut ended = [false, false];
-    while ended.contains(&false) {
-        for (i, t) in tokens.iter().enumerate() {
-            let (status, why) = status_of(gw.addr, t).await;
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "token {i} let through {} s after its revocation",
-                now() as i64 - created
-            );
-            ended[i] |= why == "token has expired";
-        }
-        assert!(
-            (now() as i64) < t0 + 25,
-            "not refused as expired after 25 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    refused_until_expired(gw.addr, &[&tokens[0], &tokens[1]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
