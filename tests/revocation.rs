@@ -613,6 +613,21 @@ async fn a_third_login_over_a_limit_of_two_replaces_the_oldest_session() {
     assert_eq!(status_of(gw, &tokens[2]).await.0, StatusCode::OK);
     let a = admin(auth.addr(), "GET", "/v1/revocations?subject=first", None).await;
     assert_eq!(a.json()["revocations"][0]["reason"], "replaced");
+    // The replaced session reported again is refused, and ends no live
+    // one: it was counted and evicted "second" (black-box round, session
+    // 14; `/v1/login` already refused it). Empty names are refused too.
+    let body = json!({"sub": "erin", "sid": "first", "started_at": n + 3});
+    let a = admin(auth.addr(), "POST", "/v1/sessions", Some(body)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(gw, &tokens[1]).await.0, StatusCode::OK);
+    for body in [
+        json!({"sub": "", "sid": "x"}),
+        json!({"sub": "erin", "sid": ""}),
+    ] {
+        let a = admin(auth.addr(), "POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    }
 }
 
 #[tokio::test]

@@ -75,11 +75,34 @@ impl Api {
         let Some(limit) = self.max_sessions else {
             return json_resp(StatusCode::OK, &json!({ "replaced": [] }));
         };
-        let started = s.started_at.unwrap_or_else(now_unix);
+        let now = now_unix();
+        let started = s.started_at.unwrap_or(now);
         let (sub, sid) = (s.sub, s.sid);
+        if [&sub, &sid]
+            .iter()
+            .any(|v| !(1..=super::MAX_VALUE_BYTES).contains(&v.len()))
+        {
+            return Refusal::BadRequest("sub and sid must be 1 to 1024 bytes".into()).into();
+        }
+        // A session already ended (its `sid` revoked, or its subject
+        // revoked since before it started) is not counted: it took a live
+        // session's place, which was then revoked for it (found by a
+        // black-box round). `/v1/login` refuses the same with 401.
+        for (kind, value) in [(Kind::Sid, &sid), (Kind::Sub, &sub)] {
+            match self.store.get_by_key(&issuer, kind, value).await {
+                Ok(Some(r)) if r.expires_at > now && covers(kind, r.before, Some(started)) => {
+                    return Refusal::BadRequest(
+                        "this session has already ended: its sid or subject is revoked".into(),
+                    )
+                    .into()
+                }
+                Ok(_) => {}
+                Err(e) => return Refusal::Unavailable(e).into(),
+            }
+        }
         match self
             .store
-            .report_session(issuer, sub, sid, started, limit, max_lifetime, now_unix())
+            .report_session(issuer, sub, sid, started, limit, max_lifetime, now)
             .await
         {
             Ok((revoked, seq)) => {

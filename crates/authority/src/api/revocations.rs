@@ -92,7 +92,10 @@ impl Api {
             None => cap,
         };
         if expires_at <= now {
-            return Err(bad("expires_at is in the past"));
+            // Only a `before` can bring the cap into the past.
+            return Err(bad(
+                "before is further in the past than the issuer's max_token_lifetime: no token it covers can still be accepted",
+            ));
         }
         let reason = r.reason.unwrap_or_else(|| "forced_logout".to_owned());
         if reason.is_empty() || reason.len() > 200 {
