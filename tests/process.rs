@@ -387,6 +387,29 @@ fn check_names_the_line_of_each_unix_socket_listener_mistake() {
     assert!(ok, "{err}");
 }
 
+/// `max_token_lifetime` under a second refuses every token (a lifetime is
+/// whole seconds): `check` said ok, and the gateway then answered 401 to
+/// every fresh token (found by a newcomer's walk through the README).
+#[test]
+fn check_refuses_a_max_token_lifetime_that_would_refuse_every_token() {
+    let config = |lifetime: &str| {
+        format!(
+            "listeners:\n  - address: 127.0.0.1:8080\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: {{ url: \"https://idp.example.com/jwks\" }}\n    max_token_lifetime: {lifetime}\nroutes:\n  - backends: [http://127.0.0.1:9]\n"
+        )
+    };
+    for refused in ["0s", "500ms"] {
+        let (ok, err, file) = check(&config(refused));
+        assert!(!ok, "{refused}");
+        assert!(
+            err.lines().any(|l| l.starts_with(&format!("{file}:4: "))
+                && l.contains("max_token_lifetime must be at least 1s")),
+            "{refused}: {err}"
+        );
+    }
+    let (ok, err, _) = check(&config("1s"));
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn check_refuses_plain_http_jwks_authority_and_redis_off_loopback() {
     let gateway = |jwks_extra: &str, authority_extra: &str| {

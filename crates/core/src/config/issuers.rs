@@ -206,6 +206,15 @@ pub(super) fn check(c: &mut Check<'_>) {
                 "an issuer needs at least one audience (aud is always checked)".into(),
             );
         }
+        // Under a second, every token's lifetime (`exp - iat`, whole
+        // seconds) exceeds it and every token is refused (found by a
+        // newcomer's walk through the README: `check` said ok).
+        if ic.max_token_lifetime < std::time::Duration::from_secs(1) {
+            c.push(
+                line,
+                "max_token_lifetime must be at least 1s (every token would be refused)".into(),
+            );
+        }
         if ic.algorithms.is_empty() && ic.discovery.is_none() {
             c.push(
                 line,
