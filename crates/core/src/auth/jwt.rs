@@ -910,6 +910,13 @@ fn now_unix() -> i64 {
 /// token). Entries carry the same limits as the shared cache: never past
 /// `exp` or the TTL, only for the verifier that checked them, and only
 /// while the verifying key is still published.
+///
+/// A token takes an occupied slot only when it misses there twice in a
+/// row: a keep-alive client's token is in after its second request, while
+/// a stream of distinct tokens (10,000 in rotation, a fleet of clients
+/// each sending a few requests) leaves the slots alone instead of copying
+/// every token in and dropping the one before, which it never reads again
+/// (`benches/wrk/tail.sh`, 10,000-token rows).
 pub mod recent {
     use std::cell::RefCell;
     use std::sync::Arc;
@@ -935,8 +942,16 @@ pub mod recent {
         cached: Cached,
     }
 
+    /// A slot's entry, and the tail hash of the last token that missed
+    /// here without being let in.
+    #[derive(Default)]
+    struct Place {
+        entry: Option<Slot>,
+        missed: u64,
+    }
+
     thread_local! {
-        static MEMO: RefCell<Vec<Option<Slot>>> = RefCell::new((0..SLOTS).map(|_| None).collect());
+        static MEMO: RefCell<Vec<Place>> = RefCell::new((0..SLOTS).map(|_| Place::default()).collect());
     }
 
     /// The slot, and the tail hash it was picked by.
@@ -956,7 +971,7 @@ pub mod recent {
         MEMO.with(|m| {
             let m = m.borrow();
             let (slot, tail) = slot_of(token);
-            let s = m.get(slot)?.as_ref()?;
+            let s = m.get(slot)?.entry.as_ref()?;
             (s.verifier == verifier
                 && s.tail == tail
                 && s.cached.until > now
@@ -966,18 +981,90 @@ pub mod recent {
         })
     }
 
+    /// Remembers `token` in its slot if the slot is free or the token
+    /// missed there last time too (see the module's comment); otherwise
+    /// only notes the miss.
     pub fn put(verifier: u64, token: &str, cached: Cached) {
         MEMO.with(|m| {
             let (slot, tail) = slot_of(token);
-            if let Some(slot) = m.borrow_mut().get_mut(slot) {
-                *slot = Some(Slot {
-                    verifier,
-                    tail,
-                    token: token.into(),
-                    cached,
-                });
+            let mut m = m.borrow_mut();
+            let Some(place) = m.get_mut(slot) else { return };
+            // The same token again (its entry went stale) is let in at once.
+            let other = place.entry.as_ref().is_some_and(|e| e.tail != tail);
+            if other && place.missed != tail {
+                place.missed = tail;
+                return;
             }
+            place.missed = 0;
+            place.entry = Some(Slot {
+                verifier,
+                tail,
+                token: token.into(),
+                cached,
+            });
         });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Two tokens that share a slot but not a tail.
+        fn rivals() -> (String, String) {
+            let a = "header.payload.signature-a0".to_string();
+            let (slot, tail) = slot_of(&a);
+            let b = (0..)
+                .map(|i| format!("header.payload.signature-b{i}"))
+                .find(|b| {
+                    let (s, t) = slot_of(b);
+                    s == slot && t != tail
+                })
+                .unwrap_or_default();
+            (a, b)
+        }
+
+        fn cached(now: i64) -> Cached {
+            Cached {
+                identity: Arc::new(
+                    Identity::from_claims(
+                        Arc::from("idp"),
+                        Arc::from("https://idp.test"),
+                        serde_json::Map::new(),
+                    )
+                    .unwrap(),
+                ),
+                verified_by: None,
+                until: now + 60,
+            }
+        }
+
+        #[test]
+        fn a_keep_alive_clients_token_stays_remembered_while_other_tokens_pass_once() {
+            let now = 1_000;
+            let owner = next_owner();
+            let (a, b) = rivals();
+            put(owner, &a, cached(now));
+            assert!(get(owner, &a, now).is_some(), "a free slot takes the token");
+            // A token seen once does not push the remembered one out...
+            put(owner, &b, cached(now));
+            assert!(get(owner, &a, now).is_some());
+            assert!(get(owner, &b, now).is_none());
+            // ...one that misses there twice in a row does.
+            put(owner, &b, cached(now));
+            assert!(get(owner, &b, now).is_some());
+            assert!(get(owner, &a, now).is_none());
+        }
+
+        #[test]
+        fn a_remembered_token_whose_entry_went_stale_is_let_in_again_at_once() {
+            let now = 1_000;
+            let owner = next_owner();
+            let (a, _) = rivals();
+            put(owner, &a, cached(now - 120));
+            assert!(get(owner, &a, now).is_none(), "past its time: not served");
+            put(owner, &a, cached(now));
+            assert!(get(owner, &a, now).is_some());
+        }
     }
 }
 
