@@ -369,6 +369,27 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
     assert_ne!(status, 200, "{ingress}: {text}");
     assert_eq!(app.hits(), hits, "{ingress}");
 
+    // Dot and empty segments reach the app as the client wrote them, and
+    // apps read them differently (Node takes `//static/admin` for host
+    // `static`, path `/admin`): never judged by their resolved form, so
+    // neither a public path nor a route without `require` opens another.
+    for target in [
+        "/admin//../health",
+        "//health/admin",
+        "/admin/..;/health",
+        "/admin/%2e%2e/health",
+        "/admin/./x",
+    ] {
+        let hits = app.hits();
+        let (status, text) = through(port, target, &[]).await;
+        assert_ne!(status, 200, "{ingress}: {target}: {text}");
+        assert_eq!(app.hits(), hits, "{ingress}: {target} reached the app");
+    }
+    let hits = app.hits();
+    let (status, text) = through(port, "/admin//..", &[auth(&alice)]).await;
+    assert_ne!(status, 200, "{ingress}: {text}");
+    assert_eq!(app.hits(), hits, "{ingress}: /admin//.. reached the app");
+
     // Revoked at the authority: refused through the ingress within a second.
     let a = admin(
         authority.addr(),
@@ -455,6 +476,10 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
             .0,
         400
     );
+    for target in ["/admin//../health", "//health/admin", "/admin/..;/health"] {
+        let (status, text) = raw_request(addr, &traefik(target, None)).await;
+        assert_eq!(status, 400, "{target}: {text}");
+    }
     // Traefik forwards the client's headers as they came: another spelling
     // of an identity header is refused, the header's own name is not.
     let spelled = traefik("/health", None).replace(
@@ -503,6 +528,14 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
     )
     .await;
     assert_eq!(status, 400, "a path outside the prefix describes nothing");
+    for target in [
+        "/admin//../health",
+        "//health/admin",
+        "/health/%2e%2e/admin",
+    ] {
+        let (status, text) = raw_request(addr, &envoy(target, None)).await;
+        assert_eq!(status, 400, "{target}: {text}");
+    }
 }
 
 #[tokio::test]

@@ -307,6 +307,62 @@ pub fn case_fold_hazard(path: &str) -> Option<&'static str> {
         .then_some("a character that case-folds to ASCII in path")
 }
 
+/// Why `path` may not be judged on behalf of an app that will be served
+/// the raw target, if it may not: it has an empty segment (`//`, which
+/// [`canonicalize_path`] merges) or a dot segment (`.` or `..`, also
+/// spelled `%2e`, or followed by `;parameters` as in `..;x`, which it
+/// resolves; RFC 3986 §5.2.4). Only the path before `?` is looked at; a
+/// final empty segment (a trailing `/`) is fine.
+///
+/// In proxy mode the backend receives the canonical path, so these
+/// spellings are resolved and forwarded. An auth server (nginx
+/// `auth_request`, Caddy `forward_auth`) judges a target that the ingress
+/// forwards to the app as the client sent it, and apps disagree on these
+/// forms: Node's `new URL` reads `//static/admin` as host `static` and
+/// path `/admin`, Werkzeug matches `/admin/../health` against
+/// `/admin/<path:p>`, Express keeps `/admin/..;/health` under `/admin/*`.
+/// Judged by their canonical form, each would pass as the public or
+/// less protected path and be served as another; so they are refused.
+/// Escapes and `;parameters` are not refused here: they move no segment
+/// boundary, and [`canonicalize_path`] reads them as the common backends
+/// do.
+pub fn unresolved_segment(path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = body.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        let name = segment.split(';').next().unwrap_or(segment);
+        if name.is_empty() {
+            if !(last && segment.is_empty()) {
+                return Some("empty path segment");
+            }
+            continue;
+        }
+        if is_dot_segment(name) {
+            return Some("dot segment in path");
+        }
+    }
+    None
+}
+
+/// `.` or `..`, each dot written as itself or as `%2e`/`%2E`.
+fn is_dot_segment(name: &str) -> bool {
+    let mut dots = 0;
+    let mut rest = name.as_bytes();
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
 /// A request's host in its canonical form: `name[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalHost<'a> {
@@ -452,6 +508,16 @@ pub fn invariant_violation(path: &str, host: &str) -> Option<String> {
             Ok(again) if again == c => {}
             other => return Some(format!("not idempotent: {path:?} -> {f:?} -> {other:?}")),
         }
+        // What an auth server may judge for a raw target has the raw
+        // target's segments: as many, in the same places.
+        if !path.contains('?')
+            && unresolved_segment(path).is_none()
+            && f.matches('/').count() != path.matches('/').count()
+        {
+            return Some(format!(
+                "segments moved yet not refused for an auth server: {path:?} -> {f:?}"
+            ));
+        }
     }
     if let Ok(h) = canonicalize_host(host) {
         match canonicalize_host(&h.value) {
@@ -472,6 +538,37 @@ pub fn invariant_violation(path: &str, host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_auth_server_refuses_targets_whose_segments_an_app_could_read_another_way() {
+        for bad in [
+            "/admin//../health",
+            "//static/admin",
+            "/admin/..;/health",
+            "/admin/../health",
+            "/admin/%2e%2E/health",
+            "/admin/.%2e",
+            "/static/./x",
+            "/admin//",
+            "/;x/admin",
+            "/admin/;x",
+            "/x/..?q=1",
+        ] {
+            assert!(unresolved_segment(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/admin/",
+            "/%61dmin/x",
+            "/admin;v=1/x",
+            "/a/...",
+            "/a/.b/c.",
+            "/a/%2e%2e%2e",
+            "/health?next=/../admin//x",
+        ] {
+            assert_eq!(unresolved_segment(good), None, "{good}");
+        }
+    }
 
     fn fwd(p: &str) -> Result<String, &'static str> {
         canonicalize_path(p).map(|c| c.forward.into_owned())

@@ -172,6 +172,12 @@ fn original_request(
     if target.contains('#') {
         return Err(Reject::BadRequest("original target has a fragment"));
     }
+    // Dot and empty segments would be resolved here and judged so, while
+    // the ingress forwards them as they are to an app that may read them
+    // another way (`gatehouse_core::canonical::unresolved_segment`).
+    if let Some(why) = gatehouse_core::canonical::unresolved_segment(target) {
+        return Err(Reject::BadRequest(why));
+    }
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = method;
     head.uri = http::Uri::try_from(target)
