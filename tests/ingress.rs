@@ -321,6 +321,31 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
         );
     }
 
+    // The client's copies of the headers that frameworks route on or
+    // trust as the request's origin do not reach the app either.
+    let forged = [
+        ("x-original-url", "/admin"),
+        ("x-original-uri", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-for", "203.0.113.66"),
+        ("forwarded", "for=203.0.113.66;host=evil.test"),
+        ("x-real-ip", "203.0.113.66"),
+    ];
+    let lines: Vec<String> = forged.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+    let (status, text) = through(port, "/health", &lines).await;
+    assert_eq!(status, 200, "{ingress}: {text}");
+    let seen = app.last();
+    for (name, value) in forged {
+        for got in seen.headers.get_all(name) {
+            assert!(
+                !got.to_str().unwrap_or("").contains(value),
+                "{ingress}: the client's {name}: {value} reached the app as {got:?}"
+            );
+        }
+    }
+
     // Spellings a CGI backend reads as X-Auth-Subject that the snippets do
     // not name: nginx drops them, gatehouse refuses them; either way no
     // app sees one.
