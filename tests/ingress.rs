@@ -394,6 +394,22 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
     assert_ne!(status, 200, "{ingress}: {text}");
     assert_eq!(app.hits(), hits, "{ingress}");
 
+    // A target gatehouse cannot read is the client's fault: 400 through
+    // either ingress (nginx's auth_request would make it 500; the
+    // snippet gives the client gatehouse's status), never a forward. So
+    // is an HTTP/1.0 request without `Host`, which nginx describes with
+    // an empty host.
+    let hits = app.hits();
+    let (status, text) = through(port, "/a%2fb", &[]).await;
+    assert_eq!(status, 400, "{ingress}: {text}");
+    let (status, text) = raw_request(
+        ([127, 0, 0, 1], port).into(),
+        "GET /health HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{ingress}: {text}");
+    assert_eq!(app.hits(), hits, "{ingress}");
+
     // Dot and empty segments reach the app as the client wrote them, and
     // apps read them differently (Node takes `//static/admin` for host
     // `static`, path `/admin`): never judged by their resolved form, so
