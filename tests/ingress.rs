@@ -577,6 +577,14 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
         let (status, text) = raw_request(addr, &envoy(target, None)).await;
         assert_eq!(status, 400, "{target}: {text}");
     }
+    // docs/envoy.md has Envoy pass the client's X headers too, so another
+    // spelling of an identity header is seen, and refused.
+    let spelled = envoy("/health", None).replace(
+        "Connection: close",
+        "X_Auth_Subject: admin\r\nConnection: close",
+    );
+    let (status, text) = raw_request(addr, &spelled).await;
+    assert_eq!(status, 400, "{text}");
 }
 
 #[tokio::test]
