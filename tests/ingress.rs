@@ -326,15 +326,26 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
     let forged = [
         ("x-original-url", "/admin"),
         ("x-original-uri", "/admin"),
+        ("x-original-method", "DELETE"),
         ("x-rewrite-url", "/admin"),
+        ("x-envoy-original-path", "/admin"),
         ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-uri", "/admin"),
+        ("x-forwarded-method", "DELETE"),
         ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-scheme", "https-evil"),
+        ("front-end-https", "on"),
         ("x-forwarded-for", "203.0.113.66"),
         ("forwarded", "for=203.0.113.66;host=evil.test"),
         ("x-real-ip", "203.0.113.66"),
+        ("x-client-ip", "203.0.113.66"),
+        ("true-client-ip", "203.0.113.66"),
     ];
-    let lines: Vec<String> = forged.iter().map(|(n, v)| format!("{n}: {v}")).collect();
-    let (status, text) = through(port, "/health", &lines).await;
+    let mut lines: Vec<String> = forged.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+    lines.push(auth(&alice));
+    let (status, text) = through(port, "/orders", &lines).await;
     assert_eq!(status, 200, "{ingress}: {text}");
     let seen = app.last();
     for (name, value) in forged {
@@ -345,6 +356,37 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
             );
         }
     }
+    // The token stays with the ingress and gatehouse, as in proxy mode.
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "{ingress}: the client's token reached the app"
+    );
+    // Spelled with underscores, which CGI and WSGI apps read as the
+    // header itself: nginx drops such names, Caddy passes them on and
+    // gatehouse refuses the request.
+    for spelling in ["X_Original_URL", "X_Forwarded_Prefix", "X_Forwarded_For"] {
+        let hits = app.hits();
+        let (status, text) = through(port, "/health", &[format!("{spelling}: /admin")]).await;
+        if status == 200 {
+            let seen = app.last();
+            for (name, value) in seen.headers.iter() {
+                assert!(
+                    !name.as_str().contains('_'),
+                    "{ingress}: {spelling} reached the app as {name}: {value:?}"
+                );
+            }
+        } else {
+            assert_eq!(status, 400, "{ingress}: {spelling}: {text}");
+            assert_eq!(app.hits(), hits, "{ingress}: {spelling}");
+        }
+    }
+    // More header fields than gatehouse takes (nginx adds its own to the
+    // question): the client's fault, 431 through either ingress.
+    let many: Vec<String> = (0..96).map(|i| format!("X-Pad-{i}: v")).collect();
+    let hits = app.hits();
+    let (status, text) = through(port, "/health", &many).await;
+    assert_eq!(status, 431, "{ingress}: {text}");
+    assert_eq!(app.hits(), hits, "{ingress}");
 
     // Spellings a CGI backend reads as X-Auth-Subject that the snippets do
     // not name: nginx drops them, gatehouse refuses them; either way no
@@ -535,6 +577,15 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
         "X-Auth-Subject: admin\r\nConnection: close",
     );
     assert_eq!(raw_request(addr, &own).await.0, 200);
+    // So is another spelling of a forwarding header, which a CGI or WSGI
+    // app would read as X-Original-URL.
+    let spelled = traefik("/health", None).replace(
+        "Connection: close",
+        "X_Original_URL: /admin\r\nConnection: close",
+    );
+    let (status, text) = raw_request(addr, &spelled).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("spells a forwarding header"), "{text}");
     // Without the description, nothing is decided.
     let (status, _) = raw_request(
         addr,

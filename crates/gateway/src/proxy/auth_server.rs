@@ -55,6 +55,19 @@ impl Proxy {
                 "a client header spells an identity header another way",
             ));
         }
+        // Likewise a forwarding header (`X_Original_URL`,
+        // `X_Forwarded_Prefix`): CGI, WSGI and FastCGI apps read it as
+        // `X-Original-URL`, and the snippets can remove only the spellings
+        // they name (Caddy passes underscores on; nginx drops them).
+        if parts.headers.keys().any(|n| {
+            let n = n.as_str();
+            gatehouse_core::header_names::is_forwarding_header(n)
+                && n.bytes().any(|b| !b.is_ascii_alphanumeric() && b != b'-')
+        }) {
+            return Err(Reject::BadRequest(
+                "a client header spells a forwarding header another way",
+            ));
+        }
         let original = original_request(&parts, cfg)?;
         if tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO) {
             out.described = Some((original.method.clone(), original.uri.path().to_owned()));
