@@ -59,10 +59,12 @@ impl Proxy {
         // `X_Forwarded_Prefix`): CGI, WSGI and FastCGI apps read it as
         // `X-Original-URL`, and the snippets can remove only the spellings
         // they name (Caddy passes underscores on; nginx drops them).
+        // (Names are lower-case here; the cheap scan goes first, since a
+        // name with such a character is rare.)
         if parts.headers.keys().any(|n| {
             let n = n.as_str();
-            gatehouse_core::header_names::is_forwarding_header(n)
-                && n.bytes().any(|b| !b.is_ascii_alphanumeric() && b != b'-')
+            n.bytes().any(|b| !b.is_ascii_alphanumeric() && b != b'-')
+                && gatehouse_core::header_names::is_forwarding_header(n)
         }) {
             return Err(Reject::BadRequest(
                 "a client header spells a forwarding header another way",
