@@ -904,6 +904,45 @@ async fn the_access_log_shows_the_described_request_and_the_socket_peer() {
     assert_eq!(seen[1]["peer"], "unix", "{:?}", seen[1]);
 }
 
+#[tokio::test]
+async fn a_head_refused_for_too_many_fields_has_its_access_log_line() {
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    auth_server: {{ ingress: nginx }}\n\
+         trusted_proxies: [127.0.0.1/32]\n\
+         issuers:\n  - issuer: https://issuer.test\n    audiences: [api]\n    algorithms: [RS256]\n    jwks: {{ file: {} }}\n\
+         routes:\n  - name: orders\n    backends: [http://127.0.0.1:9]\n\
+         logging: {{ level: info, format: json }}\n",
+        fixture("jwks.json").display()
+    );
+    let p = Proc::start("run", &yaml, "listening");
+    let mut head = String::from("GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\n");
+    for i in 0..120 {
+        head.push_str(&format!("X-Pad-{i}: v\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let (status, text) = raw_request(p.addr, &head).await;
+    assert_eq!(status, 431, "{text}");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = p
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "gatehouse::access")
+            .collect();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["status"], 431, "{:?}", seen[0]);
+    assert_eq!(seen[0]["outcome"], "header_too_large", "{:?}", seen[0]);
+    assert_eq!(seen[0]["peer"], "127.0.0.1", "{:?}", seen[0]);
+}
+
 /// The longest path `sockaddr_un` holds (107 bytes) is served: the socket
 /// is made under a short name first and renamed, so nothing longer is
 /// ever bound.

@@ -153,12 +153,12 @@ pub async fn serve_plain_or_tls<H, Fut>(
             serve_limited(
                 tracked, peer, &builder, &limits, activity, shutdown, handler,
             )
-            .await
+            .await;
         }
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked)).await {
                 Ok(Ok(s)) => {
-                    serve_limited(s, peer, &builder, &limits, activity, shutdown, handler).await
+                    serve_limited(s, peer, &builder, &limits, activity, shutdown, handler).await;
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -177,6 +177,10 @@ pub async fn serve_plain_or_tls<H, Fut>(
 /// from the moment the connection is served, each later one from its first
 /// byte. A connection over it is dropped. Waiting between requests is the
 /// idle timeout's business, not this one's.
+///
+/// Returns the answer hyper gave a request head it refused before any
+/// handler saw it (see [`RefusedHead`]), so the caller can log and count
+/// it like any other answer.
 pub async fn serve_limited<I, H, Fut>(
     io: I,
     peer: SocketAddr,
@@ -185,7 +189,8 @@ pub async fn serve_limited<I, H, Fut>(
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
-) where
+) -> Option<RefusedHead>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::ProxyBody>> + Send + 'static,
@@ -246,10 +251,9 @@ pub async fn serve_limited<I, H, Fut>(
             // every wake-up (several per request).
             biased;
             res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-                return;
+                let Err(e) = res else { return None };
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                return RefusedHead::of(&*e);
             }
             () = &mut stop, if closing_since.is_none() => {
                 closing_since = Some(tokio::time::Instant::now());
@@ -272,7 +276,7 @@ pub async fn serve_limited<I, H, Fut>(
                             let waited = Duration::from_millis(now_ms().saturating_sub(since));
                             if waited >= first_byte {
                                 tracing::debug!(peer = %peer, "closed: a request head not complete within the header read timeout");
-                                return;
+                                return None;
                             }
                             next = next.min(first_byte - waited);
                         }
@@ -302,12 +306,45 @@ pub async fn serve_limited<I, H, Fut>(
                     // moving: not a long download), is forced.
                     if t.elapsed() >= first_byte && quiet >= first_byte {
                         tracing::debug!(peer = %peer, "closed: the client did not complete a graceful close");
-                        return;
+                        return None;
                     }
                     next = next.min(first_byte);
                 }
                 timer.reset_sleep(tokio::time::Instant::now() + next);
             }
+        }
+    }
+}
+
+/// A request head that hyper answered itself, before any handler: one
+/// over `limits.max_header_bytes` or `limits.max_headers` (431, RFC 6585
+/// §5) or one that is not HTTP/1.1 (400, RFC 9112 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedHead {
+    /// The status hyper answered with.
+    pub status: u16,
+    /// The access log's and metrics' outcome label.
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+impl RefusedHead {
+    fn of(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<Self> {
+        let h = e.downcast_ref::<hyper::Error>()?;
+        if h.is_parse_too_large() {
+            Some(RefusedHead {
+                status: 431,
+                outcome: "header_too_large",
+                reason: "request head over limits.max_header_bytes or limits.max_headers",
+            })
+        } else if h.is_parse() {
+            Some(RefusedHead {
+                status: 400,
+                outcome: "malformed_request",
+                reason: "request head that is not HTTP/1.1",
+            })
+        } else {
+            None
         }
     }
 }

@@ -834,6 +834,7 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let unix_socket = info.unix_socket;
     let bound = std::sync::Mutex::new(Arc::new(Bound {
         proxy: generation.proxy.clone(),
         info,
@@ -862,7 +863,7 @@ async fn serve<I>(
         // 4% of a decision's CPU in memmove).
         Box::pin(async move { b.proxy.handle(req, &b.info).await })
     };
-    serve_limited(
+    let refused = serve_limited(
         io,
         peer,
         &generation.builder,
@@ -871,7 +872,10 @@ async fn serve<I>(
         shutdown,
         handler,
     )
-    .await
+    .await;
+    if let Some(r) = refused {
+        generation.proxy.record_refused_head(peer, unix_socket, r);
+    }
 }
 
 /// Reloads on SIGHUP and when a watched file changes (debounced), for as

@@ -110,6 +110,34 @@ impl Drop for AccessRecord<'_> {
     }
 }
 
+impl Proxy {
+    /// Logs and counts a request head hyper answered before any handler
+    /// saw it (431 for one over the header limits, 400 for one that is
+    /// not HTTP/1.1): without this line an operator behind an ingress sees
+    /// the ingress's error and nothing here.
+    pub fn record_refused_head(
+        &self,
+        peer: std::net::SocketAddr,
+        unix_socket: bool,
+        r: gatehouse_core::listener::RefusedHead,
+    ) {
+        metrics().record_request(&self.no_route, r.status, r.outcome, 0.0);
+        let ip = peer.ip().to_string();
+        tracing::info!(
+            target: "gatehouse::access",
+            method = "-",
+            path = "",
+            route = "-",
+            status = r.status,
+            latency_us = 0u64,
+            subject = "-",
+            outcome = r.outcome,
+            reason = r.reason,
+            peer = if unix_socket { "unix" } else { ip.as_str() },
+        );
+    }
+}
+
 struct Peer<'a>(&'a ConnInfo);
 
 impl std::fmt::Display for Peer<'_> {
