@@ -328,6 +328,8 @@ async fn ingress_scenarios(ingress: &str, unix: bool) {
         ("x-original-uri", "/admin"),
         ("x-original-method", "DELETE"),
         ("x-rewrite-url", "/admin"),
+        ("x-script-name", "/health"),
+        ("proxy", "http://evil.test:1"),
         ("x-envoy-original-path", "/admin"),
         ("x-forwarded-prefix", "/admin"),
         ("x-forwarded-uri", "/admin"),

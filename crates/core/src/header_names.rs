@@ -8,8 +8,12 @@ use http::header::{self, HeaderName};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still
 /// see; they describe one connection and never cross the gateway.
-pub const HOP_BY_HOP: [HeaderName; 9] = [
+pub const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
+    // Not a header of any standard: a CGI backend reads it as the
+    // `HTTP_PROXY` environment variable, its outbound proxy ("httpoxy",
+    // CVE-2016-5385 and siblings), from every client, trusted or not.
+    HeaderName::from_static("proxy"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -24,11 +28,13 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
 /// The forwarding family: headers in which proxies, CDNs and load
 /// balancers tell a backend the client's address, scheme, host, original
 /// URL or certificate. A backend may believe any of them (Symfony and IIS
-/// route by `X-Original-URL`/`X-Rewrite-URL`, frameworks take the client IP
+/// route by `X-Original-URL`/`X-Rewrite-URL`, WSGI "reverse proxied"
+/// middleware mounts the app under `X-Script-Name`, frameworks take the client IP
 /// from `True-Client-IP` or `CF-Connecting-IP`), so from a client that is
 /// not a trusted proxy every one is removed, in every spelling. Sorted, in
 /// folded form (lower-case, `_` as `-`), for a binary search.
-pub const FORWARDING: [&str; 38] = [
+pub const FORWARDING: [&str; 44] = [
+    "base-url",
     "cf-connecting-ip",
     "cf-connecting-ipv6",
     "cf-visitor",
@@ -52,13 +58,18 @@ pub const FORWARDING: [&str; 38] = [
     "x-forwarded",
     "x-host",
     "x-http-host-override",
+    "x-ms-original-url",
     "x-originating-ip",
+    "x-override-url",
+    "x-path-info",
     "x-proxyuser-ip",
     "x-real-ip",
     "x-remote-addr",
     "x-remote-ip",
+    "x-request-uri",
     "x-rewrite-url",
     "x-scheme",
+    "x-script-name",
     "x-ssl",
     "x-ssl-client-cert",
     "x-ssl-client-dn",

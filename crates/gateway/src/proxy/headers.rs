@@ -189,17 +189,21 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
 }
 
 /// Whether a method-override header (`X-HTTP-Method-Override`,
-/// `X-HTTP-Method`, `X-Method-Override`) is present: some frameworks then
+/// `X-HTTP-Method`, `X-Method-Override`) is present, in any spelling a
+/// backend may read as one (`X_HTTP_Method_Override` is
+/// `HTTP_X_HTTP_METHOD_OVERRIDE` to CGI and WSGI): some frameworks then
 /// act on the request as that other method, so neither a credential-free
 /// preflight nor a retried idempotent request may carry one.
 pub fn overrides_method(h: &HeaderMap) -> bool {
-    [
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    ]
-    .iter()
-    .any(|n| h.contains_key(*n))
+    h.keys().any(|k| {
+        [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ]
+        .iter()
+        .any(|n| gatehouse_core::header_names::folds_to(k.as_str(), n))
+    })
 }
 
 /// The idle time a backend says it keeps a connection open, from the
@@ -469,6 +473,37 @@ mod tests {
         h.insert("x-remote-user", "admin".parse().unwrap());
         strip_client_claims(&mut h, &underscored, false);
         assert!(h.is_empty(), "configured with _, sent with -");
+    }
+
+    #[test]
+    fn a_method_override_is_seen_in_every_spelling_a_backend_reads() {
+        for name in [
+            "x-http-method-override",
+            "x_http_method_override",
+            "x.http.method.override",
+            "x-method-override",
+            "x_http_method",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "DELETE".parse().unwrap(),
+            );
+            assert!(overrides_method(&h), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-http-methods", "DELETE".parse().unwrap());
+        assert!(!overrides_method(&h));
+    }
+
+    #[test]
+    fn httpoxy_proxy_header_goes_from_every_client() {
+        let mut h = HeaderMap::new();
+        h.insert("proxy", "http://evil.test:1".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("proxy"));
+        assert!(h.contains_key("accept"));
     }
 
     #[test]

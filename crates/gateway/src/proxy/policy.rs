@@ -157,7 +157,7 @@ impl Proxy {
             }
         }
 
-        let (identity, via) = self.authenticate(route, path.matched(), head).await?;
+        let (identity, via) = self.authenticate(route, &path, head).await?;
         let mut set_cookies = Vec::new();
         if let Some(id) = &identity {
             out.identity = Some(id.clone());
@@ -217,13 +217,24 @@ impl Proxy {
     /// `require`). Any `Authorization` header that is there is judged: a
     /// broken bearer credential or another scheme is never taken for "no
     /// credentials" and forwarded.
+    ///
+    /// A path is public only if it is in both of its readings: without its
+    /// `;parameters` (as servlet containers serve it) and with them (as
+    /// Python, Node and Go do, for whom `/health;x` is another path that a
+    /// catch-all handler like Flask's `/<path:p>` serves). Routes are
+    /// chosen by the first reading alone: there it can only pick the more
+    /// protected route, never a less protected one.
     async fn authenticate(
         &self,
         route: &Route,
-        path: &str,
+        path: &canonical::CanonicalPath<'_>,
         head: &http::request::Parts,
     ) -> Result<(Option<Arc<Identity>>, Via), Reject> {
-        if route.auth == AuthMode::Off || route.is_public(path) {
+        let public = || {
+            route.is_public(path.matched())
+                && (path.matched() == &*path.forward || route.is_public(&path.forward))
+        };
+        if route.auth == AuthMode::Off || public() {
             return Ok((None, Via::Nothing));
         }
         if route.cors_preflight && is_cors_preflight(head) {
