@@ -472,7 +472,7 @@ async fn h2c_upgrade_never_reaches_the_backend_and_the_next_request_is_judged() 
     // WebSocket is allowed by default and tunnelled.
     let mut ws = TcpStream::connect(s.addr()).await.expect("connect");
     ws.write_all(
-        b"GET /chat/ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /chat/ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .await
     .expect("write");
@@ -808,6 +808,10 @@ async fn bad_framing_backend() -> SocketAddr {
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
                 } else if req.starts_with("GET /framing/switch") {
                     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                } else if req.starts_with("GET /framing/ws") {
+                    // An endpoint made to answer 101 (one that echoes a
+                    // status code), not a WebSocket server: no accept.
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
                 } else {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                 };
@@ -817,6 +821,32 @@ async fn bad_framing_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+#[tokio::test]
+async fn a_switch_to_websocket_without_the_answer_to_the_clients_key_opens_no_tunnel() {
+    let s = Setup::start().await;
+    let token = user_token();
+    // The request to smuggle rides right behind the upgrade request.
+    let smuggle = |key: &str| {
+        format!(
+            "GET /framing/ws HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n\
+             GET /admin/secret HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let (status, text) = raw_request(
+        s.addr(),
+        &smuggle("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    // Without a key (or with one that is not 16 bytes) there is nothing
+    // to check a switch against: the request is refused.
+    for key in ["", "Sec-WebSocket-Key: c2hvcnQ=\r\n"] {
+        let (status, text) = raw_request(s.addr(), &smuggle(key)).await;
+        assert_eq!(status, 400, "{key:?}: {text}");
+    }
 }
 
 #[tokio::test]

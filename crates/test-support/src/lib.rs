@@ -213,6 +213,16 @@ async fn backend_handle(
         resp.headers_mut().insert("upgrade", asked);
         resp.headers_mut()
             .insert("connection", "upgrade".parse().expect("hv"));
+        // As a WebSocket server answers the client's key (RFC 6455 §4.2.2).
+        if let Some(key) = req.headers().get("sec-websocket-key") {
+            use base64::Engine as _;
+            let mut input = key.as_bytes().to_vec();
+            input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+            let accept = base64::engine::general_purpose::STANDARD.encode(d.as_ref());
+            resp.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().expect("hv"));
+        }
         return Ok(resp);
     }
     if path.starts_with("/slow") {

@@ -188,6 +188,42 @@ pub fn normalize_content_length(h: &mut HeaderMap) {
     }
 }
 
+/// Whether the request's `Upgrade` offers WebSocket (RFC 6455 §4.1).
+pub fn offers_websocket(h: &HeaderMap) -> bool {
+    h.get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.trim()
+                .split('/')
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer the request's
+/// `Sec-WebSocket-Key` with (RFC 6455 §4.2.2: base64 of the SHA-1 of the
+/// key and the protocol's GUID); `None` unless there is exactly one key,
+/// and it is base64 of 16 bytes (§4.1, item 7).
+pub fn websocket_accept(h: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let mut keys = h.get_all("sec-websocket-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(k), None) => k.to_str().ok()?.trim(),
+        _ => return None,
+    };
+    let raw = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    if raw.len() != 16 {
+        return None;
+    }
+    let mut input = Vec::with_capacity(key.len() + 36);
+    input.extend_from_slice(key.as_bytes());
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    Some(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+}
+
 /// Whether a method-override header (`X-HTTP-Method-Override`,
 /// `X-HTTP-Method`, `X-Method-Override`) is present, in any spelling a
 /// backend may read as one (`X_HTTP_Method_Override` is
@@ -494,6 +530,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-http-methods", "DELETE".parse().unwrap());
         assert!(!overrides_method(&h));
+    }
+
+    #[test]
+    fn the_websocket_accept_value_is_the_one_rfc_6455_gives() {
+        let mut h = HeaderMap::new();
+        // RFC 6455 §1.3's example.
+        h.insert(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        assert_eq!(
+            websocket_accept(&h).as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        h.append(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        assert_eq!(websocket_accept(&h), None, "two keys");
+        let mut h = HeaderMap::new();
+        h.insert("sec-websocket-key", "c2hvcnQ=".parse().unwrap());
+        assert_eq!(websocket_accept(&h), None, "not 16 bytes");
     }
 
     #[test]

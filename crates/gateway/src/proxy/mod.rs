@@ -276,6 +276,17 @@ impl Proxy {
             None
         };
         let from_h2 = parts.version == Version::HTTP_2;
+        // What the backend's switch to WebSocket must answer (RFC 6455
+        // §4.1): computed now, before the request's headers go.
+        let ws_accept = if upgrade && headers::offers_websocket(&parts.headers) {
+            Some(
+                headers::websocket_accept(&parts.headers).ok_or(Reject::BadRequest(
+                    "a WebSocket request needs one valid Sec-WebSocket-Key",
+                ))?,
+            )
+        } else {
+            None
+        };
         let path: &str = &d.path.forward;
         let host: &str = &d.host.value;
 
@@ -360,7 +371,22 @@ impl Proxy {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| route.allows_upgrade(v));
-        if switching && !(upgrade && switched_to_allowed) {
+        // A switch to WebSocket must carry the accept value made from the
+        // client's key (RFC 6455 §4.1): otherwise the backend did not mean
+        // it (an endpoint that echoes a status code), and the pipe would
+        // carry requests nobody judges.
+        let to_websocket = resp
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        let accepted = !to_websocket
+            || ws_accept.as_deref().is_some_and(|a| {
+                resp.headers()
+                    .get("sec-websocket-accept")
+                    .is_some_and(|got| got.as_bytes() == a.as_bytes())
+            });
+        if switching && !(upgrade && switched_to_allowed && accepted) {
             // A switch nobody asked for (or that the route does not allow)
             // would turn the connection into a pipe nobody judges.
             route.upstream.count_error("framing");
