@@ -539,6 +539,15 @@ async fn the_whole_forwarding_family_from_an_untrusted_client_is_removed() {
         "Base-Url: http://evil.test",
         // httpoxy: HTTP_PROXY to a CGI backend.
         "Proxy: http://evil.test:1",
+        // Next.js skips its middleware for this one (CVE-2025-29927).
+        "X-Middleware-Subrequest: middleware",
+        "X-Invoke-Path: /admin",
+        "X-Now-Route-Matches: x",
+        "Fly-Client-IP: 1.2.3.4",
+        "CF-Pseudo-IPv4: 1.2.3.4",
+        "X-Client-DN: CN=admin",
+        "X-TLS-Client-Cert: x",
+        "SSL-Client-Subject-DN: CN=admin",
     ];
     let head = format!(
         "GET /favicon.ico HTTP/1.1\r\nHost: app.test\r\n{}\r\nConnection: close\r\n\r\n",
@@ -808,6 +817,11 @@ async fn bad_framing_backend() -> SocketAddr {
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
                 } else if req.starts_with("GET /framing/switch") {
                     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                } else if req.starts_with("GET /framing/wsecho") {
+                    // An endpoint that echoes headers the client chose: the
+                    // accept for the key the client sent (RFC 6455's
+                    // sample key), computed by the attacker in advance.
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
                 } else if req.starts_with("GET /framing/ws") {
                     // An endpoint made to answer 101 (one that echoes a
                     // status code), not a WebSocket server: no accept.
@@ -828,18 +842,20 @@ async fn a_switch_to_websocket_without_the_answer_to_the_clients_key_opens_no_tu
     let s = Setup::start().await;
     let token = user_token();
     // The request to smuggle rides right behind the upgrade request.
-    let smuggle = |key: &str| {
+    let smuggle_at = |path: &str, key: &str| {
         format!(
-            "GET /framing/ws HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\
+            "GET {path} HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\
              Connection: Upgrade\r\nUpgrade: websocket\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n\
              GET /admin/secret HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
         )
     };
-    let (status, text) = raw_request(
-        s.addr(),
-        &smuggle("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
-    )
-    .await;
+    let smuggle = |key: &str| smuggle_at("/framing/ws", key);
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let (status, text) = raw_request(s.addr(), &smuggle(key)).await;
+    assert_eq!(status, 502, "{text}");
+    // Nor does one that answers the client's own key: the backend is
+    // asked under a key of the gateway's.
+    let (status, text) = raw_request(s.addr(), &smuggle_at("/framing/wsecho", key)).await;
     assert_eq!(status, 502, "{text}");
     // Without a key (or with one that is not 16 bytes) there is nothing
     // to check a switch against: the request is refused.

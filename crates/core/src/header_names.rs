@@ -33,17 +33,20 @@ pub const HOP_BY_HOP: [HeaderName; 10] = [
 /// from `True-Client-IP` or `CF-Connecting-IP`), so from a client that is
 /// not a trusted proxy every one is removed, in every spelling. Sorted, in
 /// folded form (lower-case, `_` as `-`), for a binary search.
-pub const FORWARDING: [&str; 44] = [
+pub const FORWARDING: [&str; 51] = [
     "base-url",
     "cf-connecting-ip",
     "cf-connecting-ipv6",
+    "cf-pseudo-ipv4",
     "cf-visitor",
     "client-ip",
     "fastly-client-ip",
+    "fly-client-ip",
     "forwarded",
     "forwarded-for",
     "front-end-https",
     "ssl-client-cert",
+    "ssl-client-subject-dn",
     "true-client-ip",
     "via",
     "x-appengine-user-ip",
@@ -52,13 +55,16 @@ pub const FORWARDING: [&str; 44] = [
     "x-azure-clientip",
     "x-azure-socketip",
     "x-client-cert",
+    "x-client-dn",
     "x-client-ip",
     "x-client-verify",
     "x-cluster-client-ip",
     "x-forwarded",
     "x-host",
     "x-http-host-override",
+    "x-middleware-subrequest",
     "x-ms-original-url",
+    "x-now-route-matches",
     "x-originating-ip",
     "x-override-url",
     "x-path-info",
@@ -75,6 +81,7 @@ pub const FORWARDING: [&str; 44] = [
     "x-ssl-client-dn",
     "x-ssl-client-s-dn",
     "x-ssl-client-verify",
+    "x-tls-client-cert",
     "x-true-client-ip",
     "x-url-scheme",
     "x-wap-client-ip",
@@ -82,9 +89,11 @@ pub const FORWARDING: [&str; 44] = [
 
 /// Prefixes of the forwarding family (folded): every `X-Forwarded-*`
 /// (`-For`, `-Host`, `-Proto`, `-Uri`, `-Prefix`, `-Client-Cert`, ...),
-/// every `X-Original-*` (`-URL`, `-URI`, `-Host`, `-Method`, ...), and
-/// Envoy's own (`X-Envoy-Original-Path`, `-External-Address`, ...).
-pub const FORWARDING_PREFIXES: [&str; 3] = ["x-envoy-", "x-forwarded-", "x-original-"];
+/// every `X-Original-*` (`-URL`, `-URI`, `-Host`, `-Method`, ...),
+/// Envoy's own (`X-Envoy-Original-Path`, `-External-Address`, ...), and
+/// Next.js's internal `X-Invoke-*` (its `X-Middleware-Subrequest`, which
+/// skips the app's middleware, CVE-2025-29927, is in [`FORWARDING`]).
+pub const FORWARDING_PREFIXES: [&str; 4] = ["x-envoy-", "x-forwarded-", "x-invoke-", "x-original-"];
 
 /// The longest name of the family that is compared whole.
 pub const FOLD_BUF: usize = 32;

@@ -224,6 +224,21 @@ pub fn websocket_accept(h: &HeaderMap) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
 }
 
+/// A new `Sec-WebSocket-Key` (base64 of 16 random bytes, RFC 6455 §4.1)
+/// and the `Sec-WebSocket-Accept` a server must answer it with; `None`
+/// only if the system's random source fails.
+pub fn fresh_websocket_key() -> Option<(HeaderValue, String)> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let mut h = HeaderMap::new();
+    let value = HeaderValue::from_str(&key).ok()?;
+    h.insert("sec-websocket-key", value.clone());
+    Some((value, websocket_accept(&h)?))
+}
+
 /// Whether a method-override header (`X-HTTP-Method-Override`,
 /// `X-HTTP-Method`, `X-Method-Override`) is present, in any spelling a
 /// backend may read as one (`X_HTTP_Method_Override` is

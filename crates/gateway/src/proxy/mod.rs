@@ -276,14 +276,19 @@ impl Proxy {
             None
         };
         let from_h2 = parts.version == Version::HTTP_2;
-        // What the backend's switch to WebSocket must answer (RFC 6455
-        // §4.1): computed now, before the request's headers go.
+        // A WebSocket handshake is made again with the backend under a key
+        // of the gateway's own (RFC 6455 §4.1): the backend's switch must
+        // answer that key, which no client can know, so an endpoint that
+        // merely echoes a status and headers the client chose cannot pass
+        // for a WebSocket server. The client gets the answer to its own key.
         let ws_accept = if upgrade && headers::offers_websocket(&parts.headers) {
-            Some(
-                headers::websocket_accept(&parts.headers).ok_or(Reject::BadRequest(
-                    "a WebSocket request needs one valid Sec-WebSocket-Key",
-                ))?,
-            )
+            let for_client = headers::websocket_accept(&parts.headers).ok_or(
+                Reject::BadRequest("a WebSocket request needs one valid Sec-WebSocket-Key"),
+            )?;
+            let (key, for_backend) = headers::fresh_websocket_key()
+                .ok_or(Reject::BadRequest("no WebSocket key could be made"))?;
+            parts.headers.insert("sec-websocket-key", key);
+            Some((for_client, for_backend))
         } else {
             None
         };
@@ -381,16 +386,21 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
         let accepted = !to_websocket
-            || ws_accept.as_deref().is_some_and(|a| {
+            || ws_accept.as_ref().is_some_and(|(_, for_backend)| {
                 resp.headers()
                     .get("sec-websocket-accept")
-                    .is_some_and(|got| got.as_bytes() == a.as_bytes())
+                    .is_some_and(|got| got.as_bytes() == for_backend.as_bytes())
             });
         if switching && !(upgrade && switched_to_allowed && accepted) {
             // A switch nobody asked for (or that the route does not allow)
             // would turn the connection into a pipe nobody judges.
             route.upstream.count_error("framing");
             return Err(Reject::BadGateway);
+        }
+        if let (true, Some((for_client, _))) = (switching && to_websocket, &ws_accept) {
+            if let Ok(v) = HeaderValue::from_str(for_client) {
+                resp.headers_mut().insert("sec-websocket-accept", v);
+            }
         }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
