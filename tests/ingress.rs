@@ -227,6 +227,11 @@ async fn through(port: u16, target: &str, headers: &[String]) -> (u16, String) {
     raw_request(([127, 0, 0, 1], port).into(), &head).await
 }
 
+/// `request` with one more header line, before its last.
+fn with_line(request: String, line: &str) -> String {
+    request.replace("Connection: close", &format!("{line}\r\nConnection: close"))
+}
+
 fn auth(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
@@ -567,24 +572,15 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
     }
     // Traefik forwards the client's headers as they came: another spelling
     // of an identity header is refused, the header's own name is not.
-    let spelled = traefik("/health", None).replace(
-        "Connection: close",
-        "X.Auth.Subject: admin\r\nConnection: close",
-    );
+    let spelled = with_line(traefik("/health", None), "X.Auth.Subject: admin");
     let (status, text) = raw_request(addr, &spelled).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("spells an identity header"), "{text}");
-    let own = traefik("/health", None).replace(
-        "Connection: close",
-        "X-Auth-Subject: admin\r\nConnection: close",
-    );
+    let own = with_line(traefik("/health", None), "X-Auth-Subject: admin");
     assert_eq!(raw_request(addr, &own).await.0, 200);
     // So is another spelling of a forwarding header, which a CGI or WSGI
     // app would read as X-Original-URL.
-    let spelled = traefik("/health", None).replace(
-        "Connection: close",
-        "X_Original_URL: /admin\r\nConnection: close",
-    );
+    let spelled = with_line(traefik("/health", None), "X_Original_URL: /admin");
     let (status, text) = raw_request(addr, &spelled).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("spells a forwarding header"), "{text}");
@@ -632,10 +628,7 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
     }
     // docs/envoy.md has Envoy pass the client's X headers too, so another
     // spelling of an identity header is seen, and refused.
-    let spelled = envoy("/health", None).replace(
-        "Connection: close",
-        "X_Auth_Subject: admin\r\nConnection: close",
-    );
+    let spelled = with_line(envoy("/health", None), "X_Auth_Subject: admin");
     let (status, text) = raw_request(addr, &spelled).await;
     assert_eq!(status, 400, "{text}");
 }

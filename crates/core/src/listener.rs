@@ -318,7 +318,7 @@ where
 
 /// A request head that hyper answered itself, before any handler: one
 /// over `limits.max_header_bytes` or `limits.max_headers` (431, RFC 6585
-/// §5) or one that is not HTTP/1.1 (400, RFC 9112 §2.2).
+/// §5) or one HTTP/1.1 cannot parse (400, RFC 9112 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefusedHead {
     /// The status hyper answered with.
@@ -341,7 +341,7 @@ impl RefusedHead {
             Some(RefusedHead {
                 status: 400,
                 outcome: "malformed_request",
-                reason: "request head that is not HTTP/1.1",
+                reason: "request head that HTTP/1.1 cannot parse",
             })
         } else {
             None

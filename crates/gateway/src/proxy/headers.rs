@@ -203,9 +203,8 @@ pub fn offers_websocket(h: &HeaderMap) -> bool {
 }
 
 /// The `Sec-WebSocket-Accept` a server must answer the request's
-/// `Sec-WebSocket-Key` with (RFC 6455 §4.2.2: base64 of the SHA-1 of the
-/// key and the protocol's GUID); `None` unless there is exactly one key,
-/// and it is base64 of 16 bytes (§4.1, item 7).
+/// `Sec-WebSocket-Key` with; `None` unless there is exactly one key, and
+/// it is base64 of 16 bytes (RFC 6455 §4.1, item 7).
 pub fn websocket_accept(h: &HeaderMap) -> Option<String> {
     use base64::Engine as _;
     let mut keys = h.get_all("sec-websocket-key").iter();
@@ -214,14 +213,17 @@ pub fn websocket_accept(h: &HeaderMap) -> Option<String> {
         _ => return None,
     };
     let raw = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
-    if raw.len() != 16 {
-        return None;
-    }
+    (raw.len() == 16).then(|| accept_for(key))
+}
+
+/// RFC 6455 §4.2.2: base64 of the SHA-1 of the key and the protocol's GUID.
+fn accept_for(key: &str) -> String {
+    use base64::Engine as _;
     let mut input = Vec::with_capacity(key.len() + 36);
     input.extend_from_slice(key.as_bytes());
     input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
-    Some(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// A new `Sec-WebSocket-Key` (base64 of 16 random bytes, RFC 6455 §4.1)
@@ -233,10 +235,8 @@ pub fn fresh_websocket_key() -> Option<(HeaderValue, String)> {
     let mut nonce = [0u8; 16];
     aws_lc_rs::rand::SystemRandom::new().fill(&mut nonce).ok()?;
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-    let mut h = HeaderMap::new();
-    let value = HeaderValue::from_str(&key).ok()?;
-    h.insert("sec-websocket-key", value.clone());
-    Some((value, websocket_accept(&h)?))
+    let accept = accept_for(&key);
+    Some((HeaderValue::from_str(&key).ok()?, accept))
 }
 
 /// Whether a method-override header (`X-HTTP-Method-Override`,
