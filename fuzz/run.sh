@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 SECS=${SECS:-60}
-for t in token config path feed wait cookie keep_alive; do
+for t in token config path feed wait cookie keep_alive head; do
   mkdir -p "corpus/$t"
   out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$t" "corpus/$t" -- -max_total_time="$SECS" -max_len=16384 2>&1)
   code=$?

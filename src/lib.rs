@@ -14,7 +14,7 @@ pub mod demo;
 pub mod token;
 
 pub use gatehouse_authority as authority;
-pub use gatehouse_core::{auth, config, httpclient, logging, tls};
+pub use gatehouse_core::{auth, config, head_only, httpclient, logging, tls};
 pub use gatehouse_gateway::{admin, login, proxy, revocation};
 
 /// The gateway's server, with the embedded authority composed in: same

@@ -310,3 +310,37 @@ fn mutated_backend_keep_alive_fields_never_panic_and_name_a_timeout_they_hold() 
         }
     }
 }
+
+#[test]
+fn mutated_auth_server_heads_are_taken_whole_without_a_body_or_refused() {
+    let seeds: Vec<Vec<u8>> = [
+        "GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: /a?b=1\r\nX-Original-Method: GET\r\nAuthorization: Bearer a.b.c\r\n\r\n",
+        "GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Method: POST\r\nX-Forwarded-Uri: /x\r\nX-Forwarded-Host: app\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST /ext_authz/orders HTTP/1.1\r\nHost: app\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "GET / HTTP/1.0\n\n",
+        "HEAD /_gatehouse HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut whole = 0;
+    for i in 0..ROUNDS * 10 {
+        let m = rng.mutate(&seeds[i % seeds.len()], &seeds);
+        if let Some(v) = gatehouse::head_only::invariant_violation(&m) {
+            panic!("{v}: {:?}", String::from_utf8_lossy(&m));
+        }
+        let mut b = bytes::BytesMut::from(&m[..]);
+        if matches!(
+            gatehouse::head_only::parse_head(&mut b, 8192, 24),
+            gatehouse::head_only::Parsed::Complete { .. }
+        ) {
+            whole += 1;
+        }
+    }
+    // The mutations must reach the accepting side, not only the refusals.
+    assert!(whole > ROUNDS, "only {whole} mutated heads were whole");
+}

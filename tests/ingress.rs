@@ -1009,3 +1009,162 @@ fn of_two_gateways_started_at_once_on_one_socket_exactly_one_serves_it() {
         let _ = std::fs::remove_file(&socket);
     }
 }
+
+/// All that arrives on one connection until it closes (at most 10 s).
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let began = std::time::Instant::now();
+    s.write_all(bytes).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    (String::from_utf8_lossy(&buf).into_owned(), began.elapsed())
+}
+
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ingress_asking_several_questions_on_one_connection_gets_each_answer_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = token_with(|c| {
+        c.insert("sub".into(), json!("alice"));
+    });
+    let (gw, _a, _g) = gatehouse_for("nginx", dir.path()).await;
+    let addr = gw.addrs()[0];
+    let ask = |method: &str, target: &str, extra: &str| {
+        format!(
+            "{method} /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: {target}\r\n\
+             X-Original-Method: GET\r\n{extra}\r\n"
+        )
+    };
+    // Pipelined in one write (RFC 9112 §9.3.2): an allow, a refusal whose
+    // body a HEAD answer leaves out, a refusal with its body, and a last
+    // question that closes the connection.
+    let questions = [
+        ask("GET", "/orders", &format!("{}\r\n", auth(&alice))),
+        ask("HEAD", "/orders", ""),
+        ask("GET", "/orders", ""),
+        ask("GET", "/health", "Connection: close\r\n"),
+    ]
+    .concat();
+    let (text, _) = exchange(addr, questions.as_bytes()).await;
+    assert_eq!(statuses(&text), ["200", "401", "401", "200"], "{text}");
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert!(
+        answers[0]
+            .to_ascii_lowercase()
+            .contains("x-auth-subject: alice"),
+        "{text}"
+    );
+    assert!(answers[0].contains("cache-control: no-store\r\n"), "{text}");
+    // The HEAD answer has the refusal's length and none of its body: the
+    // next answer starts right after its empty line.
+    assert!(answers[1].contains("www-authenticate: Bearer"), "{text}");
+    assert!(!answers[1].contains("content-length: 0\r\n"), "{text}");
+    assert!(answers[1].ends_with("\r\n\r\n"), "{text}");
+    assert!(answers[2].contains("content-length: ") && !answers[2].ends_with("\r\n\r\n"));
+    assert!(answers[3].contains("connection: close\r\n"), "{text}");
+    assert!(answers.iter().all(|a| a.contains("\r\ndate: ")), "{text}");
+
+    // HTTP/1.0 closes unless asked to keep the connection alive.
+    let old = "GET /_gatehouse HTTP/1.0\r\nHost: app.test\r\nX-Original-URI: /health\r\n\
+               X-Original-Method: GET\r\n\r\n";
+    let (text, _) = exchange(addr, format!("{old}{old}").as_bytes()).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    let kept = old.replace("\r\n\r\n", "\r\nConnection: keep-alive\r\n\r\n");
+    let (text, _) = exchange(addr, format!("{kept}{old}").as_bytes()).await;
+    assert_eq!(statuses(&text), ["200", "200"], "{text}");
+}
+
+#[tokio::test]
+async fn a_question_with_a_body_is_refused_and_the_body_never_read_as_a_question() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = token_with(|c| {
+        c.insert("sub".into(), json!("alice"));
+    });
+    let (gw, _a, _g) = gatehouse_for("nginx", dir.path()).await;
+    let addr = gw.addrs()[0];
+    // The "body" is a question of its own that would be allowed: were the
+    // body's bytes read as the next request, its 200 would answer a
+    // question the ingress asks next on this connection.
+    let inner = format!(
+        "GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: /orders\r\n\
+         X-Original-Method: GET\r\n{}\r\n\r\n",
+        auth(&alice)
+    );
+    for framing in [
+        format!("Content-Length: {}", inner.len()),
+        "Transfer-Encoding: chunked".to_string(),
+        "Content-Length: 1, 1".to_string(),
+    ] {
+        let outer = format!(
+            "POST /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: /orders\r\n\
+             X-Original-Method: POST\r\n{framing}\r\n\r\n{inner}"
+        );
+        let (text, _) = exchange(addr, outer.as_bytes()).await;
+        assert_eq!(statuses(&text), ["400"], "{framing}: {text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+    }
+    // An HTTP/1.1 question without Host, or with two, is refused (RFC 9112
+    // §3.2).
+    let (text, _) = exchange(
+        addr,
+        b"GET /_gatehouse HTTP/1.1\r\nX-Original-URI: /health\r\nX-Original-Method: GET\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&text), ["400"], "{text}");
+    let (text, _) = exchange(
+        addr,
+        b"GET /_gatehouse HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-Original-URI: /health\r\nX-Original-Method: GET\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&text), ["400"], "{text}");
+}
+
+#[tokio::test]
+async fn an_auth_server_closes_a_slow_head_but_keeps_an_idle_ingress_connection_until_the_idle_timeout(
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, _a, _g) = gatehouse_tuned("nginx", dir.path(), "127.0.0.1/32", "127.0.0.1:0", |y| {
+        format!("{y}limits:\n  header_read_timeout: 1s\n  idle_timeout: 4s\n")
+    })
+    .await;
+    let addr = gw.addrs()[0];
+    // A head that never ends is cut off at the header read timeout.
+    let (text, took) = exchange(addr, b"GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\n").await;
+    assert!(text.is_empty(), "{text}");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    // A kept-alive connection waiting between questions is not a slow
+    // head: it is still served past the header read timeout.
+    let q = "GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: /health\r\n\
+             X-Original-Method: GET\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(q.as_bytes()).await.expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.write_all(q.as_bytes()).await.expect("write");
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "a kept-alive connection was closed before its idle timeout"
+    );
+    // And then closed once idle for the idle timeout.
+    let began = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+        .await
+        .expect("closed within 15 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        began.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+}

@@ -23,6 +23,9 @@ N=${1:-1000000}
 RUNS=${RUNS:-3}
 W=$WORKDIR/ingress
 mkdir -p "$W"
+# A run stopped by a signal leaves its sockets behind, and nginx then
+# cannot bind them (the always-200 rows would measure 502s).
+rm -f "$W/ok.sock" "$W/auth.sock" "$W"/*.err
 ST=$(state_file "$N")
 cp "$ST" "$W/live.jsonl"
 cat > "$W/app.conf" <<EOF

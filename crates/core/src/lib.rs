@@ -13,6 +13,7 @@ pub mod body;
 pub mod canonical;
 pub mod clock;
 pub mod config;
+pub mod head_only;
 pub mod header_names;
 pub mod httpclient;
 pub mod ids;

@@ -88,13 +88,18 @@ impl Gateway {
                         l.value.address.clone(),
                         l.value.socket_mode,
                         l.value.tls.is_some(),
+                        // An auth server's connections are served by
+                        // another HTTP/1 server than a proxy's
+                        // (`gatehouse_core::head_only`), chosen when they
+                        // are accepted.
+                        l.value.auth_server.is_some(),
                     )
                 })
                 .collect::<Vec<_>>()
         };
         if listeners(o) != listeners(n) {
             return Err(
-                "listener addresses, socket modes or TLS on/off changed; restart to apply".into(),
+                "listener addresses, socket modes, TLS on/off or auth_server on/off changed; restart to apply".into(),
             );
         }
         let fingerprint = |c: &gatehouse_core::config::Config| {
@@ -835,6 +840,9 @@ async fn serve<I>(
 {
     let peer = info.peer;
     let unix_socket = info.unix_socket;
+    if generation.proxy.auth_server(info.listener).is_some() {
+        return serve_ingress(io, info, generation, current, shutdown).await;
+    }
     let bound = std::sync::Mutex::new(Arc::new(Bound {
         proxy: generation.proxy.clone(),
         info,
@@ -873,6 +881,39 @@ async fn serve<I>(
         handler,
     )
     .await;
+    if let Some(r) = refused {
+        generation.proxy.record_refused_head(peer, unix_socket, r);
+    }
+}
+
+/// An auth-server listener's connection: the ingress's questions are
+/// answered from their heads alone by `gatehouse_core::head_only`, under
+/// the same limits as every listener; each question takes the policy
+/// current when it arrives.
+async fn serve_ingress<I>(
+    io: I,
+    info: ConnInfo,
+    generation: Arc<Generation>,
+    current: Arc<ArcSwap<Generation>>,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (peer, unix_socket) = (info.peer, info.unix_socket);
+    // Owned by this connection's task alone: no lock, and the
+    // generation's `Arc` is cloned only after a reload.
+    let mut proxy = generation.proxy.clone();
+    let info = &info;
+    let refused =
+        gatehouse_core::head_only::serve_heads(io, &generation.limits, shutdown, |parts| {
+            let now = current.load();
+            if !Arc::ptr_eq(&proxy, &now.proxy) {
+                proxy = now.proxy.clone();
+            }
+            let p = proxy.clone();
+            async move { p.answer_ingress(parts, info).await }
+        })
+        .await;
     if let Some(r) = refused {
         generation.proxy.record_refused_head(peer, unix_socket, r);
     }

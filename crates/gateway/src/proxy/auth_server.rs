@@ -10,7 +10,6 @@
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 
 use super::reject::Reject;
 use super::{ConnInfo, Outcome, Proxy, ProxyBody};
@@ -29,7 +28,7 @@ impl Proxy {
     /// (403), since whoever may describe a request may describe any.
     pub(super) async fn answer_auth_request(
         &self,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
         conn: &ConnInfo,
         cfg: &AuthServerConfig,
         out: &mut Outcome,
@@ -37,7 +36,6 @@ impl Proxy {
         if !self.is_trusted_proxy(conn) {
             return Err(Reject::UntrustedIngress);
         }
-        let (parts, _body) = req.into_parts();
         // The proxy removes every spelling of an identity header that some
         // backend would read as that header (`X_Auth_Subject`,
         // `X.Auth.Subject` for CGI); here the ingress forwards the client's

@@ -199,27 +199,70 @@ impl Proxy {
     /// is logged and counted all the same, with status 499 and outcome
     /// `client_closed` (nginx's code for it).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
-        let mut rec = AccessRecord {
+        let mut rec = self.access_record(req.method(), req.uri(), conn);
+        let answered = match self.auth_server(conn.listener) {
+            Some(a) => {
+                let (parts, _body) = req.into_parts();
+                self.answer_auth_request(parts, conn, a, &mut rec.out).await
+            }
+            None => self.handle_inner(req, conn, &mut rec.out).await,
+        };
+        self.answered(rec, answered)
+    }
+
+    /// Entry point from an auth-server listener's head-only connections
+    /// (`gatehouse_core::head_only`): the same answer, access log line
+    /// and count as [`Proxy::handle`] gives there, from the request's head
+    /// alone. On a listener that is not an auth server it answers 404: a
+    /// listener's mode is fixed at start (a reload that changes it is
+    /// refused), so this is never reached in practice.
+    pub async fn answer_ingress(
+        &self,
+        parts: http::request::Parts,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let mut rec = self.access_record(&parts.method, &parts.uri, conn);
+        let answered = match self.auth_server(conn.listener) {
+            Some(a) => self.answer_auth_request(parts, conn, a, &mut rec.out).await,
+            None => Err(Reject::NoRoute),
+        };
+        self.answered(rec, answered)
+    }
+
+    /// Whether listener `index` is an ingress's auth server, and its
+    /// settings.
+    pub fn auth_server(&self, index: usize) -> Option<&gatehouse_core::config::AuthServerConfig> {
+        self.auth_servers.get(index).and_then(Option::as_ref)
+    }
+
+    fn access_record<'a>(
+        &'a self,
+        method: &http::Method,
+        uri: &http::Uri,
+        conn: &'a ConnInfo,
+    ) -> AccessRecord<'a> {
+        AccessRecord {
             proxy: self,
             conn,
             start: Instant::now(),
-            method: req.method().clone(),
+            method: method.clone(),
             // Only the path is logged: query strings carry tokens in some
             // apps. Copied only when the access log is on (no allocation
             // otherwise).
             path: tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
-                .then(|| req.uri().path().to_owned()),
+                .then(|| uri.path().to_owned()),
             out: Outcome::default(),
             status: None,
-        };
-        let answered = match self
-            .auth_servers
-            .get(conn.listener)
-            .and_then(Option::as_ref)
-        {
-            Some(a) => self.answer_auth_request(req, conn, a, &mut rec.out).await,
-            None => self.handle_inner(req, conn, &mut rec.out).await,
-        };
+        }
+    }
+
+    /// A refusal becomes its answer; the record, dropped here, writes the
+    /// access log line and the count.
+    fn answered(
+        &self,
+        mut rec: AccessRecord<'_>,
+        answered: Result<Response<ProxyBody>, Reject>,
+    ) -> Response<ProxyBody> {
         let resp = match answered {
             Ok(resp) => resp,
             Err(reject) => {
