@@ -618,6 +618,16 @@ async fn traefik_and_envoy_request_shapes_are_judged_like_the_original_request()
     )
     .await;
     assert_eq!(status, 400, "a path outside the prefix describes nothing");
+    // A request target that is not a path (authority form, a bare word)
+    // describes no path of the client's: refused, not judged as `/`.
+    for line in ["GET health HTTP/1.1", "CONNECT app.test:443 HTTP/1.1"] {
+        let (status, text) = raw_request(
+            addr,
+            &format!("{line}\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{line}: {text}");
+    }
     for target in [
         "/admin//../health",
         "//health/admin",
@@ -1078,6 +1088,22 @@ async fn an_ingress_asking_several_questions_on_one_connection_gets_each_answer_
     let kept = old.replace("\r\n\r\n", "\r\nConnection: keep-alive\r\n\r\n");
     let (text, _) = exchange(addr, format!("{kept}{old}").as_bytes()).await;
     assert_eq!(statuses(&text), ["200", "200"], "{text}");
+    assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+    // Empty lines before a request line are ignored (RFC 9112 §2.2), and a
+    // head sent a few bytes at a time is answered once whole.
+    let q = "GET /_gatehouse HTTP/1.1\r\nHost: app.test\r\nX-Original-URI: /health\r\n\
+             X-Original-Method: GET\r\nConnection: close\r\n\r\n";
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for piece in format!("\r\n\r\n{q}").as_bytes().chunks(7) {
+            s.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut got = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got)).await;
+        assert_eq!(statuses(&got), ["200"], "{got}");
+    }
 }
 
 #[tokio::test]
@@ -1108,6 +1134,7 @@ async fn a_question_with_a_body_is_refused_and_the_body_never_read_as_a_question
         let (text, _) = exchange(addr, outer.as_bytes()).await;
         assert_eq!(statuses(&text), ["400"], "{framing}: {text}");
         assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.contains("cache-control: no-store\r\n"), "{text}");
     }
     // An HTTP/1.1 question without Host, or with two, is refused (RFC 9112
     // §3.2).

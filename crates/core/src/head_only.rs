@@ -143,22 +143,26 @@ fn scan<'b>(
 ) -> Result<Scanned, Option<RefusedHead>> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, slots) {
-        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => {
-            return Err(Some(TOO_LARGE))
-        }
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(Some(TOO_LARGE)),
         Ok(httparse::Status::Partial) => return Err(None),
-        Ok(httparse::Status::Complete(len)) if len > max_bytes => {
-            return Err(Some(TOO_LARGE))
-        }
+        Ok(httparse::Status::Complete(len)) if len > max_bytes => return Err(Some(TOO_LARGE)),
         Ok(httparse::Status::Complete(len)) => len,
         Err(httparse::Error::TooManyHeaders) => return Err(Some(TOO_LARGE)),
         Err(httparse::Error::Version) => {
-            return Err(Some(malformed_head("request head that is not HTTP/1.0 or HTTP/1.1")))
+            return Err(Some(malformed_head(
+                "request head that is not HTTP/1.0 or HTTP/1.1",
+            )))
         }
-        Err(_) => return Err(Some(malformed_head("request head that HTTP/1.1 cannot parse"))),
+        Err(_) => {
+            return Err(Some(malformed_head(
+                "request head that HTTP/1.1 cannot parse",
+            )))
+        }
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(Some(malformed_head("request head that HTTP/1.1 cannot parse")));
+        return Err(Some(malformed_head(
+            "request head that HTTP/1.1 cannot parse",
+        )));
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(Some(malformed_head("request method is not a token")));
@@ -172,7 +176,9 @@ fn scan<'b>(
     let mut names = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
-            return Err(Some(malformed_head("request field name that HTTP cannot carry")));
+            return Err(Some(malformed_head(
+                "request field name that HTTP cannot carry",
+            )));
         };
         names.push((name, span(buf, f.value)));
     }
@@ -336,12 +342,37 @@ where
     let mut stop = WhenWoken::new(async move {
         let _ = shutdown.changed().await;
     });
+    // Bytes of `buf` known to hold no head's end: once a head has come in
+    // part, it is parsed again only when its end may have arrived, so a
+    // head sent in many small pieces costs its length, not its length
+    // squared. 0 while no part of a head has been found wanting.
+    let mut searched = 0usize;
+    // Bytes arrived that no answer has used yet (empty lines included).
+    let mut pending = false;
     loop {
         // Every whole head already read is answered before reading more
         // (pipelining, RFC 9112 §9.3.2).
-        while !buf.is_empty() {
+        loop {
+            // Empty lines before a request line are ignored (RFC 9112
+            // §2.2), and dropped here so that they cannot pile up in front
+            // of a head and be parsed again with it.
+            while searched == 0 && (buf.starts_with(b"\r\n") || buf.starts_with(b"\n")) {
+                let _ = buf.split_to(if buf[0] == b'\r' { 2 } else { 1 });
+            }
+            if buf.is_empty() {
+                break;
+            }
+            if searched > 0 && !may_end_head(&buf, searched) {
+                searched = buf.len();
+                if buf.len() < max_bytes {
+                    break;
+                }
+            }
             let (parts, keep_alive) = match parse_head(&mut buf, max_bytes, limits.max_headers) {
-                Parsed::Partial => break,
+                Parsed::Partial => {
+                    searched = buf.len();
+                    break;
+                }
                 Parsed::Refused(r) => {
                     let _ = tokio::time::timeout(head_timeout, refuse(&mut io, &mut out, r)).await;
                     return Some(r);
@@ -350,9 +381,17 @@ where
                     parts, keep_alive, ..
                 } => (parts, keep_alive),
             };
+            searched = 0;
             let head_request = parts.method == Method::HEAD;
+            // An HTTP/1.0 client keeps the connection only if told so
+            // (RFC 9112 §9.3, Appendix C.2.2).
+            let connection = match (keep_alive, parts.version) {
+                (false, _) => Some("close"),
+                (true, Version::HTTP_10) => Some("keep-alive"),
+                (true, _) => None,
+            };
             let resp = handler(parts).await;
-            if encode(&mut out, resp, head_request, !keep_alive)
+            if encode(&mut out, resp, head_request, connection)
                 .await
                 .is_err()
                 || !write_answer(&mut io, &out, idle).await
@@ -365,8 +404,9 @@ where
                 return None;
             }
             head_since = None;
+            pending = !buf.is_empty();
         }
-        if !buf.is_empty() && head_since.is_none() {
+        if pending && head_since.is_none() {
             head_since = Some(now_ms());
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -383,7 +423,10 @@ where
                 Ok(0) | Err(_) => return None,
                 // The head's clock starts only if these bytes leave it
                 // incomplete (above): most heads arrive whole.
-                Ok(_) => moved = true,
+                Ok(_) => {
+                    moved = true;
+                    pending = true;
+                }
             },
             () = &mut timer => {
                 let now = now_ms();
@@ -407,6 +450,16 @@ where
             }
         }
     }
+}
+
+/// Whether the bytes of `buf` after the first `searched` (less two, for
+/// an end split between reads) hold an empty line: a head's end.
+fn may_end_head(buf: &[u8], searched: usize) -> bool {
+    let from = searched.saturating_sub(2).min(buf.len());
+    buf[from..].iter().enumerate().any(|(i, b)| {
+        *b == b'\n'
+            && (buf[from + i + 1..].starts_with(b"\n") || buf[from + i + 1..].starts_with(b"\r\n"))
+    })
 }
 
 /// Writes one answer; false if the connection is to be dropped. The
@@ -451,7 +504,9 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>
     out.clear();
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
     status_line(out, status);
-    out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\ndate: ");
+    out.extend_from_slice(
+        b"cache-control: no-store\r\ncontent-length: 0\r\nconnection: close\r\ndate: ",
+    );
     date(out);
     out.extend_from_slice(b"\r\n\r\n");
     if io.write_all(out).await.is_err() || io.shutdown().await.is_err() {
@@ -480,14 +535,14 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 
 /// Writes `resp` as an HTTP/1.1 message into `out`: the handler's fields
 /// except the framing and connection ones, which are this server's
-/// (`Content-Length` from the body, `Date`, `Connection: close` when
-/// `close`). The body is collected (answers here are small: an empty
+/// (`Content-Length` from the body, `Date`, and `Connection` with
+/// `connection`'s option when there is one). The body is collected (answers here are small: an empty
 /// allow, a refusal's short text); a `HEAD` answer leaves it out.
 async fn encode(
     out: &mut Vec<u8>,
     resp: Response<crate::body::ProxyBody>,
     head_request: bool,
-    close: bool,
+    connection: Option<&str>,
 ) -> Result<(), crate::body::BoxError> {
     let (parts, body) = resp.into_parts();
     let body: Bytes = if http_body::Body::is_end_stream(&body) {
@@ -515,8 +570,10 @@ async fn encode(
         out.extend_from_slice(itoa(body.len(), &mut [0u8; 20]));
         out.extend_from_slice(b"\r\n");
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    if let Some(c) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"date: ");
     date(out);
@@ -673,6 +730,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_head_is_parsed_again_only_once_its_end_may_have_arrived() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\r\n";
+        for cut in 1..head.len() {
+            let (start, rest) = head.split_at(cut);
+            assert!(!may_end_head(start, 1), "{cut}");
+            let mut whole = start.to_vec();
+            whole.extend_from_slice(rest);
+            assert!(may_end_head(&whole, start.len()), "{cut}");
+        }
+        assert!(may_end_head(b"GET / HTTP/1.0\n\n", 15));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 20));
+    }
+
     #[tokio::test]
     async fn answers_carry_length_date_and_close_and_a_head_answer_no_body() {
         let resp = Response::builder()
@@ -682,7 +753,7 @@ mod tests {
             .body(full("no\n"))
             .unwrap();
         let mut out = Vec::new();
-        encode(&mut out, resp, false, true).await.unwrap();
+        encode(&mut out, resp, false, Some("close")).await.unwrap();
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
         assert!(text.contains("www-authenticate: Bearer realm=\"x\"\r\n"));
@@ -690,7 +761,7 @@ mod tests {
         assert!(text.contains("connection: close\r\n") && text.contains("date: "));
         assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
         let resp = Response::builder().status(401).body(full("no\n")).unwrap();
-        encode(&mut out, resp, true, false).await.unwrap();
+        encode(&mut out, resp, true, None).await.unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("content-length: 3\r\n") && text.ends_with("\r\n\r\n"));
         assert!(!text.contains("connection:"));

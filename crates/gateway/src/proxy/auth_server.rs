@@ -160,7 +160,17 @@ fn original_request(
             header_value(h, &X_FORWARDED_HOST)?.0,
         ),
         Ingress::Envoy => {
-            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            // Envoy asks in origin form (RFC 9112 §3.2.1); any other form
+            // ("health", "h:443", "http://h/x") has no path of the client's
+            // to judge.
+            let pq = match (parts.uri.authority(), parts.uri.path_and_query()) {
+                (None, Some(pq)) if pq.as_str().starts_with('/') => pq.as_str(),
+                _ => {
+                    return Err(Reject::BadRequest(
+                        "the ext_authz request target is not a path",
+                    ))
+                }
+            };
             let rest = pq
                 .strip_prefix(cfg.path_prefix.trim_end_matches('/'))
                 .filter(|r| r.starts_with('/'))
