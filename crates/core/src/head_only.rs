@@ -230,7 +230,10 @@ fn build(
         return malformed("an HTTP/1.1 request needs exactly one Host");
     }
     let keep_alive = match version {
-        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
+        // `close` wins over `keep-alive` (RFC 9112 §9.6).
+        Version::HTTP_10 => {
+            connection_has(&headers, "keep-alive") && !connection_has(&headers, "close")
+        }
         _ => !connection_has(&headers, "close"),
     };
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -703,6 +706,17 @@ mod tests {
             panic!("not complete")
         };
         assert!(keep_alive);
+        for both in [
+            "Connection: close, keep-alive\r\n",
+            "Connection: keep-alive\r\nConnection: close\r\n",
+        ] {
+            let Parsed::Complete { keep_alive, .. } =
+                parse(&format!("GET / HTTP/1.0\r\n{both}\r\n"))
+            else {
+                panic!("not complete")
+            };
+            assert!(!keep_alive, "{both}");
+        }
         let Parsed::Complete { keep_alive, .. } =
             parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade, Close\r\n\r\n")
         else {
