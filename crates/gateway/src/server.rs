@@ -900,17 +900,20 @@ async fn serve_ingress<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (peer, unix_socket) = (info.peer, info.unix_socket);
-    // Owned by this connection's task alone: no lock, and the
-    // generation's `Arc` is cloned only after a reload.
-    let mut proxy = generation.proxy.clone();
+    // Each question takes a clone of this connection's own `Arc` (a
+    // cache line one thread writes), not of the generation's, which every
+    // connection of every worker would write on every question; the
+    // connection re-binds after a reload. No lock: the handler is this
+    // connection's task's alone.
+    let mut bound = Arc::new(generation.proxy.clone());
     let info = &info;
     let refused =
         gatehouse_core::head_only::serve_heads(io, &generation.limits, shutdown, |parts| {
             let now = current.load();
-            if !Arc::ptr_eq(&proxy, &now.proxy) {
-                proxy = now.proxy.clone();
+            if !Arc::ptr_eq(&*bound, &now.proxy) {
+                bound = Arc::new(now.proxy.clone());
             }
-            let p = proxy.clone();
+            let p = bound.clone();
             async move { p.answer_ingress(parts, info).await }
         })
         .await;
