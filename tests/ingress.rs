@@ -884,21 +884,7 @@ async fn the_access_log_shows_the_described_request_and_the_socket_peer() {
     }
     let text = unix_exchange(&socket, described).await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = p
-            .lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["target"] == "gatehouse::access")
-            .collect();
-        if seen.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = access_lines(&p, 2).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
     for v in &seen {
         assert_eq!(v["method"], "DELETE", "{v}");
@@ -927,21 +913,7 @@ async fn a_head_refused_for_too_many_fields_has_its_access_log_line() {
     head.push_str("Connection: close\r\n\r\n");
     let (status, text) = raw_request(p.addr, &head).await;
     assert_eq!(status, 431, "{text}");
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = p
-            .lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["target"] == "gatehouse::access")
-            .collect();
-        if !seen.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = access_lines(&p, 1).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["status"], 431, "{:?}", seen[0]);
     assert_eq!(seen[0]["outcome"], "header_too_large", "{:?}", seen[0]);
@@ -1194,4 +1166,25 @@ async fn an_auth_server_closes_a_slow_head_but_keeps_an_idle_ingress_connection_
         "{:?}",
         began.elapsed()
     );
+}
+
+/// The process's JSON access-log lines, once at least `n` have been
+/// written (or after 5 s, whatever is there).
+async fn access_lines(p: &Proc, n: usize) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = p
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "gatehouse::access")
+            .collect();
+        if seen.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
 }
