@@ -6,11 +6,16 @@
 # PAIRS times in one run, every row printed. With MISS=1 it adds HAProxy's
 # jwt_verify frontend (which verifies every request) and gatehouse with its
 # verified-token cache off (every request fully verified) to each pair.
+# With FLOOR=1 it adds `examples/hyper_floor.rs` (the same Rust stack as
+# gatehouse, TLS + hyper server + hyper client pool, with none of its work:
+# the floor a hyper-based proxy stands on) to each pair, with the one-token
+# wrk command.
 # Each row: req/s, p50, p99, and the process's CPU per request from
 # /proc/<pid>/stat (user + system, all threads).
 #
 #   BINS="/tmp/gatehouse-before target/release/gatehouse" benches/wrk/tail.sh [N=1000000] [PAIRS=3]
 #   MISS=1 benches/wrk/tail.sh 1000000 3
+#   FLOOR=1 benches/wrk/tail.sh 1000000 3
 . "$(dirname "$0")/common.sh"
 N=${1:-1000000}; PAIRS=${2:-3}
 BINS=${BINS:-$BIN}
@@ -21,6 +26,10 @@ if [ ! -s "$TOK10K" ]; then
     --sub bench-user --ttl 24h --count 10000 > "$TOK10K"
 fi
 export TOKENS_FILE=$TOK10K
+FLOOR_BIN=$ROOT/target/release/examples/hyper_floor
+if [ "${FLOOR:-0}" = 1 ] && [ ! -x "$FLOOR_BIN" ]; then
+  (cd "$ROOT" && cargo build --release --locked --features bench-floor --example hyper_floor)
+fi
 TOKEN=$(cat "$TOKENS/rs256.valid.jwt")
 HA=$WORKDIR/haproxy-tail
 mkdir -p "$HA"
@@ -68,6 +77,13 @@ for p in $(seq "$PAIRS"); do
   # The same wrk script as the 10k-token rows: its Lua per request costs
   # wrk CPU on the cores the proxy shares, so the 10k rows compare to this.
   echo "| $p | HAProxy plain TLS, 10k tokens | $(measure "$HP" https://127.0.0.1:18225/ -s "$ROOT/benches/wrk/rotate.lua") |"
+  if [ "${FLOOR:-0}" = 1 ]; then
+    "$FLOOR_BIN" 127.0.0.1:8444 127.0.0.1:18080 "$KEYS/tls-ec.crt.pem" "$KEYS/tls-ec.key.pem" &
+    fl=$!
+    for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:8444/ && break; sleep 0.1; done
+    echo "| $p | hyper floor (no gatehouse work), one token | $(measure "$fl" https://127.0.0.1:8444/ -H "Authorization: Bearer $TOKEN") |"
+    kill $fl; wait $fl 2>/dev/null || true
+  fi
   for b in $BINS; do
     gatehouse "$b" 100000 "gatehouse, one token" -H "Authorization: Bearer $TOKEN"
     gatehouse "$b" 100000 "gatehouse, 10k tokens" -s "$ROOT/benches/wrk/rotate.lua"
