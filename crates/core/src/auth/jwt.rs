@@ -996,6 +996,16 @@ pub mod recent {
                 return;
             }
             place.missed = 0;
+            // This thread's own copy of the identity: a hit hands out a
+            // reference to it for the request, and a reference count that
+            // every worker's hits wrote would move its cache line between
+            // cores on each request of a token used on several
+            // connections. The copy starts uncleared (`ClearedAt`), so its
+            // first request looks the revocation set up again.
+            let cached = Cached {
+                identity: Arc::new(Identity::clone(&cached.identity)),
+                ..cached
+            };
             place.entry = Some(Slot {
                 verifier,
                 tail,

@@ -26,12 +26,12 @@ impl Proxy {
     /// is read from the headers of `cfg.ingress`, believed only from a
     /// trusted proxy (the ingress); from anyone else the request is refused
     /// (403), since whoever may describe a request may describe any.
-    pub(super) async fn answer_auth_request(
-        &self,
+    pub(super) async fn answer_auth_request<'p>(
+        &'p self,
         parts: http::request::Parts,
         conn: &ConnInfo,
-        cfg: &AuthServerConfig,
-        out: &mut Outcome,
+        cfg: &'p AuthServerConfig,
+        out: &mut Outcome<'p>,
     ) -> Result<Response<ProxyBody>, Reject> {
         if !self.is_trusted_proxy(conn) {
             return Err(Reject::UntrustedIngress);

@@ -59,34 +59,61 @@ impl StripRules {
     }
 }
 
-/// Removes hop-by-hop headers and any header the `Connection` header names.
-/// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set
-/// again, for WebSocket pass-through.
+/// Removes hop-by-hop headers and any header the `Connection` header names
+/// (RFC 9110 §7.6.1). With `keep_upgrade`, `Upgrade` survives and
+/// `Connection: upgrade` is set again, for WebSocket pass-through.
+///
+/// Every response of a keep-alive backend carries `Connection:
+/// keep-alive`, so this runs on the hot path: one pass over the names
+/// present, then only those are removed (each removal hashes its name),
+/// and a `Connection` option naming no other field (`keep-alive`,
+/// `close`) costs no allocation.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the (few) names present first: most messages carry
-    // none of these, and then nothing is hashed, collected or removed.
-    let present = h
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
-    if present {
-        if h.contains_key(header::CONNECTION) {
-            let named: Vec<HeaderName> = h
+    // Bit i: HOP_BY_HOP[i] is present; bit HOP_BY_HOP.len(): Upgrade.
+    let mut present: u32 = 0;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        } else if k == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present != 0 {
+        // HOP_BY_HOP[0] is Connection.
+        if present & 1 != 0 {
+            let mut named: Vec<HeaderName> = Vec::new();
+            for token in h
                 .get_all(header::CONNECTION)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-                .collect();
-            for n in named {
-                if !(keep_upgrade && n == header::UPGRADE) {
-                    h.remove(n);
+                .map(str::trim)
+            {
+                // Fields removed below anyway, `close`, and an empty list
+                // element: nothing more to remove.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("upgrade")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|n| token.eq_ignore_ascii_case(n.as_str()))
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(n);
                 }
             }
+            for n in named {
+                h.remove(n);
+            }
         }
-        for n in &HOP_BY_HOP {
-            h.remove(n);
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                h.remove(n);
+            }
         }
-        if !keep_upgrade {
+        if !keep_upgrade && present & (1 << HOP_BY_HOP.len()) != 0 {
             h.remove(header::UPGRADE);
         }
     }
@@ -311,13 +338,40 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The client address as the forwarding headers write it, formatted once
-/// per connection rather than on every request.
-#[derive(Debug, Clone)]
+/// per connection rather than on every request, and the last values made
+/// from it.
+#[derive(Debug)]
 pub struct ClientAddr {
     /// `X-Forwarded-For` when there is no chain before us.
     xff: HeaderValue,
     /// The `for=` node of `Forwarded` (IPv6 quoted and bracketed).
     node: Box<str>,
+    /// The `X-Forwarded-Host` and `Forwarded` values of the connection's
+    /// last request without a chain before us: a keep-alive client names
+    /// the same host on every request, and reusing them saves two
+    /// allocations and a formatting per request. Only this connection's
+    /// requests take the lock, one after another (HTTP/1.1) or from its
+    /// own worker (HTTP/2).
+    last: std::sync::Mutex<Option<Made>>,
+}
+
+/// Forwarding values made for one host and scheme.
+#[derive(Debug, Clone)]
+struct Made {
+    host: Box<str>,
+    proto: &'static str,
+    xfh: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+}
+
+impl Clone for ClientAddr {
+    fn clone(&self) -> Self {
+        ClientAddr {
+            xff: self.xff.clone(),
+            node: self.node.clone(),
+            last: std::sync::Mutex::new(self.last.lock().ok().and_then(|m| m.clone())),
+        }
+    }
 }
 
 impl ClientAddr {
@@ -331,8 +385,65 @@ impl ClientAddr {
             xff: HeaderValue::from_maybe_shared(bytes::Bytes::from(plain))
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             node: node.into(),
+            last: std::sync::Mutex::new(None),
         }
     }
+
+    /// `X-Forwarded-Host` and `Forwarded` for a request to `host` by
+    /// `proto` with no chain before us, from the last request's when they
+    /// were made for the same.
+    fn made(&self, proto: &'static str, host: &str) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let mut last = self.last.lock().ok();
+        if let Some(Some(m)) = last.as_deref() {
+            if m.proto == proto && *m.host == *host {
+                return (m.xfh.clone(), m.forwarded.clone());
+            }
+        }
+        let xfh = (!host.is_empty())
+            .then(|| HeaderValue::from_str(host).ok())
+            .flatten();
+        let forwarded = forwarded_value(None, &self.node, proto, host);
+        if let Some(slot) = last.as_deref_mut() {
+            *slot = Some(Made {
+                host: host.into(),
+                proto,
+                xfh: xfh.clone(),
+                forwarded: forwarded.clone(),
+            });
+        }
+        (xfh, forwarded)
+    }
+}
+
+/// A `Forwarded` value (RFC 7239 §4): the chain before us, if any, then
+/// our element for `node`; `host` only when it can be written as a
+/// quoted-string without escapes.
+fn forwarded_value(
+    prev: Option<&[u8]>,
+    node: &str,
+    proto: &'static str,
+    host: &str,
+) -> Option<HeaderValue> {
+    let mut fwd =
+        Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 20 + node.len() + host.len());
+    if let Some(prev) = prev {
+        fwd.extend_from_slice(prev);
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(b"for=");
+    fwd.extend_from_slice(node.as_bytes());
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(host.as_bytes());
+        fwd.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)).ok()
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a
@@ -358,32 +469,26 @@ pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static st
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !host.is_empty() && !h.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(X_FORWARDED_HOST, v);
+    let chained_host = h.contains_key(&X_FORWARDED_HOST);
+    let (xfh, forwarded) = match h.get(header::FORWARDED) {
+        Some(prev) => {
+            let xfh = (!host.is_empty() && !chained_host)
+                .then(|| HeaderValue::from_str(host).ok())
+                .flatten();
+            (
+                xfh,
+                forwarded_value(Some(prev.as_bytes()), &client.node, proto, host),
+            )
         }
+        None => {
+            let (xfh, fwd) = client.made(proto, host);
+            (xfh.filter(|_| !chained_host), fwd)
+        }
+    };
+    if let Some(v) = xfh {
+        h.insert(X_FORWARDED_HOST, v);
     }
-    let prev = h.get(header::FORWARDED).map(|v| v.as_bytes());
-    let mut fwd =
-        Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 20 + client.node.len() + host.len());
-    if let Some(prev) = prev {
-        fwd.extend_from_slice(prev);
-        fwd.extend_from_slice(b", ");
-    }
-    fwd.extend_from_slice(b"for=");
-    fwd.extend_from_slice(client.node.as_bytes());
-    fwd.extend_from_slice(b";proto=");
-    fwd.extend_from_slice(proto.as_bytes());
-    if !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        fwd.extend_from_slice(b";host=\"");
-        fwd.extend_from_slice(host.as_bytes());
-        fwd.push(b'"');
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
+    if let Some(v) = forwarded {
         h.insert(header::FORWARDED, v);
     }
 }
@@ -589,6 +694,59 @@ mod tests {
         h.insert("accept", "*/*".parse().unwrap());
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_backends_keep_alive_and_close_options_remove_only_connection() {
+        assert!(HOP_BY_HOP.len() < 31, "the presence mask has room");
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Keep-Alive".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert("connection", "CLOSE, X-Other, , te".parse().unwrap());
+        h.append("connection", "x-more".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("x-more", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn a_connections_second_request_gets_the_same_forwarding_values_and_another_host_its_own() {
+        let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+        let mut seen = Vec::new();
+        for host in ["app.example", "app.example", "other.example", ""] {
+            let mut h = HeaderMap::new();
+            set_forwarding(&mut h, &client, "https", host);
+            seen.push((h.get("x-forwarded-host").cloned(), h["forwarded"].clone()));
+        }
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(seen[0].0.as_ref().unwrap(), "app.example");
+        assert_eq!(seen[2].0.as_ref().unwrap(), "other.example");
+        assert_eq!(
+            seen[2].1,
+            "for=192.0.2.7;proto=https;host=\"other.example\""
+        );
+        assert_eq!(
+            seen[3],
+            (None, HeaderValue::from_static("for=192.0.2.7;proto=https"))
+        );
+        // A scheme of its own gets values of its own too.
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, &client, "http", "app.example");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=http;host=\"app.example\""
+        );
+        // A trusted proxy's X-Forwarded-Host is kept as it is.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", "edge.example".parse().unwrap());
+        set_forwarding(&mut h, &client, "https", "app.example");
+        assert_eq!(h["x-forwarded-host"], "edge.example");
     }
 
     #[test]

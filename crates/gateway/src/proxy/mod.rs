@@ -63,7 +63,7 @@ struct AccessRecord<'a> {
     start: Instant,
     method: http::Method,
     path: Option<String>,
-    out: Outcome,
+    out: Outcome<'a>,
     /// The answer's status; `None` until there is one.
     status: Option<u16>,
 }
@@ -81,12 +81,12 @@ impl Drop for AccessRecord<'_> {
         };
         let elapsed = self.start.elapsed();
         metrics().record_request(
-            out.route.as_ref().unwrap_or(&self.proxy.no_route),
+            out.route.unwrap_or(&self.proxy.no_route),
             status,
             out.label,
             elapsed.as_secs_f64(),
         );
-        let route = out.route.as_deref().unwrap_or("-");
+        let route: &str = out.route.map_or("-", |r| r);
         let (method, path) = match &out.described {
             Some((m, p)) => (m, Some(p.as_str())),
             None => (&self.method, self.path.as_deref()),
@@ -275,11 +275,11 @@ impl Proxy {
         resp
     }
 
-    async fn handle_inner(
-        &self,
+    async fn handle_inner<'p>(
+        &'p self,
         req: Request<Incoming>,
         conn: &ConnInfo,
-        out: &mut Outcome,
+        out: &mut Outcome<'p>,
     ) -> Result<Response<ProxyBody>, Reject> {
         let (parts, body) = req.into_parts();
         let mut decision = match self.decide(&parts, conn, out).await {

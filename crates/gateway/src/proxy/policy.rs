@@ -84,8 +84,12 @@ impl Decision<'_> {
 /// What the access log line and the request metrics say about a request,
 /// filled in as the policy goes (so a refusal still names its route and
 /// subject).
-pub struct Outcome {
-    pub route: Option<Arc<str>>,
+///
+/// It borrows the route's name from the policy rather than holding a
+/// reference count on it: every worker would write that count's cache
+/// line on every request of the route.
+pub struct Outcome<'p> {
+    pub route: Option<&'p Arc<str>>,
     /// For the access log's subject.
     pub identity: Option<Arc<Identity>>,
     pub reason: Option<&'static str>,
@@ -97,7 +101,7 @@ pub struct Outcome {
     pub described: Option<(http::Method, String)>,
 }
 
-impl Default for Outcome {
+impl Default for Outcome<'_> {
     fn default() -> Self {
         Outcome {
             route: None,
@@ -120,7 +124,7 @@ impl Proxy {
         &'p self,
         head: &http::request::Parts,
         conn: &ConnInfo,
-        out: &mut Outcome,
+        out: &mut Outcome<'p>,
     ) -> Result<Decision<'p>, Reject> {
         let path = canonical::canonicalize_path(head.uri.path())
             .map_err(Reject::BadRequest)?
@@ -142,7 +146,7 @@ impl Proxy {
             .routes
             .find(host.name(), path.matched())
             .ok_or(Reject::NoRoute)?;
-        out.route = Some(route.name.clone());
+        out.route = Some(&route.name);
         check_framing(head, route)?;
         if let Some(login) = &route.login {
             let step = if path.matched() == login.callback_path {
