@@ -73,8 +73,17 @@ async fn two_replicas_three_gateways_failover_and_a_redis_restart_lose_nothing()
         }
         revoked.push(token);
     }
-    // The same revocation through the other replica is a duplicate.
-    let again = revoke(b.addr, json!({"sid": "session-0"})).await;
+    // The same revocation through the other replica is a duplicate. It
+    // names an end before the stored one: without one, its end would be
+    // now + the issuer's max lifetime, later than the first's by however
+    // many seconds the loop took, and the entry would rightly be extended
+    // ("updated"), which made this check depend on the clock's second.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + 60;
+    let again = revoke(b.addr, json!({"sid": "session-0", "expires_at": soon})).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["revocations"][0]["outcome"], "unchanged");
 
