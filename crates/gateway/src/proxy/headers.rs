@@ -446,17 +446,32 @@ fn forwarded_value(
     HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)).ok()
 }
 
+/// A trusted proxy's chain in `name`: its field lines joined with `, `,
+/// as RFC 9110 §5.3 reads several lines of a list-based field. A proxy
+/// that adds a line of its own instead of appending to the client's
+/// (HAProxy's `option forwardfor`) sends two; taking the first alone
+/// dropped the client's real address and left the one the client wrote
+/// next to the trusted hop. `None` when the field is absent.
+fn chain(h: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut lines = h.get_all(name).iter();
+    let mut joined = lines.next()?.as_bytes().to_vec();
+    for line in lines {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    Some(joined)
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a
-/// trusted proxy, its chain is extended; otherwise ours is the only one
-/// (the client's copies were removed by [`strip_client_claims`]).
+/// trusted proxy, its chain is extended (every line of it, see [`chain`]);
+/// otherwise ours is the only one (the client's copies were removed by
+/// [`strip_client_claims`]).
 pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &str) {
     // Room for the four headers at once, instead of growing the map in
     // steps as they are inserted.
     h.reserve(4);
-    let xff = match h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
-            v.extend_from_slice(prev);
+    let xff = match chain(h, &X_FORWARDED_FOR) {
+        Some(mut v) => {
             v.extend_from_slice(b", ");
             v.extend_from_slice(client.xff.as_bytes());
             HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
@@ -470,14 +485,14 @@ pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static st
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     let chained_host = h.contains_key(&X_FORWARDED_HOST);
-    let (xfh, forwarded) = match h.get(header::FORWARDED) {
+    let (xfh, forwarded) = match chain(h, &header::FORWARDED) {
         Some(prev) => {
             let xfh = (!host.is_empty() && !chained_host)
                 .then(|| HeaderValue::from_str(host).ok())
                 .flatten();
             (
                 xfh,
-                forwarded_value(Some(prev.as_bytes()), &client.node, proto, host),
+                forwarded_value(Some(prev.as_slice()), &client.node, proto, host),
             )
         }
         None => {
@@ -762,6 +777,29 @@ mod tests {
         assert_eq!(
             h["forwarded"],
             "for=\"[::1]\";proto=https;host=\"app.example\""
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_chain_on_several_lines_is_extended_whole() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "203.0.113.7".parse().unwrap());
+        h.append("forwarded", "for=6.6.6.6".parse().unwrap());
+        h.append("forwarded", "for=203.0.113.7;proto=https".parse().unwrap());
+        set_forwarding(
+            &mut h,
+            &ClientAddr::new("127.0.0.2".parse().unwrap()),
+            "http",
+            "",
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["6.6.6.6, 203.0.113.7, 127.0.0.2"]
+        );
+        assert_eq!(
+            h.get_all("forwarded").iter().collect::<Vec<_>>(),
+            ["for=6.6.6.6, for=203.0.113.7;proto=https, for=127.0.0.2;proto=http"]
         );
     }
 
