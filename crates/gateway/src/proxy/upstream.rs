@@ -178,7 +178,10 @@ impl Pool {
 pub struct Upstream {
     route: String,
     backends: Vec<Backend>,
-    next: AtomicUsize,
+    /// Round-robin positions, one per worker (`[worker % POOLS]`), each on
+    /// its own cache line: one counter shared by every worker was written
+    /// by every core on every request.
+    next: Vec<Turn>,
     /// `pools[worker % POOLS][backend]`.
     pools: Vec<Vec<Arc<Pool>>>,
     timeout: Duration,
@@ -188,6 +191,12 @@ pub struct Upstream {
     /// whether it has been idle too long.
     idle_timeout: Duration,
 }
+
+/// One worker's round-robin position in [`Upstream::choose`], alone on
+/// its cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Turn(AtomicUsize);
 
 /// A cheap monotonic clock in milliseconds, so cool-down state fits in an
 /// atomic.
@@ -221,7 +230,7 @@ impl Upstream {
                     down_until: AtomicU64::new(0),
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
+            next: (0..POOLS).map(|_| Turn::default()).collect(),
             pools: (0..POOLS)
                 .map(|_| {
                     rc.backends
@@ -244,14 +253,24 @@ impl Upstream {
 
     /// Round-robin over the backends not cooling down; when all are, the
     /// next one in turn is tried anyway, so recovery is noticed. Returns
-    /// the backend's index (for [`Upstream::send`]) and its address.
+    /// the backend's index (for [`Upstream::send`]) and its address. Each
+    /// worker keeps its own turn, so the workers together still spread
+    /// requests evenly. With one backend there is nothing to choose, and
+    /// the clock is read only when a backend has been cooling down.
     pub fn choose(&self) -> (usize, &http::uri::Authority) {
         let n = self.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
+        if n == 1 {
+            return (0, &self.backends[0].authority);
+        }
+        let turn = &self.next[WORKER.with(|w| w.get()) % POOLS];
+        let start = turn.0.fetch_add(1, Ordering::Relaxed);
+        let mut now = None;
         let idx = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| self.backends[i].down_until.load(Ordering::Relaxed) <= now)
+            .find(|&i| {
+                let until = self.backends[i].down_until.load(Ordering::Relaxed);
+                until == 0 || until <= *now.get_or_insert_with(now_ms)
+            })
             .unwrap_or(start % n);
         (idx, &self.backends[idx].authority)
     }
@@ -678,4 +697,41 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(backends: &str) -> Upstream {
+        let cfg = gatehouse_core::config::parse(&format!("routes:\n  - backends: {backends}\n"))
+            .expect("config");
+        Upstream::new(&cfg.routes[0].value, "r".into())
+    }
+
+    #[test]
+    fn requests_alternate_between_backends_and_skip_one_cooling_down() {
+        let up = upstream("[\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]");
+        let picks: Vec<usize> = (0..4).map(|_| up.choose().0).collect();
+        assert!(picks == [0, 1, 0, 1] || picks == [1, 0, 1, 0], "{picks:?}");
+        up.backends[0]
+            .down_until
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        assert!((0..4).all(|_| up.choose().0 == 1));
+        // All cooling down: each is still tried in turn.
+        up.backends[1]
+            .down_until
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        let picks: Vec<usize> = (0..4).map(|_| up.choose().0).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn a_single_backend_is_always_chosen_even_while_cooling_down() {
+        let up = upstream("[\"http://127.0.0.1:1\"]");
+        up.backends[0]
+            .down_until
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        assert!((0..3).all(|_| up.choose().0 == 0));
+    }
 }
