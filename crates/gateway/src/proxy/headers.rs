@@ -399,9 +399,7 @@ impl ClientAddr {
                 return (m.xfh.clone(), m.forwarded.clone());
             }
         }
-        let xfh = (!host.is_empty())
-            .then(|| HeaderValue::from_str(host).ok())
-            .flatten();
+        let xfh = forwarded_host(host);
         let forwarded = forwarded_value(None, &self.node, proto, host);
         if let Some(slot) = last.as_deref_mut() {
             *slot = Some(Made {
@@ -413,6 +411,13 @@ impl ClientAddr {
         }
         (xfh, forwarded)
     }
+}
+
+/// `X-Forwarded-Host` for the request's host; `None` without one.
+fn forwarded_host(host: &str) -> Option<HeaderValue> {
+    (!host.is_empty())
+        .then(|| HeaderValue::from_str(host).ok())
+        .flatten()
 }
 
 /// A `Forwarded` value (RFC 7239 §4): the chain before us, if any, then
@@ -486,15 +491,10 @@ pub fn set_forwarding(h: &mut HeaderMap, client: &ClientAddr, proto: &'static st
     }
     let chained_host = h.contains_key(&X_FORWARDED_HOST);
     let (xfh, forwarded) = match chain(h, &header::FORWARDED) {
-        Some(prev) => {
-            let xfh = (!host.is_empty() && !chained_host)
-                .then(|| HeaderValue::from_str(host).ok())
-                .flatten();
-            (
-                xfh,
-                forwarded_value(Some(prev.as_slice()), &client.node, proto, host),
-            )
-        }
+        Some(prev) => (
+            forwarded_host(host).filter(|_| !chained_host),
+            forwarded_value(Some(prev.as_slice()), &client.node, proto, host),
+        ),
         None => {
             let (xfh, fwd) = client.made(proto, host);
             (xfh.filter(|_| !chained_host), fwd)
