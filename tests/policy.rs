@@ -52,6 +52,10 @@ fn yaml() -> String {
         )
         .route(on_app("reports", "/reports").with("require", "{ scopes: [reports.read] }"))
         .route(on_app("guest", "/guest").with("auth", "optional"))
+        .route(on_app("team", "/team").with(
+            "identity_headers",
+            "[{ claim: address, header: X-Address }, { claim: sub, header: X-User }]",
+        ))
         .yaml()
 }
 
@@ -133,6 +137,48 @@ async fn a_valid_token_is_decided_with_its_identity_headers() {
         [("x-auth-subject".to_owned(), "alice".parse().expect("hv"))]
     );
     assert_eq!(out.label, "allowed");
+}
+
+#[tokio::test]
+async fn one_token_on_two_routes_gets_each_routes_identity_headers_on_every_request() {
+    let (p, _d) = proxy(None).await;
+    let mut claims = claims("carol");
+    claims.insert("address".into(), json!({ "street": "x" }));
+    let t = mint_with(Algorithm::RS256, &claims);
+    let withheld = || {
+        gatehouse::admin::metrics::metrics()
+            .identity_headers_withheld
+            .get_or_create(&gatehouse::admin::metrics::IdentityHeaderLabels {
+                route: "team".into(),
+                header: "x-address".into(),
+            })
+            .get()
+    };
+    let before = withheld();
+    // Alternating routes: the identity's values are made once for one
+    // list; the other list's are made on the spot, each time the same.
+    for path in ["/app/x", "/team/x", "/app/y", "/team/y", "/team/z"] {
+        let h = head(path, "app.test", &[("authorization", &bearer(&t))]);
+        let mut out = Outcome::default();
+        let d = p.decide(&h, &conn(), &mut out).await.expect("allowed");
+        let set: Vec<_> = d
+            .identity_headers()
+            .map(|(n, v)| (n.as_str().to_owned(), v))
+            .collect();
+        let name = if path.starts_with("/app") {
+            "x-auth-subject"
+        } else {
+            "x-user"
+        };
+        assert_eq!(
+            set,
+            [(name.to_owned(), "carol".parse().expect("hv"))],
+            "{path}"
+        );
+    }
+    // An object claim has no header form: withheld, and counted on each
+    // of the three requests, not only when the values were first made.
+    assert_eq!(withheld() - before, 3);
 }
 
 #[tokio::test]

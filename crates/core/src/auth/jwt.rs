@@ -414,9 +414,8 @@ impl Verifier {
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
             if hit.key_still_published() {
-                let identity = hit.identity.clone();
-                recent::put(self.id, token, hit);
-                return Ok(identity);
+                recent::put(self.id, token, &hit);
+                return Ok(hit.identity.clone());
             }
         }
         let (id, verified_by) = self.verify_timed(token).await?;
@@ -429,7 +428,7 @@ impl Verifier {
             verified_by,
         };
         if cached.until > now {
-            recent::put(self.id, token, cached.clone());
+            recent::put(self.id, token, &cached);
         }
         cache.insert(key, cached);
         Ok(id)
@@ -785,8 +784,13 @@ impl Verifier {
 /// its eviction policy and runs that bookkeeping on later calls. With
 /// 10,000 tokens in rotation, moka was 4% of the gateway's CPU
 /// (`cargo bench --bench cores -- token-cache` has both cases).
+///
+/// An entry is held behind its own `Arc`: a hit clones that one count,
+/// on the entry's own cache line. Cloning the [`Cached`] itself would
+/// also write the count of the verifying key, which every token signed
+/// by it shares, so every core's hits would pass that line between them.
 pub struct TokenCache {
-    cache: quick_cache::sync::Cache<[u8; 32], Cached, quick_cache::UnitWeighter, DigestHasher>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>, quick_cache::UnitWeighter, DigestHasher>,
     ttl_secs: i64,
 }
 
@@ -879,7 +883,7 @@ impl TokenCache {
     }
 
     /// The entry for `key` (a [`TokenCache::key`]) while it is current.
-    pub fn get(&self, key: &[u8; 32]) -> Option<Cached> {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
         let c = self.cache.get(key)?;
         if c.until > now_unix() {
             return Some(c);
@@ -891,7 +895,7 @@ impl TokenCache {
 
     pub fn insert(&self, key: [u8; 32], c: Cached) {
         if c.until > now_unix() {
-            self.cache.insert(key, c);
+            self.cache.insert(key, Arc::new(c));
         }
     }
 }
@@ -984,7 +988,7 @@ pub mod recent {
     /// Remembers `token` in its slot if the slot is free or the token
     /// missed there last time too (see the module's comment); otherwise
     /// only notes the miss.
-    pub fn put(verifier: u64, token: &str, cached: Cached) {
+    pub fn put(verifier: u64, token: &str, cached: &Cached) {
         MEMO.with(|m| {
             let (slot, tail) = slot_of(token);
             let mut m = m.borrow_mut();
@@ -1004,7 +1008,8 @@ pub mod recent {
             // first request looks the revocation set up again.
             let cached = Cached {
                 identity: Arc::new(Identity::clone(&cached.identity)),
-                ..cached
+                verified_by: cached.verified_by.clone(),
+                until: cached.until,
             };
             place.entry = Some(Slot {
                 verifier,
@@ -1053,14 +1058,14 @@ pub mod recent {
             let now = 1_000;
             let owner = next_owner();
             let (a, b) = rivals();
-            put(owner, &a, cached(now));
+            put(owner, &a, &cached(now));
             assert!(get(owner, &a, now).is_some(), "a free slot takes the token");
             // A token seen once does not push the remembered one out...
-            put(owner, &b, cached(now));
+            put(owner, &b, &cached(now));
             assert!(get(owner, &a, now).is_some());
             assert!(get(owner, &b, now).is_none());
             // ...one that misses there twice in a row does.
-            put(owner, &b, cached(now));
+            put(owner, &b, &cached(now));
             assert!(get(owner, &b, now).is_some());
             assert!(get(owner, &a, now).is_none());
         }
@@ -1070,9 +1075,9 @@ pub mod recent {
             let now = 1_000;
             let owner = next_owner();
             let (a, _) = rivals();
-            put(owner, &a, cached(now - 120));
+            put(owner, &a, &cached(now - 120));
             assert!(get(owner, &a, now).is_none(), "past its time: not served");
-            put(owner, &a, cached(now));
+            put(owner, &a, &cached(now));
             assert!(get(owner, &a, now).is_some());
         }
     }
@@ -1207,7 +1212,7 @@ mod tests {
         let dead = TokenCache::key("dead");
         cache.insert(live, cached(now_unix() + 60));
         // Inserted directly: `insert` itself refuses an entry already past.
-        cache.cache.insert(dead, cached(now_unix() - 1));
+        cache.cache.insert(dead, Arc::new(cached(now_unix() - 1)));
         assert!(cache.get(&live).is_some());
         assert!(cache.get(&dead).is_none());
         assert!(cache.cache.get(&dead).is_none(), "the dead entry is gone");

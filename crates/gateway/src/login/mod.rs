@@ -282,6 +282,7 @@ impl Login {
             expires_at: Some(s.exp.min(idle_end)),
             claims,
             cleared_at: Default::default(),
+            headers: Default::default(),
         });
         let refresh_at = s.seen.saturating_add(self.sessions.refresh_after);
         let refresh = if now >= refresh_at {
@@ -291,7 +292,7 @@ impl Login {
             recent::put(
                 self.sessions.memo,
                 &value,
-                Cached {
+                &Cached {
                     identity: id.clone(),
                     verified_by: None,
                     until: refresh_at.min(s.exp).min(idle_end),
@@ -839,6 +840,7 @@ async fn callback(
             expires_at: Some(session.exp),
             claims: Map::new(),
             cleared_at: Default::default(),
+            headers: Default::default(),
         };
         if let Err(crate::revocation::feed::Refusal::Revoked(_)) = r.check(&probe) {
             let mut p = Page::new(

@@ -69,7 +69,7 @@ impl Proxy {
             ));
         }
         let original = original_request(&parts, cfg)?;
-        if tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO) {
+        if out.logging {
             out.described = Some((original.method.clone(), original.uri.path().to_owned()));
         }
         // The ingress terminated the client's TLS; this connection's SNI

@@ -241,6 +241,7 @@ impl Proxy {
         uri: &http::Uri,
         conn: &'a ConnInfo,
     ) -> AccessRecord<'a> {
+        let logging = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
         AccessRecord {
             proxy: self,
             conn,
@@ -249,9 +250,11 @@ impl Proxy {
             // Only the path is logged: query strings carry tokens in some
             // apps. Copied only when the access log is on (no allocation
             // otherwise).
-            path: tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO)
-                .then(|| uri.path().to_owned()),
-            out: Outcome::default(),
+            path: logging.then(|| uri.path().to_owned()),
+            out: Outcome {
+                logging,
+                ..Outcome::default()
+            },
             status: None,
         }
     }
@@ -352,6 +355,9 @@ impl Proxy {
             h.remove(header::AUTHORIZATION);
         }
         headers::normalize_content_length(h);
+        // Room for everything inserted below at once: the client's map was
+        // sized for its own fields, and would otherwise grow in steps.
+        h.reserve(4 + route.identity_headers.len());
         headers::set_forwarding(
             h,
             &conn.client,

@@ -15,6 +15,7 @@
 //! authorize  = route.require                         403
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{header, HeaderName, HeaderValue, Version};
@@ -26,7 +27,7 @@ use super::routes::Route;
 use super::{ConnInfo, Proxy};
 use crate::login::{self, Login};
 use crate::revocation::feed::Refusal;
-use gatehouse_core::auth::{self, AuthError, Bearer, Identity};
+use gatehouse_core::auth::{self, AuthError, Bearer, ClaimHeader, Identity};
 use gatehouse_core::config::AuthMode;
 use gatehouse_core::metrics::{metrics, IdentityHeaderLabels};
 
@@ -59,26 +60,57 @@ impl Decision<'_> {
     /// (`gatehouse_identity_headers_withheld_total`).
     pub fn identity_headers(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> + '_ {
         let route = self.route;
-        self.identity.iter().flat_map(move |id| {
-            route.identity_headers.iter().filter_map(move |ih| {
-                let claim = id.claim(&ih.claim).filter(|v| !v.is_null())?;
-                match headers::identity_value(claim) {
-                    Some(v) => Some((&ih.header.0, v)),
-                    None => {
-                        tracing::debug!(claim = %ih.claim, "claim has no unambiguous header form; not sent");
-                        metrics()
-                            .identity_headers_withheld
-                            .get_or_create(&IdentityHeaderLabels {
-                                route: route.name.to_string(),
-                                header: ih.header.0.as_str().to_owned(),
-                            })
-                            .inc();
-                        None
-                    }
+        // A route without identity headers leaves the identity's memo to
+        // one that has some.
+        let id = self
+            .identity
+            .as_deref()
+            .filter(|_| !route.identity_headers.is_empty());
+        let held = id.and_then(|id| {
+            id.headers
+                .for_list(route.identity_headers_list, || claim_headers(route, id))
+        });
+        // An identity holding another route's values (or none) has this
+        // route's made on the spot.
+        let values: Cow<'_, [ClaimHeader]> = match (id, held) {
+            (_, Some(held)) => Cow::Borrowed(held),
+            (Some(id), None) => Cow::Owned(claim_headers(route, id).into_vec()),
+            (None, None) => Cow::Borrowed(&[]),
+        };
+        route
+            .identity_headers
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, ih)| match values.get(i)? {
+                ClaimHeader::Value(v) => Some((&ih.header.0, v.clone())),
+                ClaimHeader::Absent => None,
+                ClaimHeader::Withheld => {
+                    tracing::debug!(claim = %ih.claim, "claim has no unambiguous header form; not sent");
+                    metrics()
+                        .identity_headers_withheld
+                        .get_or_create(&IdentityHeaderLabels {
+                            route: route.name.to_string(),
+                            header: ih.header.0.as_str().to_owned(),
+                        })
+                        .inc();
+                    None
                 }
             })
-        })
     }
+}
+
+/// The route's identity headers as `id`'s claims make them, in list order.
+fn claim_headers(route: &Route, id: &Identity) -> Box<[ClaimHeader]> {
+    route
+        .identity_headers
+        .iter()
+        .map(|ih| match id.claim(&ih.claim).filter(|v| !v.is_null()) {
+            None => ClaimHeader::Absent,
+            Some(claim) => {
+                headers::identity_value(claim).map_or(ClaimHeader::Withheld, ClaimHeader::Value)
+            }
+        })
+        .collect()
 }
 
 /// What the access log line and the request metrics say about a request,
@@ -99,6 +131,11 @@ pub struct Outcome<'p> {
     /// (method, path): what the access log shows instead of the ingress's
     /// own exchange. Set only while the access log is on.
     pub described: Option<(http::Method, String)>,
+    /// The access log is on: only then is the identity kept for its line
+    /// (a reference count written twice per request otherwise, on a
+    /// line other cores write too when the token is not in this
+    /// thread's memo).
+    pub logging: bool,
 }
 
 impl Default for Outcome<'_> {
@@ -109,6 +146,7 @@ impl Default for Outcome<'_> {
             reason: None,
             label: "allowed",
             described: None,
+            logging: false,
         }
     }
 }
@@ -164,7 +202,9 @@ impl Proxy {
         let (identity, via) = self.authenticate(route, &path, head).await?;
         let mut set_cookies = Vec::new();
         if let Some(id) = &identity {
-            out.identity = Some(id.clone());
+            if out.logging {
+                out.identity = Some(id.clone());
+            }
             if let Err(refused) = self.check_revoked(id) {
                 // A revoked browser session on a page navigation logs in
                 // again (and drops the dead cookie); anything else is

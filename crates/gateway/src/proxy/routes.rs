@@ -29,6 +29,10 @@ pub struct Route {
     pub upgrades: Vec<String>,
     pub require: Option<Requirement>,
     pub identity_headers: Vec<IdentityHeader>,
+    /// A process-unique number for this route's `identity_headers` list:
+    /// what an identity's memo of its header values is kept for
+    /// ([`gatehouse_core::auth::HeaderMemo`]).
+    pub identity_headers_list: u64,
     pub forward_authorization: bool,
     pub preserve_host: bool,
     pub max_body_bytes: u64,
@@ -123,6 +127,7 @@ impl RouteTable {
                 upgrades: rc.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
                 require: rc.require.clone(),
                 identity_headers: rc.identity_headers.clone(),
+                identity_headers_list: next_list(),
                 forward_authorization: rc.forward_authorization,
                 preserve_host: rc.preserve_host,
                 max_body_bytes: rc.max_body_bytes.unwrap_or(cfg.limits.max_body_bytes),
@@ -224,6 +229,13 @@ pub fn prefix_match(path: &str, prefix: &str, ignore_case: bool) -> bool {
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
             || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// A number no other route's identity-header list has had in this
+/// process (reloads included).
+fn next_list() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]
