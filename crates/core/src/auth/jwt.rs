@@ -409,7 +409,9 @@ impl Verifier {
             return Err(AuthError::Malformed("malformed authorization header"));
         }
         let Some(cache) = &self.cache else {
-            return self.verify_timed(token).await.map(|(id, _)| Arc::new(id));
+            return Box::pin(self.verify_timed(token))
+                .await
+                .map(|(id, _)| Arc::new(id));
         };
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key) {
@@ -418,7 +420,10 @@ impl Verifier {
                 return Ok(hit.identity.clone());
             }
         }
-        let (id, verified_by) = self.verify_timed(token).await?;
+        // Boxed: a full verification's state (over 1 KB, with a key-set
+        // refresh) would otherwise be part of every request's future, and
+        // copied with it on each move, hit or miss.
+        let (id, verified_by) = Box::pin(self.verify_timed(token)).await?;
         let id = Arc::new(id);
         let cached = Cached {
             until: id

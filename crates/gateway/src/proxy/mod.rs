@@ -288,9 +288,15 @@ impl Proxy {
         let mut decision = match self.decide(&parts, conn, out).await {
             Ok(d) => d,
             Err(Reject::Login(step)) => {
-                let a =
-                    crate::login::run(*step, &parts, &self.verifier, self.revocations.as_deref())
-                        .await;
+                // Boxed: the login flow's state (2 KB) stays out of every
+                // proxied request's future.
+                let a = Box::pin(crate::login::run(
+                    *step,
+                    &parts,
+                    &self.verifier,
+                    self.revocations.as_deref(),
+                ))
+                .await;
                 out.label = a.label;
                 return Ok(a.response);
             }

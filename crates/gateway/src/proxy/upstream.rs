@@ -383,7 +383,9 @@ impl Upstream {
         loop {
             let (mut sender, idle, fresh) = match pool.take().filter(|_| pooled_ok) {
                 Some((s, idle)) => (s, idle, false),
-                None => (self.connect(backend).await?, Duration::ZERO, true),
+                // Boxed: a new connection is rare under load, and its
+                // state would otherwise be in every request's future.
+                None => (Box::pin(self.connect(backend)).await?, Duration::ZERO, true),
             };
             if let Err(e) = poll_fn(|cx| sender.send.poll_ready(cx)).await {
                 if fresh {
