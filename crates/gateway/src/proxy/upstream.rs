@@ -396,16 +396,21 @@ impl Upstream {
             let replay = (idle >= REPLAY_AFTER_IDLE)
                 .then(|| replayable(&req))
                 .flatten()
-                .map(|again| (again, Instant::now(), sender.read.load(Ordering::Relaxed)));
+                // Boxed: held across the send, and rarely there; inline it
+                // would be in every request's future.
+                .map(|again| {
+                    Box::new((again, Instant::now(), sender.read.load(Ordering::Relaxed)))
+                });
             match sender.send.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, sender, pool, client.cloned())),
                 Err(mut e) => match (e.take_message(), replay) {
                     (Some(back), _) if !fresh => req = back,
-                    (_, Some((again, sent, read)))
+                    (_, Some(replay))
                         if closed_unanswered(e.error())
-                            && sent.elapsed() < REPLAY_WITHIN
-                            && sender.read.load(Ordering::Relaxed) == read =>
+                            && replay.1.elapsed() < REPLAY_WITHIN
+                            && sender.read.load(Ordering::Relaxed) == replay.2 =>
                     {
+                        let (again, _, _) = *replay;
                         tracing::debug!(backend = %backend.authority, error = %e.error(),
                             "idle backend connection closed as it was reused; sending again on a new one");
                         self.count_error("closed_idle_retried");
