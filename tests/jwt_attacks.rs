@@ -121,6 +121,25 @@ async fn rfc8725_attack_suite() {
         )
         .into_bytes()
     };
+    // `"org": {"name": "a", ..., "name": "b"}`: a name twice inside a
+    // claim's object (identity headers read dotted paths into it, and a
+    // backend reading the token itself may take the first one).
+    let nested_dup = {
+        let body = Value::Object(claims("victim")).to_string();
+        format!(
+            r#"{{"org":{{"name":"a","roles":[{{"x":1}}],"name":"b"}},{}}}"#,
+            &body[1..body.len() - 1]
+        )
+        .into_bytes()
+    };
+    let deep_dup = {
+        let body = Value::Object(claims("victim")).to_string();
+        format!(
+            r#"{{"org":{{"roles":[{{"x":1,"x":2}}]}},{}}}"#,
+            &body[1..body.len() - 1]
+        )
+        .into_bytes()
+    };
     let max_bytes = 8 * 1024;
     let sized = |len: usize| {
         // Pad a claim until the whole token is exactly `len` bytes.
@@ -199,6 +218,8 @@ async fn rfc8725_attack_suite() {
         ("duplicate jti (revoked one first)", rs(&rs_header().to_string().into_bytes(), &dup_payload("jti", "\"revoked-jti\"", "\"fresh-jti\""))),
         ("duplicate sid", rs(&rs_header().to_string().into_bytes(), &dup_payload("sid", "\"s-1\"", "\"s-2\""))),
         ("duplicate alg in header", rs(br#"{"alg":"RS256","kid":"test-rs256","alg":"none"}"#, &good_payload)),
+        ("duplicate name inside a claim's object", rs(&rs_header().to_string().into_bytes(), &nested_dup)),
+        ("duplicate name in an object inside an array claim", rs(&rs_header().to_string().into_bytes(), &deep_dup)),
         // Time claims of every wrong shape.
         ("exp string", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!((n + 600).to_string())))),
         ("exp fractional, half a second ahead (rounded down: expired)", rs(&rs_header().to_string().into_bytes(), &payload_with("exp", json!(n as f64 + 0.5)))),

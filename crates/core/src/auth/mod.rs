@@ -61,10 +61,89 @@ impl AuthError {
     }
 }
 
-/// A token's claims as a JSON object whose top-level names are unique: a
-/// payload naming `exp` or `sub` twice means different things to
-/// different parsers (RFC 8259 §4, RFC 8725 §3.1), so it is refused.
+/// A token's claims as a JSON object whose names are unique, at the top
+/// level and in every object inside a claim: a payload naming `exp` or
+/// `sub` twice, or `"org": {"name": "a", "name": "b"}`, means different
+/// things to different parsers (RFC 8259 §4, RFC 8725 §3.1; a backend
+/// reading the token itself with a first-wins parser would see another
+/// `org.name` than the identity header says), so it is refused.
 pub struct StrictClaims(pub Map<String, Value>);
+
+/// A JSON value whose objects, at any depth, have unique names (see
+/// [`StrictClaims`]).
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(n)))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(n)))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<StrictValue, E> {
+                // JSON has no NaN or infinity: serde_json never gives one.
+                Ok(StrictValue(
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StrictValue, A::Error> {
+                let mut items = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(StrictValue(v)) = a.next_element()? {
+                    items.push(v);
+                }
+                Ok(StrictValue(Value::Array(items)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<StrictValue, A::Error> {
+                unique_names(a, "duplicate name in a claim's object")
+                    .map(|m| StrictValue(Value::Object(m)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object's members, refused (`why`) if a name repeats.
+fn unique_names<'de, A: serde::de::MapAccess<'de>>(
+    mut a: A,
+    why: &'static str,
+) -> Result<Map<String, Value>, A::Error> {
+    let mut m = Map::new();
+    while let Some((k, StrictValue(v))) = a.next_entry::<String, StrictValue>()? {
+        if m.contains_key(&k) {
+            return Err(serde::de::Error::custom(why));
+        }
+        m.insert(k, v);
+    }
+    Ok(m)
+}
 
 impl<'de> serde::Deserialize<'de> for StrictClaims {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -76,16 +155,9 @@ impl<'de> serde::Deserialize<'de> for StrictClaims {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
-                mut a: A,
+                a: A,
             ) -> Result<StrictClaims, A::Error> {
-                let mut m = Map::new();
-                while let Some((k, v)) = a.next_entry::<String, Value>()? {
-                    if m.contains_key(&k) {
-                        return Err(serde::de::Error::custom("duplicate claim"));
-                    }
-                    m.insert(k, v);
-                }
-                Ok(StrictClaims(m))
+                unique_names(a, "duplicate claim").map(StrictClaims)
             }
         }
         d.deserialize_map(V)

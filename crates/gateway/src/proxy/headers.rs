@@ -142,15 +142,20 @@ pub fn strip_client_claims(h: &mut HeaderMap, rules: &StripRules, untrusted: boo
 /// `%` and `,` written as `%XX`. A value made only of visible ASCII
 /// without `%` or `,` (most subjects, e-mail addresses, client ids) is
 /// sent as it is. An array becomes its items so encoded, joined by `,`
-/// (which then only ever separates items); numbers and booleans their JSON
-/// text. `None` for an object, an array holding one, or a value that
-/// would be empty (`""`, `[]`): no single header value says it
-/// unambiguously (the caller withholds and counts it).
+/// (which then only ever separates items); booleans and integers their
+/// JSON text. `None` for an object, an array holding one, a value that
+/// would be empty (`""`, `[]`), or a number that is not an integer of at
+/// most 64 bits: no single header value says it unambiguously (the caller
+/// withholds and counts it). The token's JSON is read into binary
+/// numbers, so a larger integer or a fraction would be sent as a
+/// rounded float (`18446744073709551616` and `…617` both as
+/// `1.8446744073709552e+19`: two principals one header).
 pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
     use serde_json::Value;
     let mut out = Vec::new();
     match v {
         Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+        Value::Number(n) if n.is_f64() => return None,
         Value::Number(_) | Value::Bool(_) => out.extend_from_slice(v.to_string().as_bytes()),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -159,6 +164,7 @@ pub fn identity_value(v: &serde_json::Value) -> Option<HeaderValue> {
                 }
                 match item {
                     Value::String(s) => encode_identity(s.as_bytes(), &mut out),
+                    Value::Number(n) if n.is_f64() => return None,
                     Value::Number(_) | Value::Bool(_) => {
                         out.extend_from_slice(item.to_string().as_bytes())
                     }
@@ -609,6 +615,19 @@ mod tests {
         assert_eq!(v(json!(["admin,bob", "x"])).unwrap(), "admin%2Cbob,x");
         assert_eq!(v(json!(["a", 7, true])).unwrap(), "a,7,true");
         assert_eq!(v(json!(42)).unwrap(), "42");
+        assert_eq!(
+            v(json!(-9_223_372_036_854_775_808i64)).unwrap(),
+            "-9223372036854775808"
+        );
+        assert_eq!(v(json!(u64::MAX)).unwrap(), "18446744073709551615");
+        // Read as binary floats, these would be sent rounded: two integers
+        // past 64 bits as one value, a fraction as another text.
+        let big = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert!(v(big("18446744073709551616")).is_none());
+        assert!(v(big("-9223372036854775809")).is_none());
+        assert!(v(big("0.30000000000000001")).is_none());
+        assert!(v(big("1e2")).is_none());
+        assert!(v(big("[1, 18446744073709551617]")).is_none());
         assert!(v(json!({"a": 1})).is_none());
         assert!(v(json!("")).is_none());
         assert!(v(json!([])).is_none());
