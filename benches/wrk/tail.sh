@@ -11,7 +11,10 @@
 # the floor a hyper-based proxy stands on) to each pair, with the one-token
 # wrk command.
 # Each row: req/s, p50, p99, and the process's CPU per request from
-# /proc/<pid>/stat (user + system, all threads).
+# /proc/<pid>/stat (user + system, all threads). With SPLIT=1 each row
+# also gives the CPU per request of the backend nginx's worker and of wrk
+# itself (`/usr/bin/time`): on cores they share, what a proxy makes them
+# spend counts against its requests per second too.
 #
 #   BINS="/tmp/gatehouse-before target/release/gatehouse" benches/wrk/tail.sh [N=1000000] [PAIRS=3]
 #   MISS=1 benches/wrk/tail.sh 1000000 3
@@ -46,18 +49,28 @@ trap 'kill $NG $HP 2>/dev/null; wait $NG $HP 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18225/ && break; sleep 0.1; done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# measure PID URL [wrk args...] -> "req/s | p50 | p99 | CPU/request"
+NGW=
+if [ "${SPLIT:-0}" = 1 ]; then
+  for _ in $(seq 50); do NGW=$(pgrep -P "$NG" | head -1 || true); [ -n "$NGW" ] && break; sleep 0.1; done
+fi
+# measure PID URL [wrk args...] -> "req/s | p50 | p99 | CPU/request" (SPLIT=1: "| nginx | wrk" too)
 measure() {
-  local pid=$1 url=$2 c0 c1 out reqs; shift 2
+  local pid=$1 url=$2 c0 c1 n0=0 n1=0 out reqs split=""; shift 2
   wrk -t2 -c64 -d2s "$@" "$url" > /dev/null
   c0=$(ticks "$pid")
-  out=$(wrk -t2 -c64 -d"$DUR" --latency "$@" "$url")
+  [ -n "$NGW" ] && n0=$(ticks "$NGW")
+  out=$(/usr/bin/time -f "wrk-cpu %U %S" wrk -t2 -c64 -d"$DUR" --latency "$@" "$url" 2>&1)
   c1=$(ticks "$pid")
+  [ -n "$NGW" ] && n1=$(ticks "$NGW")
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
   if echo "$out" | grep -q 'Non-2xx'; then echo "non-2xx answers: $(echo "$out" | grep Non-2xx)" >&2; fi
-  printf '%s | %s | %s | %s' "$(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')" \
+  if [ -n "$NGW" ]; then
+    split=$(echo "$out" | awk -v n=$((n1 - n0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" \
+      '/^wrk-cpu/{printf " | %.2f us | %.2f us", n / hz * 1e6 / r, ($2 + $3) * 1e6 / r}')
+  fi
+  printf '%s | %s | %s | %s%s' "$(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')" \
     "$(echo "$out" | awk '$1=="50%"{print $2}')" "$(echo "$out" | awk '$1=="99%"{print $2}')" \
-    "$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f us", c / hz * 1e6 / r}')"
+    "$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f us", c / hz * 1e6 / r}')" "$split"
 }
 # gatehouse BIN CACHE_SIZE ROW-NAME [wrk args...]
 gatehouse() {
@@ -70,8 +83,13 @@ gatehouse() {
   kill $gw; wait $gw 2>/dev/null
 }
 echo "N=$N, wrk -t2 -c64 -d$DUR, $(nproc) cores, $(date -u +%FT%TZ), $(haproxy -v | head -1 | awk '{print $1, $3}')"
-echo "| pair | row | req/s | p50 | p99 | CPU/request |"
-echo "|---|---|---|---|---|---|"
+if [ -n "$NGW" ]; then
+  echo "| pair | row | req/s | p50 | p99 | CPU/request | nginx CPU/request | wrk CPU/request |"
+  echo "|---|---|---|---|---|---|---|---|"
+else
+  echo "| pair | row | req/s | p50 | p99 | CPU/request |"
+  echo "|---|---|---|---|---|---|"
+fi
 for p in $(seq "$PAIRS"); do
   echo "| $p | HAProxy plain TLS | $(measure "$HP" https://127.0.0.1:18225/) |"
   # The same wrk script as the 10k-token rows: its Lua per request costs
