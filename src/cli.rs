@@ -111,8 +111,11 @@ struct RevokeArgs {
 struct TokenArgs {
     #[arg(long, default_value = "alice")]
     sub: String,
-    #[arg(long, default_value = "config/dev/rs256.key.pem")]
-    key: PathBuf,
+    /// Signing key (PEM; for hs256 the secret's file); default the dev
+    /// key for `--alg`: config/dev/rs256.key.pem, es256.key.pem,
+    /// eddsa.key.pem or hs256.secret.
+    #[arg(long)]
+    key: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "rs256")]
     alg: Alg,
     /// Key id put in the header; default `dev-<alg>` matches config/dev/jwks.json.
@@ -502,15 +505,21 @@ async fn revoke_call(a: RevokeArgs) -> anyhow::Result<Option<u8>> {
 
 fn token(a: TokenArgs) -> ExitCode {
     let _ = crate::auth::jwt::install_crypto_and_self_test();
-    let (alg, default_kid) = match a.alg {
-        Alg::Rs256 => (jsonwebtoken::Algorithm::RS256, "dev-rs256"),
-        Alg::Es256 => (jsonwebtoken::Algorithm::ES256, "dev-es256"),
-        Alg::Eddsa => (jsonwebtoken::Algorithm::EdDSA, "dev-eddsa"),
-        Alg::Hs256 => (jsonwebtoken::Algorithm::HS256, "dev-hs256"),
+    // Each algorithm's own dev key by default: the RS256 key read as an
+    // ES256 key failed, and as an HMAC secret passed silently.
+    let (alg, default_kid, default_key) = match a.alg {
+        Alg::Rs256 => (jsonwebtoken::Algorithm::RS256, "dev-rs256", "rs256.key.pem"),
+        Alg::Es256 => (jsonwebtoken::Algorithm::ES256, "dev-es256", "es256.key.pem"),
+        Alg::Eddsa => (jsonwebtoken::Algorithm::EdDSA, "dev-eddsa", "eddsa.key.pem"),
+        Alg::Hs256 => (jsonwebtoken::Algorithm::HS256, "dev-hs256", "hs256.secret"),
     };
     let kid = a.kid.as_deref().unwrap_or(default_kid);
+    let key = a
+        .key
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config/dev").join(default_key));
     let req = crate::token::MintRequest {
-        key_path: &a.key,
+        key_path: &key,
         alg,
         kid: Some(kid),
         issuer: &a.iss,

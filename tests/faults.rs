@@ -13,8 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A backend that misbehaves by path: `/reset` resets the connection
 /// before answering, `/reset-mid-body` after the headers and part of the
-/// body, `/hangup` closes without a word, `/slow` answers after 3 s, and
-/// anything else gets a small 200.
+/// body, `/hangup` closes without a word, `/slow` answers after 3 s,
+/// `/http10` answers as an HTTP/1.0 server, and anything else gets a
+/// small 200.
 async fn faulty_backend() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -48,6 +49,13 @@ async fn faulty_backend() -> SocketAddr {
                         reset(&s);
                     }
                     "/hangup" => {}
+                    "/http10" => {
+                        // An HTTP/1.0 server (Python's http.server): its
+                        // version on the status line, closing after.
+                        let _ = s
+                            .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
                     "/slow" => {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         let _ = s
@@ -331,4 +339,41 @@ async fn http2_header_flood_is_refused() {
     let mut other = h2_client(gw.addr).await;
     let (resp, _) = other.send_request(h2_get(&token), true).expect("request");
     assert_eq!(resp.await.expect("response").status(), 200);
+}
+
+/// RFC 9110 §6.2: an intermediary sends its own HTTP version. An HTTP/1.0
+/// backend's status line reached HTTP/1.1 clients as `HTTP/1.0 200 OK`,
+/// and a client closed its keep-alive connection after every answer.
+#[tokio::test]
+async fn an_http10_backends_answer_reaches_an_http11_client_as_http11_on_a_kept_connection() {
+    crypto();
+    let backend = faulty_backend().await;
+    let gw = Proc::start("run", &config(backend), "listening");
+    let token = mint(Algorithm::RS256, "victim");
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    for round in 0..2 {
+        let head = format!(
+            "GET /http10 HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") && !got.ends_with(b"\r\n2\r\nok\r\n0\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                other => panic!(
+                    "round {round}: connection ended ({other:?}) after {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "round {round}: {text}"
+        );
+    }
 }

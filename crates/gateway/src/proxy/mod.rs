@@ -492,6 +492,10 @@ impl Proxy {
             });
         }
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        // An intermediary sends its own HTTP version (RFC 9110 §6.2): an
+        // HTTP/1.0 backend's version would otherwise reach the client,
+        // which then closes its keep-alive connection after each answer.
+        *resp.version_mut() = Version::HTTP_11;
         Ok(resp)
     }
 
