@@ -299,7 +299,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = match start_workers(loaded.config.workers()) {
+    let workers = match start_workers(loaded.config.workers(), loaded.config.worker_cpu_affinity) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("cannot start the worker runtimes: {e}");
@@ -357,8 +357,14 @@ fn yield_to_requests() {
 }
 
 /// `n` threads (0: one per CPU), each running a single-threaded runtime
-/// until the process ends; returns their handles.
-fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
+/// until the process ends; returns their handles. With
+/// [`WorkerCpuAffinity::Auto`] worker *i* is bound to the *i*-th CPU the
+/// process may use; a CPU set that cannot be read or applied leaves the
+/// workers unbound (logged), it does not stop the gateway.
+fn start_workers(
+    n: usize,
+    affinity: config::WorkerCpuAffinity,
+) -> std::io::Result<Vec<tokio::runtime::Handle>> {
     let n = if n == 0 {
         std::thread::available_parallelism()
             .map_or(1, |p| p.get())
@@ -366,17 +372,82 @@ fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
     } else {
         n
     };
+    let cpus = match affinity {
+        config::WorkerCpuAffinity::Off => Vec::new(),
+        config::WorkerCpuAffinity::Auto => allowed_cpus().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the CPUs this process may use; workers left unbound");
+            Vec::new()
+        }),
+    };
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         handles.push(rt.handle().clone());
+        let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
         std::thread::Builder::new()
             .name(format!("gatehouse-worker-{i}"))
-            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    match bind_to_cpu(cpu) {
+                        Ok(()) => tracing::info!(worker = i, cpu, "worker bound to CPU"),
+                        Err(e) => tracing::warn!(worker = i, cpu, error = %e, "cannot bind worker to CPU; left unbound"),
+                    }
+                }
+                rt.block_on(std::future::pending::<()>())
+            })?;
     }
     Ok(handles)
+}
+
+/// The CPUs in the calling thread's affinity mask, ascending (what
+/// `taskset` or a container's cpuset allows).
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
+    // the size given.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: the index is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        return Err(std::io::Error::other("empty CPU set"));
+    }
+    Ok(cpus)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    Err(std::io::Error::other(
+        "CPU binding is supported on Linux only",
+    ))
+}
+
+/// Binds the calling thread to one CPU.
+#[cfg(target_os = "linux")]
+fn bind_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as in allowed_cpus; tid 0 is the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_to_cpu(_cpu: usize) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "CPU binding is supported on Linux only",
+    ))
 }
 
 fn authority(path: &std::path::Path) -> ExitCode {

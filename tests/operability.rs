@@ -586,6 +586,86 @@ logging: {{ format: json, level: info }}
     );
 }
 
+/// CPUs listed in a `Cpus_allowed_list` line of `/proc/.../status`
+/// (`0-3,6`), ascending.
+fn cpu_list(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list line")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().expect("cpu")..=b.parse().expect("cpu")),
+            None => cpus.push(part.parse().expect("cpu")),
+        }
+    }
+    cpus
+}
+
+/// `worker_cpu_affinity: auto` binds worker i to the i-th CPU the process
+/// may use (wrapping around), as nginx's `worker_cpu_affinity auto`; the
+/// control-plane threads keep every CPU. With `off` (the default, the
+/// other gateways in this suite) nothing is bound.
+#[tokio::test]
+async fn workers_bound_to_cpus_each_run_on_their_own_and_still_serve() {
+    let backend = Backend::start().await;
+    let allowed = cpu_list(&std::fs::read_to_string("/proc/self/status").expect("own status"));
+    let yaml = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+workers: 3
+worker_cpu_affinity: auto
+issuers:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    algorithms: [RS256]
+    jwks: {{ file: {jwks} }}
+routes:
+  - backends: [http://{backend}]
+logging: {{ format: json, level: info }}
+"#,
+        jwks = fixture("jwks.json").display(),
+        backend = backend.addr
+    );
+    let gw = Proc::start("run", &yaml, "listening");
+    let token = mint(Algorithm::RS256, "bound");
+    let res = send(
+        gw.addr,
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "a bound worker serves");
+    let mut workers = Vec::new();
+    let mut others = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).expect("tasks") {
+        let dir = task.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).expect("comm");
+        let cpus = cpu_list(&std::fs::read_to_string(dir.join("status")).expect("status"));
+        // `comm` is cut at 15 bytes: "gatehouse-worke".
+        if name.starts_with("gatehouse-worke") {
+            workers.push(cpus);
+        } else {
+            others.push((name.trim().to_owned(), cpus));
+        }
+    }
+    assert_eq!(workers.len(), 3, "three worker threads");
+    workers.sort();
+    let mut expected: Vec<Vec<usize>> = (0..3).map(|i| vec![allowed[i % allowed.len()]]).collect();
+    expected.sort();
+    assert_eq!(
+        workers, expected,
+        "worker i on the i-th allowed CPU, one CPU each"
+    );
+    for (name, cpus) in others {
+        assert_eq!(cpus, allowed, "{name} is not bound");
+    }
+}
+
 /// Every slot under `limits.max_connections` can serve any listener: an
 /// accept loop waiting on a quiet listener holds no slot. (Each worker's
 /// loop on each listener used to hold one while it waited, so with two

@@ -313,6 +313,19 @@ fn check_names_the_line_of_a_workers_count_over_16() {
 }
 
 #[test]
+fn check_names_the_line_of_an_unknown_worker_cpu_affinity() {
+    let (ok, err, file) = check(
+        "listeners:\n  - address: 127.0.0.1:8080\nworker_cpu_affinity: sometimes\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: { url: \"https://idp.example.com/jwks\" }\nroutes:\n  - backends: [http://127.0.0.1:9]\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{file}:3")) && l.contains("sometimes")),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_names_the_line_of_a_header_or_token_limit_too_small() {
     let (ok, err, file) = check(
         "listeners:\n  - address: 127.0.0.1:8080\nlimits:\n  max_header_bytes: 1024\nauth:\n  max_token_bytes: 10\nissuers:\n  - issuer: https://i\n    audiences: [app]\n    algorithms: [RS256]\n    jwks: { url: \"https://idp.example.com/jwks\" }\nroutes:\n  - backends: [http://127.0.0.1:9]\n",

@@ -51,7 +51,7 @@ fi
 pkill -f "authority --config $AUTH_DIR/authority.yaml" || true
 while pgrep -f "authority --config $AUTH_DIR/authority.yaml" >/dev/null; do sleep 0.2; done
 nginx -c "$PEER_BENCH_WORK/state/backend-nginx.conf" -g 'daemon off;' >/dev/null 2>&1 & NG=$!
-CFG=$(GATEHOUSE_LOG="warn,gatehouse::revocation=info" gw_config "$N" 8443)
+CFG=$(GATEHOUSE_LOG="warn,gatehouse_gateway::revocation=info" gw_config "$N" 8443)
 sed -i "s|authority: { url: \"http://127.0.0.1:9\" }|authority: { url: \"http://127.0.0.1:$PORT\", token: { file: $AUTH_DIR/feed.token } }|" "$CFG"
 TOKEN=$(cat "$TOKENS/rs256.valid.jwt")
 run_gw() { "$BIN" run --config "$CFG" > "$WORKDIR/swap-gw.log" 2>&1 & GW=$!

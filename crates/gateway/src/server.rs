@@ -108,10 +108,11 @@ impl Gateway {
                 c.admin.as_ref().map(|a| a.value.listen),
                 c.limits.max_connections,
                 c.workers(),
+                c.worker_cpu_affinity,
             )
         };
         if fingerprint(o) != fingerprint(n) {
-            return Err("the revocation or admin section, limits.max_connections or workers changed; restart to apply".into());
+            return Err("the revocation or admin section, limits.max_connections, workers or worker_cpu_affinity changed; restart to apply".into());
         }
         // An embedded authority verifies logout tokens with the issuers it
         // started with: a changed issuer would silently not reach it.
