@@ -61,6 +61,7 @@ revocation:
   max_staleness: 1h
   poll_wait: 25s
 $extra
+${GW_EXTRA:-}
 logging: { level: "${GATEHOUSE_LOG:-warn}" }
 YAML
   echo "$cfg"
