@@ -666,6 +666,44 @@ logging: {{ format: json, level: info }}
     }
 }
 
+/// A reload that changes what only a restart can apply names what changed
+/// and changes nothing; writing out the worker count the gateway already
+/// runs with (absent = one per CPU) is not a change.
+#[tokio::test]
+async fn a_reload_that_needs_a_restart_says_which_setting_and_keeps_serving() {
+    let backend = Backend::start().await;
+    let base = reload_config(backend.addr, "X-Auth-Subject");
+    let (gw, dir) = start_gateway(&base).await;
+    let path = dir.path().join("gatehouse.yaml");
+    let cpus = std::thread::available_parallelism().map_or(1, |p| p.get().min(16));
+    std::fs::write(&path, format!("{base}workers: {cpus}\n")).expect("write");
+    gw.reload()
+        .await
+        .expect("the count it runs with is no change");
+    std::fs::write(&path, format!("{base}worker_cpu_affinity: auto\n")).expect("write");
+    let err = gw.reload().await.expect_err("refused");
+    assert!(
+        err.contains("worker_cpu_affinity changed; restart to apply") && !err.contains("workers"),
+        "{err}"
+    );
+    std::fs::write(&path, format!("{base}workers: {}\n", cpus + 1)).expect("write");
+    let err = gw.reload().await.expect_err("refused");
+    assert!(err.contains("workers changed; restart to apply"), "{err}");
+    let token = mint(Algorithm::RS256, "still");
+    let res = send(
+        gw.addrs()[0],
+        Proto::Plain,
+        "localhost",
+        get(Proto::Plain, "localhost", "/", Some(&token), &[]),
+    )
+    .await;
+    assert_eq!(
+        res.status,
+        StatusCode::OK,
+        "the running config keeps serving"
+    );
+}
+
 /// Every slot under `limits.max_connections` can serve any listener: an
 /// accept loop waiting on a quiet listener holds no slot. (Each worker's
 /// loop on each listener used to hold one while it waited, so with two

@@ -102,17 +102,39 @@ impl Gateway {
                 "listener addresses, socket modes, TLS on/off or auth_server on/off changed; restart to apply".into(),
             );
         }
-        let fingerprint = |c: &gatehouse_core::config::Config| {
-            (
-                c.revocation.as_ref().map(|r| format!("{:?}", r.value)),
-                c.admin.as_ref().map(|a| a.value.listen),
-                c.limits.max_connections,
-                c.workers(),
-                c.worker_cpu_affinity,
-            )
+        // `workers` is compared as it resolves (0 or absent: one per CPU
+        // the process may use), so writing out the count it already runs
+        // with is not a change.
+        let resolved_workers = |c: &gatehouse_core::config::Config| match c.workers() {
+            0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(16)),
+            n => n,
         };
-        if fingerprint(o) != fingerprint(n) {
-            return Err("the revocation or admin section, limits.max_connections, workers or worker_cpu_affinity changed; restart to apply".into());
+        let changed: Vec<&str> = [
+            (
+                o.revocation.as_ref().map(|r| format!("{:?}", r.value))
+                    != n.revocation.as_ref().map(|r| format!("{:?}", r.value)),
+                "the revocation section",
+            ),
+            (
+                o.admin.as_ref().map(|a| a.value.listen)
+                    != n.admin.as_ref().map(|a| a.value.listen),
+                "the admin section",
+            ),
+            (
+                o.limits.max_connections != n.limits.max_connections,
+                "limits.max_connections",
+            ),
+            (resolved_workers(o) != resolved_workers(n), "workers"),
+            (
+                o.worker_cpu_affinity != n.worker_cpu_affinity,
+                "worker_cpu_affinity",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(differs, what)| differs.then_some(what))
+        .collect();
+        if !changed.is_empty() {
+            return Err(format!("{} changed; restart to apply", changed.join(", ")));
         }
         // An embedded authority verifies logout tokens with the issuers it
         // started with: a changed issuer would silently not reach it.

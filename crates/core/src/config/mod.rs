@@ -92,9 +92,10 @@ pub struct Config {
 /// Named after nginx's `worker_cpu_affinity` (`auto` there binds worker
 /// *i* to the *i*-th available CPU, as here). Bound, a worker keeps its
 /// CPU's caches and never shares a CPU with another worker while one sits
-/// idle, which the scheduler otherwise allows for a while: measured, the
-/// p99 lost its occasional 3 ms spikes and fell by about a tenth
-/// (README "Performance", "Workers bound to CPUs"). Left `off` by default, as in nginx:
+/// idle, which the scheduler otherwise allows for a while: measured on
+/// two shared cores, the p99 was lower in every pair (by 7–58%) and lost
+/// its occasional 3 ms spikes (README "Performance", "Workers bound to
+/// CPUs"). Left `off` by default, as in nginx:
 /// on a machine where other busy processes are bound to some CPUs, a
 /// bound worker cannot move away from them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
