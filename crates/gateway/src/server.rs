@@ -102,9 +102,10 @@ impl Gateway {
                 "listener addresses, socket modes, TLS on/off or auth_server on/off changed; restart to apply".into(),
             );
         }
-        // `workers` is compared as it resolves (0 or absent: one per CPU
-        // the process may use), so writing out the count it already runs
-        // with is not a change.
+        // `workers` as written differs but resolves the same (0 or absent:
+        // one per CPU the process may use): writing out the count it
+        // already runs with is not a change. The same value written is
+        // never one, even if the CPUs available have changed since start.
         let resolved_workers = |c: &gatehouse_core::config::Config| match c.workers() {
             0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(16)),
             n => n,
@@ -124,7 +125,10 @@ impl Gateway {
                 o.limits.max_connections != n.limits.max_connections,
                 "limits.max_connections",
             ),
-            (resolved_workers(o) != resolved_workers(n), "workers"),
+            (
+                o.workers() != n.workers() && resolved_workers(o) != resolved_workers(n),
+                "workers",
+            ),
             (
                 o.worker_cpu_affinity != n.worker_cpu_affinity,
                 "worker_cpu_affinity",
