@@ -677,9 +677,40 @@ pub fn json_req(
     b.body(body).expect("request")
 }
 
-/// A free port on 127.0.0.1 (bound and released; for a server that must
-/// come back on the same address after a restart).
+/// A free port on 127.0.0.1, for a server whose address must be known
+/// before it starts (written into another party's config) or that must
+/// come back on the same address after a restart: bound once to check it
+/// is free, then released.
+///
+/// Chosen below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), which
+/// outgoing connections take their source ports from. A port from
+/// `bind(0)` is in that range, and between its release and the server's
+/// bind any client connection (the test's own, a browser's, the OpenID
+/// provider's) could take it: CI once failed with "Address already in
+/// use" on such a port. Each call takes the next port from a counter, so
+/// two tests of one process never get the same one; the start depends on
+/// the process id, so consecutive test binaries start apart. Falls back
+/// to `bind(0)` if the range is unknown or exhausted.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    if ephemeral_low > LOW + 1_000 {
+        let span = ephemeral_low - LOW;
+        let start = (std::process::id().wrapping_mul(7_919)) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOW + (start + n) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
