@@ -299,7 +299,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = match start_workers(loaded.config.workers(), loaded.config.worker_cpu_affinity) {
+    let workers = match start_workers(
+        loaded.config.worker_count(),
+        loaded.config.worker_cpu_affinity,
+    ) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("cannot start the worker runtimes: {e}");
@@ -356,7 +359,7 @@ fn yield_to_requests() {
     }
 }
 
-/// `n` threads (0: one per CPU), each running a single-threaded runtime
+/// `n` threads ([`config::Config::worker_count`]), each running a single-threaded runtime
 /// until the process ends; returns their handles. With
 /// [`WorkerCpuAffinity::Auto`] worker *i* is bound to the *i*-th CPU the
 /// process may use; a CPU set that cannot be read or applied leaves the
@@ -365,13 +368,6 @@ fn start_workers(
     n: usize,
     affinity: config::WorkerCpuAffinity,
 ) -> std::io::Result<Vec<tokio::runtime::Handle>> {
-    let n = if n == 0 {
-        std::thread::available_parallelism()
-            .map_or(1, |p| p.get())
-            .min(16)
-    } else {
-        n
-    };
     let cpus = match affinity {
         config::WorkerCpuAffinity::Off => Vec::new(),
         config::WorkerCpuAffinity::Auto => allowed_cpus().unwrap_or_else(|e| {

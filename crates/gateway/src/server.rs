@@ -106,10 +106,6 @@ impl Gateway {
         // one per CPU the process may use): writing out the count it
         // already runs with is not a change. The same value written is
         // never one, even if the CPUs available have changed since start.
-        let resolved_workers = |c: &gatehouse_core::config::Config| match c.workers() {
-            0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(16)),
-            n => n,
-        };
         let changed: Vec<&str> = [
             (
                 o.revocation.as_ref().map(|r| format!("{:?}", r.value))
@@ -126,7 +122,7 @@ impl Gateway {
                 "limits.max_connections",
             ),
             (
-                o.workers() != n.workers() && resolved_workers(o) != resolved_workers(n),
+                o.workers() != n.workers() && o.worker_count() != n.worker_count(),
                 "workers",
             ),
             (

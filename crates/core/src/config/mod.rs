@@ -116,6 +116,17 @@ impl Config {
     pub fn workers(&self) -> usize {
         self.workers.as_ref().map_or(0, |w| w.value)
     }
+
+    /// How many workers `workers` starts: as configured, or for 0
+    /// (absent) one per CPU the process may use (its affinity mask and CPU
+    /// quota, as `std::thread::available_parallelism` reads them), at most
+    /// 16.
+    pub fn worker_count(&self) -> usize {
+        match self.workers() {
+            0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(16)),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
